@@ -1,0 +1,117 @@
+"""Dense contrastive term of Af-DCD (omni / spatial / channel contrasting).
+
+Why this shape: the released code builds the full similarity matrix of every
+(position, group) sample against every teacher entry of its patch, then copies
+positives and negatives out with boolean masks.  Here the same numbers come from
+one batched distance matrix and a log-sum-exp over the allowed entries: the
+excluded entries (same group, other position) are set to -inf instead of being
+gathered, so no mask is repeated per patch and nothing is copied twice.
+
+Formulas (checkable against the paper, see docs/losses.md):
+  sim(s, t) = -dist(s, t) / tau, dist = L1 (sum |s - t|) or L2 (||s - t||_2)
+  omni:    sample (k, m) of a patch; candidates: t[k, m] (positive) and
+           t[k', m'] for every position k' and every group m' != m.
+  spatial: sample k (all C channels); candidates: t[k'] for every k' of the patch.
+  channel: sample (k, m); candidates: t[k, m'] for every group m' (same position).
+  loss = sum over samples of [logsumexp(candidates) - sim(positive)] / (B * H * W)
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+MODES = ("omni", "spatial", "channel")
+DISTANCES = ("l1", "l2")
+
+
+def check_contrastive_args(mode: str, distance: str, groups: int, patch: tuple[int, int], tau: float) -> None:
+    """Fail early on settings that are not one of the paper's options."""
+    if mode not in MODES:
+        raise ValueError(f"unknown contrastive mode {mode!r}; expected one of {MODES}")
+    if distance not in DISTANCES:
+        raise ValueError(f"unknown distance {distance!r}; expected one of {DISTANCES}")
+    if int(groups) < 1:
+        raise ValueError(f"groups must be >= 1, got {groups}")
+    if len(tuple(patch)) != 2 or min(patch) < 1:
+        raise ValueError(f"patch must be two positive sides (ph, pw), got {patch!r}")
+    if not tau > 0:
+        raise ValueError(f"tau must be > 0, got {tau}")
+
+
+def _check_shapes(student: torch.Tensor, teacher: torch.Tensor, mode: str, groups: int, patch: tuple[int, int]) -> None:
+    if student.dim() != 4 or student.shape != teacher.shape:
+        raise ValueError(
+            f"student and teacher maps must both be (B, C, H, W) of the same shape, "
+            f"got {tuple(student.shape)} and {tuple(teacher.shape)}"
+        )
+    _, c, h, w = student.shape
+    ph, pw = patch
+    if mode in ("omni", "spatial") and (h % ph or w % pw):
+        raise ValueError(
+            f"map height/width {h}x{w} must be multiples of the patch sides {ph}x{pw} "
+            f"(crop or pool the map first)"
+        )
+    if mode in ("omni", "channel") and c % groups:
+        raise ValueError(f"channel count {c} must be a multiple of groups={groups}")
+
+
+def _patches(x: torch.Tensor, patch: tuple[int, int]) -> torch.Tensor:
+    """(B, C, H, W) -> (B * num_patches, ph * pw, C), positions row-major inside a patch."""
+    b, c, h, w = x.shape
+    ph, pw = patch
+    x = x.reshape(b, c, h // ph, ph, w // pw, pw)
+    x = x.permute(0, 2, 4, 3, 5, 1)  # B, nH, nW, ph, pw, C
+    return x.reshape(b * (h // ph) * (w // pw), ph * pw, c)
+
+
+def _distance(a: torch.Tensor, b: torch.Tensor, distance: str) -> torch.Tensor:
+    """Batched pairwise distance (N, P, D) x (N, Q, D) -> (N, P, Q)."""
+    if distance == "l1":
+        return torch.cdist(a, b, p=1.0)
+    # Exact Euclidean: the matmul shortcut loses the small positive distances to
+    # cancellation and then blows up the sqrt's gradient.
+    return torch.cdist(a, b, p=2.0, compute_mode="donot_use_mm_for_euclid_dist")
+
+
+def _same_group_other_position(k: int, m: int, device: torch.device) -> torch.Tensor:
+    idx = torch.arange(k * m, device=device)
+    group = idx % m
+    return (group[:, None] == group[None, :]) & (idx[:, None] != idx[None, :])
+
+
+def contrastive_loss(
+    student: torch.Tensor,
+    teacher: torch.Tensor,
+    mode: str = "omni",
+    groups: int = 16,
+    patch: tuple[int, int] = (4, 4),
+    tau: float = 0.07,
+    distance: str = "l1",
+) -> torch.Tensor:
+    """L_ctr on two already pooled maps (B, C, H, W): sum over samples / (B * H * W)."""
+    patch = (int(patch[0]), int(patch[1]))
+    check_contrastive_args(mode, distance, groups, patch, tau)
+    _check_shapes(student, teacher, mode, groups, patch)
+    b, c, h, w = student.shape
+    d = c // groups
+
+    if mode == "spatial":
+        s, t = _patches(student, patch), _patches(teacher, patch)  # (N, K, C)
+        logits = _distance(s, t, distance).div(-tau)  # (N, K, K), positive on the diagonal
+    elif mode == "channel":
+        s = student.permute(0, 2, 3, 1).reshape(b * h * w, groups, d)
+        t = teacher.permute(0, 2, 3, 1).reshape(b * h * w, groups, d)
+        logits = _distance(s, t, distance).div(-tau)  # (BHW, M, M)
+    else:
+        k = patch[0] * patch[1]
+        # (N, K, C) -> (N, K*M, d): entry index = position * M + group, groups contiguous in C
+        s = _patches(student, patch).reshape(-1, k * groups, d)
+        t = _patches(teacher, patch).reshape(-1, k * groups, d)
+        logits = _distance(s, t, distance).div(-tau)  # (N, KM, KM)
+        excluded = _same_group_other_position(k, groups, logits.device)
+        logits = logits.masked_fill(excluded, float("-inf"))
+
+    positive = torch.diagonal(logits, dim1=-2, dim2=-1)
+    per_sample = torch.logsumexp(logits, dim=-1) - positive
+    return per_sample.sum() / (b * h * w)
+

@@ -1,0 +1,36 @@
+"""Task loss: cross-entropy on logits upsampled to the label, plus the weighted aux CE."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+IGNORE_INDEX = 255
+
+
+def upsample_to(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Bilinear with align_corners=True, as the released training and evaluation code."""
+    if tuple(logits.shape[-2:]) == tuple(size):
+        return logits
+    return F.interpolate(logits, size=size, mode="bilinear", align_corners=True)
+
+
+def segmentation_ce(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
+    """Mean CE over labelled pixels; exactly 0 (with a graph) when every pixel is ignored."""
+    logits = upsample_to(logits, tuple(labels.shape[-2:]))
+    valid = labels != ignore_index
+    if not bool(valid.any()):
+        return logits.sum() * 0.0
+    return F.cross_entropy(logits.float(), labels, ignore_index=ignore_index)
+
+
+def task_loss(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    aux_logits: torch.Tensor | None = None,
+    aux_weight: float = 0.4,
+    ignore_index: int = IGNORE_INDEX,
+) -> torch.Tensor:
+    loss = segmentation_ce(logits, labels, ignore_index)
+    if aux_logits is not None:
+        loss = loss + aux_weight * segmentation_ce(aux_logits, labels, ignore_index)
+    return loss

@@ -1,0 +1,85 @@
+"""timm backbones dilated to output stride 8, with the taps that distillation needs."""
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import timm
+import torch.nn as nn
+
+# Deep-stem ResNets of the released code: three 3x3 convs 3->64->64->128 in the stem.
+# timm's resnet101s is exactly that net; for ResNet-18 timm has the options but no name.
+ALIASES: dict[str, tuple[str, dict[str, Any]]] = {
+    "resnet18_deepstem": ("resnet18", {"stem_width": 64, "stem_type": "deep"}),
+    "resnet101_deepstem": ("resnet101s", {}),
+}
+
+# Backbones the recipes use; any other timm name with features_only support also works.
+KNOWN = ("resnet18", "resnet101", "mobilenetv2_100", "resnet18_deepstem", "resnet101_deepstem")
+
+
+class PretrainedWeightsError(RuntimeError):
+    pass
+
+
+def resolve(name: str) -> tuple[str, dict[str, Any]]:
+    if name in ALIASES:
+        return ALIASES[name]
+    if name not in timm.list_models():
+        raise ValueError(
+            f"unknown backbone {name!r}: not a timm model name nor one of {sorted(ALIASES)}; "
+            f"the recipes use {KNOWN}"
+        )
+    return name, {}
+
+
+def create_backbone(name: str, pretrained: bool | str = False) -> nn.Module:
+    """features_only timm model at output stride 8 returning [C3, C4].
+
+    pretrained: False (random), True (timm's own weights by name; needs a network), or the
+    path of a local weights file in timm's layout (loaded through pretrained_cfg_overlay).
+    """
+    timm_name, kwargs = resolve(name)
+    common = dict(features_only=True, output_stride=8, out_indices=(3, 4), **kwargs)
+    if pretrained is False or pretrained is None:
+        return timm.create_model(timm_name, pretrained=False, **common)
+    if isinstance(pretrained, (str, os.PathLike)) and not isinstance(pretrained, bool):
+        path = os.fspath(pretrained)
+        if not os.path.isfile(path):
+            raise PretrainedWeightsError(
+                f"pretrained weights file not found: {path}. Give the path of a local {timm_name} "
+                f"ImageNet weights file (safetensors or .pth state dict in timm's layout), or "
+                f"import the released backbone with `afdcd-bench import-released`."
+            )
+        return timm.create_model(timm_name, pretrained=True, pretrained_cfg_overlay={"file": path}, **common)
+    if name in ALIASES and timm_name == "resnet18":
+        raise PretrainedWeightsError(
+            "timm has no ImageNet weights for the deep-stem ResNet-18: import the released "
+            "resnet18-imagenet.pth with `afdcd-bench import-released` and point `pretrained` at it."
+        )
+    try:
+        return timm.create_model(timm_name, pretrained=True, **common)
+    except Exception as exc:  # network, hub or cache failures all end here
+        raise PretrainedWeightsError(
+            f"could not fetch timm's pretrained weights for {timm_name!r} ({type(exc).__name__}: {exc}). "
+            f"Without a network, download them elsewhere and set model pretrained to the local file path "
+            f"(e.g. `model.pretrained=/path/{timm_name}.safetensors`)."
+        ) from exc
+
+
+def timm_normalization(name: str) -> dict[str, Any]:
+    """The input convention timm's pretrained weights expect: RGB in [0, 1], mean/std."""
+    timm_name, _ = resolve(name)
+    cfg = timm.models.get_pretrained_cfg(timm_name)
+    mean = tuple(cfg.mean) if cfg is not None else (0.485, 0.456, 0.406)
+    std = tuple(cfg.std) if cfg is not None else (0.229, 0.224, 0.225)
+    return {"mean": list(mean), "std": list(std), "bgr": False, "scale": 1.0}
+
+
+# Released checkpoints: BGR, 0-255, minus the Caffe mean, no std.
+CAFFE_NORMALIZATION = {
+    "mean": [104.00698793, 116.66876762, 122.67891434],
+    "std": [1.0, 1.0, 1.0],
+    "bgr": True,
+    "scale": 255.0,
+}

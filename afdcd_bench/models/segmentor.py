@@ -1,0 +1,70 @@
+"""Segmentation networks by name: a timm backbone (OS 8) + DeepLabV3/PSPNet head + aux head."""
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import torch
+import torch.nn as nn
+
+from .backbones import create_backbone, timm_normalization
+from .heads import HEADS, FCNHead, default_head_width
+
+
+class SegmentorOutput(NamedTuple):
+    logits: torch.Tensor  # (B, K, H/8, W/8)
+    aux_logits: torch.Tensor | None  # (B, K, H/8, W/8) or None
+    features: torch.Tensor  # last backbone stage, the distilled map
+
+
+class Segmentor(nn.Module):
+    def __init__(
+        self,
+        arch: str,
+        backbone: str,
+        num_classes: int,
+        pretrained: bool | str = False,
+        aux: bool | None = None,
+        head_width: int | None = None,
+        normalization: dict[str, Any] | None = None,
+    ):
+        super().__init__()
+        if arch not in HEADS:
+            raise ValueError(f"unknown arch {arch!r}; expected one of {sorted(HEADS)}")
+        if int(num_classes) < 1:
+            raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+        self.backbone = create_backbone(backbone, pretrained)
+        c3, c4 = self.backbone.feature_info.channels()
+        if aux is None:
+            aux = backbone.startswith("resnet")
+        width = head_width or default_head_width(arch, c4)
+        self.head = HEADS[arch](c4, num_classes, width)
+        self.auxlayer = FCNHead(c3, num_classes) if aux else None
+        self.feature_channels = c4
+        self.num_classes = int(num_classes)
+        # Everything needed to rebuild the net (weights come from the checkpoint, not the hub).
+        self.build_args: dict[str, Any] = {
+            "arch": arch,
+            "backbone": backbone,
+            "num_classes": int(num_classes),
+            "aux": bool(aux),
+            "head_width": int(width),
+            "normalization": normalization or timm_normalization(backbone),
+        }
+
+    def forward(self, x: torch.Tensor) -> SegmentorOutput:
+        c3, c4 = self.backbone(x)
+        aux = self.auxlayer(c3) if self.auxlayer is not None else None
+        return SegmentorOutput(self.head(c4), aux, c4)
+
+
+def build_segmentor(
+    arch: str,
+    backbone: str,
+    num_classes: int,
+    pretrained: bool | str = False,
+    aux: bool | None = None,
+    head_width: int | None = None,
+    normalization: dict[str, Any] | None = None,
+) -> Segmentor:
+    """aux=None: an FCN aux head on C3 for ResNets, none for other backbones (MobileNetV2)."""
+    return Segmentor(arch, backbone, num_classes, pretrained, aux, head_width, normalization)
