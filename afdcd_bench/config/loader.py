@@ -1,0 +1,102 @@
+"""Recipe files: `extends` inheritance, dotted overrides, validation into RecipeConfig."""
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any, Iterable
+
+import yaml
+
+from .schema import ConfigError, RecipeConfig, from_dict, to_dict
+
+
+def recipes_root() -> Path:
+    env = os.environ.get("AFDCD_RECIPES")
+    if env:
+        return Path(env)
+    return Path(__file__).resolve().parents[2] / "recipes"
+
+
+def find_recipe(name_or_path: str | os.PathLike) -> Path:
+    p = Path(name_or_path)
+    if p.suffix in (".yaml", ".yml") and p.is_file():
+        return p
+    candidate = recipes_root() / f"{name_or_path}.yaml"
+    if candidate.is_file():
+        return candidate
+    raise ConfigError(f"recipe {str(name_or_path)!r} not found (neither a file nor {candidate}); `afdcd-bench recipes` lists them")
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def load_raw(path: Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    path = path.resolve()
+    if path in _seen:
+        raise ConfigError(f"recipe inheritance loops through {path}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a recipe must be a mapping")
+    parents = data.pop("extends", None)
+    if parents is None:
+        return data
+    merged: dict[str, Any] = {}
+    for parent in [parents] if isinstance(parents, str) else parents:
+        merged = _merge(merged, load_raw((path.parent / parent), _seen + (path,)))
+    return _merge(merged, data)
+
+
+def apply_override(data: dict[str, Any], override: str) -> None:
+    if "=" not in override:
+        raise ConfigError(f"override {override!r} must look like dotted.key=value")
+    key, raw = override.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw != "" else None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"override {override!r}: value is not valid YAML ({exc})") from exc
+    parts = key.strip().split(".")
+    node = data
+    for part in parts[:-1]:
+        if not isinstance(node.get(part), dict):
+            node[part] = {} if node.get(part) is None else node[part]
+            if not isinstance(node[part], dict):
+                raise ConfigError(f"override {override!r}: {part} is not a section")
+        node = node[part]
+    node[parts[-1]] = value
+
+
+def recipe_name(path: Path) -> str:
+    try:
+        return path.resolve().relative_to(recipes_root().resolve()).with_suffix("").as_posix()
+    except ValueError:
+        return path.stem
+
+
+def load_recipe(name_or_path: str | os.PathLike, overrides: Iterable[str] = ()) -> RecipeConfig:
+    path = find_recipe(name_or_path)
+    data = load_raw(path)
+    data.setdefault("name", recipe_name(path))
+    for ov in overrides:
+        apply_override(data, ov)
+    try:
+        return from_dict(RecipeConfig, data)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+
+
+def config_hash(cfg: RecipeConfig) -> str:
+    blob = json.dumps(to_dict(cfg), sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]

@@ -1,0 +1,56 @@
+"""Datasets: the five benchmarks in their standard layouts and the embedded `digits` one."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from .base import SegmentationDataset
+from .benchmarks import BENCHMARKS, DatasetLayoutError, FolderDataset, default_data_root, describe
+from .digits import NUM_CLASSES as DIGITS_CLASSES
+from .digits import DigitsDataset
+
+DATASET_NAMES = tuple(BENCHMARKS) + ("digits",)
+
+
+def num_classes(name: str) -> int:
+    return DIGITS_CLASSES if name == "digits" else BENCHMARKS[name].num_classes
+
+
+def resolve_root(name: str, root: str | os.PathLike | None) -> Path | None:
+    """root=None: <data root>/<benchmark folder>; digits: the cache folder."""
+    if name == "digits":
+        return Path(root) if root else None
+    if root is None:
+        return default_data_root() / BENCHMARKS[name].folder
+    return Path(root)
+
+
+def build_dataset(
+    name: str,
+    root: str | os.PathLike | None,
+    split: str,
+    train: bool = False,
+    crop_size: tuple[int, int] | None = None,
+    scale_range: tuple[float, float] = (0.5, 2.0),
+    normalization: dict[str, Any] | None = None,
+    seed: int = 0,
+) -> SegmentationDataset:
+    kwargs = dict(train=train, crop_size=crop_size, scale_range=scale_range, normalization=normalization, seed=seed)
+    if name == "digits":
+        return DigitsDataset(str(root) if root else None, split, **kwargs)
+    if name not in BENCHMARKS:
+        raise ValueError(f"unknown dataset {name!r}; expected one of {DATASET_NAMES}")
+    return FolderDataset(BENCHMARKS[name], resolve_root(name, root), split, **kwargs)
+
+
+__all__ = [
+    "BENCHMARKS",
+    "DATASET_NAMES",
+    "DatasetLayoutError",
+    "SegmentationDataset",
+    "build_dataset",
+    "describe",
+    "num_classes",
+    "resolve_root",
+]

@@ -1,0 +1,60 @@
+"""Image/label transforms shared by every benchmark: normalisation and the training augmentation.
+
+Randomness comes from an explicit numpy Generator per sample, so a run is repeatable whatever
+the number of loader workers (see SegmentationDataset.rng).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+IGNORE_INDEX = 255
+DEFAULT_NORMALIZATION = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225], "bgr": False, "scale": 1.0}
+
+
+def normalize(image: np.ndarray, norm: dict[str, Any] | None = None) -> torch.Tensor:
+    """uint8 RGB HxWx3 -> float 3xHxW in the convention the model was trained with.
+
+    norm: {"mean", "std", "bgr", "scale"}: timm's RGB [0,1] mean/std, or the released
+    checkpoints' BGR, 0-255, Caffe mean, std 1.
+    """
+    norm = norm or DEFAULT_NORMALIZATION
+    x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float() / 255.0
+    if norm.get("bgr"):
+        x = x.flip(0)
+    x = x * float(norm.get("scale", 1.0))
+    mean = torch.tensor(norm["mean"], dtype=torch.float32).view(3, 1, 1)
+    std = torch.tensor(norm["std"], dtype=torch.float32).view(3, 1, 1)
+    return (x - mean) / std
+
+
+def train_augment(
+    image: np.ndarray,
+    label: np.ndarray,
+    crop_size: tuple[int, int],
+    scale_range: tuple[float, float],
+    rng: np.random.Generator,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Random scale, pad (image 0, label ignore), random crop, horizontal flip, as released."""
+    h, w = label.shape
+    s = float(rng.uniform(scale_range[0], scale_range[1]))
+    nh, nw = max(1, int(round(h * s))), max(1, int(round(w * s)))
+    img_t = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float()
+    img_t = F.interpolate(img_t, size=(nh, nw), mode="bilinear", align_corners=False)
+    image = img_t[0].permute(1, 2, 0).round().clamp(0, 255).to(torch.uint8).numpy()
+    lab_t = torch.from_numpy(np.ascontiguousarray(label))[None, None].float()
+    label = F.interpolate(lab_t, size=(nh, nw), mode="nearest")[0, 0].to(torch.uint8).numpy()
+    ch, cw = crop_size
+    ph, pw = max(ch - nh, 0), max(cw - nw, 0)
+    if ph or pw:
+        image = np.pad(image, ((0, ph), (0, pw), (0, 0)), constant_values=0)
+        label = np.pad(label, ((0, ph), (0, pw)), constant_values=IGNORE_INDEX)
+    y = int(rng.integers(0, label.shape[0] - ch + 1))
+    x = int(rng.integers(0, label.shape[1] - cw + 1))
+    image, label = image[y : y + ch, x : x + cw], label[y : y + ch, x : x + cw]
+    if rng.random() < 0.5:
+        image, label = image[:, ::-1], label[:, ::-1]
+    return np.ascontiguousarray(image), np.ascontiguousarray(label)

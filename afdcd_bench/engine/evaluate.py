@@ -1,0 +1,42 @@
+"""Validation over a (sharded) loader: every image counted once, matrices summed across processes."""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn as nn
+from accelerate import Accelerator
+from torch.utils.data import DataLoader
+
+from ..config.schema import EvalConfig
+from ..metrics import SegmentationMetric
+from .inference import predict
+
+
+def evaluate(
+    model: nn.Module,
+    loader: DataLoader,
+    num_classes: int,
+    accelerator: Accelerator,
+    cfg: EvalConfig,
+    progress: Any = None,
+) -> dict[str, Any]:
+    """The loader must be prepared with even_batches=False so no image is repeated."""
+    was_training = model.training
+    model.eval()
+    metric = SegmentationMetric(num_classes, device=accelerator.device)
+    task = progress.add_task("eval", total=len(loader), info="") if progress is not None else None
+    with torch.no_grad(), accelerator.autocast():
+        for batch in loader:
+            scores = predict(model, batch["image"], cfg)
+            metric.update(scores.argmax(1), batch["label"])
+            if task is not None:
+                progress.advance(task)
+    if task is not None:
+        progress.remove_task(task)
+    metric.sync(lambda t: accelerator.reduce(t, reduction="sum"))
+    model.train(was_training)
+    out = metric.compute()
+    if cfg.all_slots:
+        out["miou_present"], out["miou"] = out["miou"], out["miou_all_slots"]
+    return out

@@ -1,0 +1,281 @@
+"""The one training loop: every method, every launch (1 CPU .. multi-node), through Accelerate."""
+from __future__ import annotations
+
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.nn as nn
+from accelerate import Accelerator, DataLoaderConfiguration, InitProcessGroupKwargs
+from accelerate.utils import GradientAccumulationPlugin
+from accelerate.utils import set_seed
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from torch.utils.data import DataLoader
+
+from ..config import RecipeConfig, config_hash, to_dict
+from ..data import build_dataset, resolve_root
+from ..methods import METHODS, build_method
+from ..models import Segmentor, build_segmentor, load_segmentor, save_segmentor
+from .checkpointing import latest_state, load_training_state, save_training_state
+from .evaluate import evaluate
+from .records import device_kind, git_commit, package_versions, peak_memory_mb, record_path, write_record
+
+
+class TrainingDiverged(RuntimeError):
+    pass
+
+
+class LaunchMismatch(RuntimeError):
+    pass
+
+
+class DistillStep(nn.Module):
+    """Student + method in one module, so one DDP/DeepSpeed wrapper covers all trained weights."""
+
+    def __init__(self, student: Segmentor, method: nn.Module):
+        super().__init__()
+        self.student = student
+        self.method = method
+
+    def forward(self, images: torch.Tensor, labels: torch.Tensor, teacher_out: Any) -> dict[str, torch.Tensor]:
+        return self.method(self.student(images), teacher_out, labels)
+
+
+def check_launch(accelerator: Accelerator) -> None:
+    """Refuse runs where the launcher started N processes that do not see each other."""
+    expected = int(os.environ.get("WORLD_SIZE", "1"))
+    if accelerator.num_processes != expected:
+        raise LaunchMismatch(
+            f"this process sees {accelerator.num_processes} process(es) but the launch set WORLD_SIZE={expected}: "
+            f"the processes would train unsynchronised. On a CPU machine use "
+            f"`ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes N` (see recipes/accelerate/README.md)."
+        )
+
+
+def split_batch(effective: int, processes: int, per_device: int | None) -> tuple[int, int]:
+    """(per-device batch, accumulation steps) with processes x per-device x accumulation = effective."""
+    if effective % processes:
+        raise ValueError(f"effective batch {effective} is not divisible by {processes} processes")
+    per_process = effective // processes
+    per_device = per_device or per_process
+    if per_process % per_device:
+        raise ValueError(f"per-device batch {per_device} does not divide {per_process} (effective {effective} / {processes} processes)")
+    return per_device, per_process // per_device
+
+
+def poly_lr(base: float, step: int, total: int, power: float) -> float:
+    return base * (1.0 - step / total) ** power
+
+
+def build_student(cfg: RecipeConfig, num_classes: int) -> Segmentor:
+    s = cfg.student
+    return build_segmentor(s.arch, s.backbone, num_classes, s.pretrained, s.aux, s.head_width)
+
+
+def load_teacher(cfg: RecipeConfig) -> Segmentor:
+    t = cfg.teacher
+    if t is None or not t.checkpoint:
+        raise FileNotFoundError("this method needs a teacher: set teacher.checkpoint=PATH (a checkpoint written by a teacher run or import-released)")
+    if not Path(t.checkpoint).is_file():
+        raise FileNotFoundError(f"teacher checkpoint {t.checkpoint} not found; train the teacher recipe first or point teacher.checkpoint at it")
+    return load_segmentor(t.checkpoint)
+
+
+def _make_progress(enabled: bool) -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+        TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn(),
+        disable=not enabled, transient=False,
+    )
+
+
+def train(
+    cfg: RecipeConfig,
+    results_dir: str | os.PathLike | None = None,
+    per_device_batch: int | None = None,
+    convert_sync_bn: Callable[[nn.Module], nn.Module] | None = None,
+    resume: bool = True,
+    show_progress: bool = True,
+) -> dict[str, Any]:
+    """Train one recipe; returns (and writes to results_dir) its run record."""
+    tc = cfg.train
+    probe_procs = int(os.environ.get("WORLD_SIZE", "1"))
+    _, accum = split_batch(tc.effective_batch, probe_procs, per_device_batch)
+    # CPU runs of several processes talk over gloo (DeepSpeed otherwise asserts on batch sizes).
+    handlers = [InitProcessGroupKwargs(backend="gloo")] if probe_procs > 1 and not torch.cuda.is_available() else []
+    accelerator = Accelerator(
+        mixed_precision=tc.mixed_precision,
+        gradient_accumulation_plugin=GradientAccumulationPlugin(num_steps=accum, sync_with_dataloader=False),
+        dataloader_config=DataLoaderConfiguration(even_batches=False),
+        kwargs_handlers=handlers,
+    )
+    check_launch(accelerator)
+    per_device, accum = split_batch(tc.effective_batch, accelerator.num_processes, per_device_batch)
+    set_seed(tc.seed)
+    run_dir = Path(cfg.output_dir) / cfg.name / f"seed{tc.seed}"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    num_classes = cfg.num_classes
+
+    student = build_student(cfg, num_classes)
+    teacher = None
+    if cfg.method.name not in METHODS:
+        raise ValueError(f"unknown method {cfg.method.name!r}; registered: {sorted(METHODS)}")
+    if METHODS[cfg.method.name].needs_teacher:
+        teacher = load_teacher(cfg)
+        if teacher.num_classes != num_classes:
+            raise ValueError(f"teacher predicts {teacher.num_classes} classes, the recipe {num_classes}")
+        if teacher.build_args["normalization"] != student.build_args["normalization"]:
+            raise ValueError(
+                "teacher and student expect different input normalisation "
+                f"({teacher.build_args['normalization']} vs {student.build_args['normalization']}); "
+                "use weights with one convention for both"
+            )
+    method = build_method(cfg.method, student.feature_channels, teacher.feature_channels if teacher else None)
+    if accelerator.num_processes > 1:
+        if convert_sync_bn is not None:
+            student = convert_sync_bn(student)
+        elif accelerator.device.type == "cuda":
+            student = nn.SyncBatchNorm.convert_sync_batchnorm(student)
+    step_module = DistillStep(student, method)
+
+    norm = student.build_args["normalization"]
+    root = resolve_root(cfg.data.name, cfg.data.root)
+    train_ds = build_dataset(cfg.data.name, root, "train", train=True, crop_size=tuple(cfg.data.crop_size),
+                             scale_range=tuple(cfg.data.scale_range), normalization=norm, seed=tc.seed)
+    val_ds = build_dataset(cfg.data.name, root, cfg.data.val_split, normalization=norm)
+    if len(train_ds) < per_device * accelerator.num_processes:
+        raise ValueError(f"training set has {len(train_ds)} images, fewer than one global micro-batch")
+    train_loader = DataLoader(train_ds, batch_size=per_device, shuffle=True, drop_last=True, num_workers=cfg.data.num_workers,
+                              generator=torch.Generator().manual_seed(tc.seed))
+    val_loader = DataLoader(val_ds, batch_size=cfg.eval.batch_size, shuffle=False, num_workers=cfg.data.num_workers)
+
+    params = [p for p in step_module.parameters() if p.requires_grad]
+    optimizer = torch.optim.SGD(params, lr=tc.lr, momentum=tc.momentum, weight_decay=tc.weight_decay)
+    step_module, optimizer, train_loader, val_loader = accelerator.prepare(step_module, optimizer, train_loader, val_loader)
+    if teacher is not None:
+        teacher = teacher.to(accelerator.device).eval().requires_grad_(False)
+    unwrapped: DistillStep = accelerator.unwrap_model(step_module)
+    clip_params = unwrapped.method.clip_parameters()
+
+    progress_state: dict[str, Any] = {"step": 0, "best_miou": None, "best_step": None, "history": [], "train_seconds": 0.0, "teacher": None}
+    state = latest_state(run_dir) if resume else None
+    if state is not None:
+        progress_state = load_training_state(accelerator, state)
+    show = show_progress and accelerator.is_main_process
+    progress = _make_progress(show)
+    log = progress.console.log if show else (lambda *a, **k: None)
+    t_start = time.perf_counter()
+    with progress:
+        if state is not None:
+            log(f"resumed {cfg.name} from {state} at step {progress_state['step']}")
+        if teacher is not None and progress_state["teacher"] is None:
+            progress_state["teacher"] = evaluate(teacher, val_loader, num_classes, accelerator, cfg.eval, progress if show else None)
+            log(f"teacher mIoU {100 * progress_state['teacher']['miou']:.2f} (sanity check of the teacher checkpoint)")
+        step = progress_state["step"]
+        task = progress.add_task(cfg.name, total=tc.iterations, completed=step, info="")
+        micro = step * accum
+        per_epoch = len(train_loader)
+        step_module.train()
+        t_train = time.perf_counter()
+        last: dict[str, float] = {}
+        while step < tc.iterations:
+            epoch, skip = divmod(micro, per_epoch)
+            train_ds.set_epoch(epoch)
+            train_loader.set_epoch(epoch)
+            batches = accelerator.skip_first_batches(train_loader, skip) if skip else train_loader
+            for batch in batches:
+                lr = poly_lr(tc.lr, step, tc.iterations, tc.poly_power)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                with accelerator.accumulate(step_module):
+                    teacher_out = None
+                    if teacher is not None:
+                        with torch.no_grad(), accelerator.autocast():
+                            teacher_out = teacher(batch["image"])
+                    terms = step_module(batch["image"], batch["label"], teacher_out)
+                    loss = sum(terms.values())
+                    finite = torch.isfinite(loss.detach()).float()
+                    if accelerator.num_processes > 1:
+                        finite = accelerator.reduce(finite, reduction="min")
+                    if finite.item() < 1:
+                        raise TrainingDiverged(
+                            f"{cfg.name}: loss became {loss.item()} at step {step} ({ {k: float(v) for k, v in terms.items()} }); "
+                            f"stopped without saving. The last good checkpoint in {run_dir / 'state'} is intact."
+                        )
+                    accelerator.backward(loss)
+                    if accelerator.sync_gradients and clip_params and cfg.method.clip_grad_norm > 0:
+                        accelerator.clip_grad_norm_(clip_params, cfg.method.clip_grad_norm)
+                    optimizer.step()
+                    optimizer.zero_grad(set_to_none=True)
+                micro += 1
+                last = {k: float(v.detach()) for k, v in terms.items()}
+                if not accelerator.sync_gradients:
+                    continue
+                step += 1
+                progress.update(task, advance=1, info=f"loss {sum(last.values()):.3f} lr {lr:.2e}")
+                if step % tc.log_interval == 0 or step == tc.iterations:
+                    log(f"step {step}/{tc.iterations} " + " ".join(f"{k} {v:.4f}" for k, v in last.items()))
+                if step % tc.val_interval == 0 or step == tc.iterations:
+                    scores = evaluate(unwrapped.student, val_loader, num_classes, accelerator, cfg.eval, progress if show else None)
+                    progress_state["history"].append({"step": step, "miou": scores["miou"]})
+                    if progress_state["best_miou"] is None or scores["miou"] > progress_state["best_miou"]:
+                        progress_state["best_miou"], progress_state["best_step"] = scores["miou"], step
+                        progress_state["best_scores"] = scores
+                        if accelerator.is_main_process:
+                            save_segmentor(unwrapped.student, run_dir / "best.safetensors", {"step": step, "miou": scores["miou"]})
+                    progress_state["final_scores"] = scores
+                    log(f"step {step}: val mIoU {100 * scores['miou']:.2f} (best {100 * progress_state['best_miou']:.2f} @ {progress_state['best_step']})")
+                if step % tc.checkpoint_interval == 0 or step == tc.iterations:
+                    progress_state["step"] = step
+                    progress_state["train_seconds"] += time.perf_counter() - t_train
+                    t_train = time.perf_counter()
+                    save_training_state(accelerator, run_dir, progress_state)
+                if step >= tc.iterations:
+                    break
+    wall = time.perf_counter() - t_start
+    if accelerator.is_main_process:
+        save_segmentor(unwrapped.student, run_dir / "final.safetensors", {"step": step})
+    final = progress_state.get("final_scores") or {}
+    best = progress_state.get("best_scores") or {}
+    images = tc.iterations * tc.effective_batch
+    record = {
+        "kind": "afdcd-bench-run",
+        "recipe": cfg.name,
+        "benchmark": cfg.benchmark,
+        "method": cfg.method.name,
+        "student": f"{cfg.student.arch}-{cfg.student.backbone}",
+        "teacher": f"{cfg.teacher.arch}-{cfg.teacher.backbone}" if teacher is not None else None,
+        "seed": tc.seed,
+        "config": to_dict(cfg),
+        "config_hash": config_hash(cfg),
+        "git_commit": git_commit(),
+        "versions": package_versions(),
+        "device": device_kind(accelerator.device),
+        "num_processes": accelerator.num_processes,
+        "per_device_batch": per_device,
+        "grad_accumulation": accum,
+        "mixed_precision": tc.mixed_precision,
+        "wall_seconds": wall,
+        "train_seconds": progress_state["train_seconds"],
+        "images_per_second": images / progress_state["train_seconds"] if progress_state["train_seconds"] else None,
+        "peak_memory_mb": peak_memory_mb(accelerator.device),
+        "final_miou": final.get("miou"),
+        "best_miou": progress_state.get("best_miou"),
+        "best_step": progress_state.get("best_step"),
+        "final_iou": final.get("iou"),
+        "best_iou": best.get("iou"),
+        "final_pixel_acc": final.get("pixel_acc"),
+        "history": progress_state["history"],
+        "teacher_miou": (progress_state["teacher"] or {}).get("miou"),
+        "published_miou": cfg.published.miou,
+        "checkpoint": str(run_dir / "final.safetensors"),
+        "best_checkpoint": str(run_dir / "best.safetensors"),
+    }
+    if accelerator.is_main_process and results_dir is not None:
+        record["record_path"] = str(write_record(record_path(Path(results_dir), cfg.name, tc.seed), record))
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return record
