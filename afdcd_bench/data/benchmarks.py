@@ -137,7 +137,8 @@ def default_data_root() -> Path:
 def describe(name: str) -> str:
     b = BENCHMARKS[name]
     return (
-        f"  {name}: expected under <data root>/{b.folder} (data root: --data-root PATH or $AFDCD_DATA, default ./data)\n"
+        f"  {name}: expected in {default_data_root() / b.folder} (point elsewhere with --data-root PATH to this folder, "
+        f"or set $AFDCD_DATA to the folder that holds {b.folder}/)\n"
         f"  layout: {b.layout}\n"
         f"  source: {b.source}"
     )

@@ -1,0 +1,88 @@
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from afdcd_bench.losses import AfDCDLoss, center_mask, contrastive_loss, kd_loss, task_loss
+
+
+def test_afdcd_loss_terms_by_hand():
+    torch.manual_seed(0)
+    loss = AfDCDLoss(8, 16, groups=4, patch=(2, 2), pool=2, tau=0.1).double()
+    s, t = torch.randn(2, 8, 8, 8, dtype=torch.float64), torch.randn(2, 16, 8, 8, dtype=torch.float64)
+    mask = (torch.rand(2, 1, 8, 8) > 0.5).double()
+    fd, ctr = loss(s, t, mask=mask)
+    projected = loss.projector(loss.align(s) * mask)
+    assert fd.item() == pytest.approx(((projected - t) ** 2).sum().item() / 2, rel=1e-12)
+    want = contrastive_loss(F.max_pool2d(projected, 2), F.max_pool2d(t, 2), groups=4, patch=(2, 2), tau=0.1)
+    assert ctr.item() == pytest.approx(want.item(), rel=1e-12)
+
+
+def test_equal_widths_use_identity_align_and_gradients_reach_student():
+    loss = AfDCDLoss(16, 16, groups=4, patch=(2, 2), pool=0)
+    assert isinstance(loss.align, torch.nn.Identity)
+    s = torch.randn(1, 16, 4, 4, requires_grad=True)
+    t = torch.randn(1, 16, 4, 4, requires_grad=True)
+    fd, ctr = loss(s, t)
+    (fd + ctr).backward()
+    assert s.grad is not None and s.grad.abs().sum() > 0
+    assert t.grad is None  # the teacher map is a target
+
+
+def test_camvid_crop_and_center_mask():
+    loss = AfDCDLoss(4, 16, groups=4, pool=0, mask="center")
+    s, t = torch.randn(1, 4, 45, 45), torch.randn(1, 16, 45, 45)
+    fd, ctr = loss(s, t)  # 45x45 -> top-left 44x44, no error
+    assert torch.isfinite(ctr)
+    m = center_mask(1, 45, 45)
+    assert m[0, 0, 15:30, 15:30].sum() == 0 and m.sum() == 45 * 45 - 15 * 15
+    p = loss.projector(loss.align(s) * m)
+    want = contrastive_loss(p[..., :44, :44], t[..., :44, :44], groups=4)
+    assert ctr.item() == pytest.approx(want.item(), rel=1e-5)
+
+
+def test_random_mask_ratio_and_determinism():
+    loss = AfDCDLoss(4, 16, groups=4, pool=0, mask_ratio=0.75)
+    m = loss.make_mask(torch.zeros(64, 16, 32, 32))
+    assert abs(1 - m.mean().item() - 0.75) < 0.01
+    s, t = torch.randn(1, 4, 8, 8), torch.randn(1, 16, 8, 8)
+    keep = torch.ones(1, 1, 8, 8)
+    assert loss(s, t, mask=keep) == loss(s, t, mask=keep)
+
+
+def test_enhanced_projector_and_options_by_name():
+    loss = AfDCDLoss(8, 16, mode="spatial", groups=4, patch=(2, 2), pool=0, distance="l2", projector="enhanced")
+    assert len(list(loss.projector.parameters())) == 8
+    fd, ctr = loss(torch.randn(1, 8, 4, 4), torch.randn(1, 16, 4, 4))
+    assert torch.isfinite(fd) and torch.isfinite(ctr)
+    for bad in ({"mask": "grid"}, {"projector": "mlp"}, {"mode": "x"}, {"pool": -1}, {"mask_ratio": 1.0}):
+        with pytest.raises(ValueError):
+            AfDCDLoss(8, 16, **bad)
+    with pytest.raises(ValueError, match="multiple of groups"):
+        AfDCDLoss(8, 20, groups=16)
+
+
+def test_kd_loss_matches_kl_definition():
+    torch.manual_seed(1)
+    s, t = torch.randn(2, 5, 3, 4), torch.randn(2, 5, 3, 4)
+    T = 2.0
+    p_t = F.softmax(t / T, 1)
+    want = (p_t * (p_t.log() - F.log_softmax(s / T, 1))).sum(1).mean() * T * T
+    assert kd_loss(s, t, T).item() == pytest.approx(want.item(), rel=1e-6)
+    assert kd_loss(t, t).item() == pytest.approx(0.0, abs=1e-6)
+    with pytest.raises(ValueError):
+        kd_loss(s, t[..., :2])
+
+
+def test_task_loss_ignore_and_aux_weight():
+    torch.manual_seed(2)
+    logits, aux = torch.randn(1, 3, 4, 4), torch.randn(1, 3, 4, 4)
+    labels = torch.randint(0, 3, (1, 8, 8))
+    labels[0, 0] = 255
+    up = lambda x: F.interpolate(x, (8, 8), mode="bilinear", align_corners=True)  # noqa: E731
+    want = F.cross_entropy(up(logits), labels, ignore_index=255) + 0.4 * F.cross_entropy(up(aux), labels, ignore_index=255)
+    assert task_loss(logits, labels, aux).item() == pytest.approx(want.item(), rel=1e-6)
+    all_ignored = torch.full((1, 8, 8), 255)
+    assert task_loss(logits, all_ignored).item() == 0.0
+    assert not math.isnan(task_loss(logits, all_ignored).item())
