@@ -22,7 +22,7 @@ def normalize(image: np.ndarray, norm: dict[str, Any] | None = None) -> torch.Te
     checkpoints' BGR, 0-255, Caffe mean, std 1.
     """
     norm = norm or DEFAULT_NORMALIZATION
-    x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float() / 255.0
+    x = torch.from_numpy(np.array(image, copy=True)).permute(2, 0, 1).float() / 255.0
     if norm.get("bgr"):
         x = x.flip(0)
     x = x * float(norm.get("scale", 1.0))

@@ -202,7 +202,7 @@ def train(
                         finite = accelerator.reduce(finite, reduction="min")
                     if finite.item() < 1:
                         raise TrainingDiverged(
-                            f"{cfg.name}: loss became {loss.item()} at step {step} ({ {k: float(v) for k, v in terms.items()} }); "
+                            f"{cfg.name}: loss became {loss.detach().item()} at step {step} ({ {k: float(v) for k, v in terms.items()} }); "
                             f"stopped without saving. The last good checkpoint in {run_dir / 'state'} is intact."
                         )
                     accelerator.backward(loss)

@@ -1,0 +1,96 @@
+import json
+import math
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from afdcd_bench.config import load_recipe
+from afdcd_bench.engine import TrainingDiverged, split_batch, train
+from afdcd_bench.engine.checkpointing import latest_state
+
+TINY = ["data.crop_size=[32, 32]", "train.iterations=4", "train.effective_batch=4", "train.val_interval=2",
+        "train.checkpoint_interval=2", "train.log_interval=2", "student.backbone=resnet10t", "eval.batch_size=50"]
+
+
+def _reset():
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+
+
+def test_split_batch():
+    assert split_batch(16, 8, None) == (2, 1)
+    assert split_batch(16, 1, 4) == (4, 4)
+    with pytest.raises(ValueError):
+        split_batch(16, 3, None)
+    with pytest.raises(ValueError):
+        split_batch(16, 2, 3)
+
+
+def test_train_writes_record_and_checkpoints(tmp_path):
+    cfg = load_recipe("demo/baseline", TINY + [f"output_dir={tmp_path / 'runs'}"])
+    rec = train(cfg, results_dir=tmp_path / "res", show_progress=False)
+    _reset()
+    on_disk = json.loads((tmp_path / "res" / "demo__baseline__seed0.json").read_text())
+    assert on_disk["final_miou"] == rec["final_miou"] and 0 <= rec["final_miou"] <= 1
+    assert [h["step"] for h in rec["history"]] == [2, 4]
+    assert rec["config_hash"] and rec["versions"]["torch"] and rec["num_processes"] == 1
+    assert len(rec["final_iou"]) == 11 and rec["images_per_second"] > 0
+    run = tmp_path / "runs" / "demo/baseline" / "seed0"
+    assert (run / "final.safetensors").is_file() and (run / "best.safetensors").is_file()
+    assert latest_state(run) is not None
+
+
+def test_resume_reaches_the_same_weights(tmp_path):
+    common = TINY + ["method.name=baseline"]
+    full = load_recipe("demo/baseline", common + [f"output_dir={tmp_path / 'a'}"])
+    train(full, show_progress=False)
+    _reset()
+    # stopped after step 2 (its checkpoint), then resumed to the end
+    part = load_recipe("demo/baseline", common + [f"output_dir={tmp_path / 'b'}", "train.iterations=4"])
+    part_stop = load_recipe("demo/baseline", common + [f"output_dir={tmp_path / 'b'}"])
+    import afdcd_bench.engine.trainer as tr
+
+    calls = {"n": 0}
+    orig = tr.save_training_state
+
+    def stop_after_first(acc, run_dir, progress):
+        orig(acc, run_dir, progress)
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise KeyboardInterrupt
+
+    tr.save_training_state = stop_after_first
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            train(part_stop, show_progress=False)
+    finally:
+        tr.save_training_state = orig
+        _reset()
+    train(part, show_progress=False)
+    _reset()
+    a = load_file(str(tmp_path / "a/demo/baseline/seed0/final.safetensors"))
+    b = load_file(str(tmp_path / "b/demo/baseline/seed0/final.safetensors"))
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_nan_loss_stops_with_clear_message(tmp_path):
+    cfg = load_recipe("demo/baseline", TINY + [f"output_dir={tmp_path}", "train.lr=1e30", "train.iterations=6"])
+    with pytest.raises(TrainingDiverged, match="last good checkpoint"):
+        train(cfg, show_progress=False)
+    _reset()
+
+
+def test_distillation_evaluates_teacher_and_trains(tmp_path):
+    t = load_recipe("demo/teacher", TINY + [f"output_dir={tmp_path}", "student.backbone=resnet10t", "train.iterations=2"])
+    train(t, show_progress=False)
+    _reset()
+    ckpt = tmp_path / "demo/teacher/seed0/best.safetensors"
+    s = load_recipe("demo/afdcd", TINY + [f"output_dir={tmp_path}", f"teacher.checkpoint={ckpt}", "train.iterations=2"])
+    rec = train(s, show_progress=False)
+    _reset()
+    assert rec["teacher_miou"] is not None and rec["method"] == "afdcd"
+    assert math.isfinite(rec["final_miou"])
