@@ -82,18 +82,20 @@ def _camvid_pairs(root: Path, split: str) -> list[tuple[Path, Path]]:
     return [(img, lab_dir / img.name) for img in sorted(img_dir.glob("*.png"))]
 
 
-def _ade_pairs(root: Path, split: str) -> list[tuple[Path, Path]]:
-    sub = {"train": "training", "val": "validation"}.get(split, split)
-    img_dir = _require_dir(root / "images" / sub, "ade20k")
-    lab_dir = _require_dir(root / "annotations" / sub, "ade20k")
-    return [(img, lab_dir / f"{img.stem}.png") for img in sorted(img_dir.glob("*.jpg"))]
+def _images_annotations(bench: str, subdirs: dict[str, str]) -> Callable[[Path, str], list[tuple[Path, Path]]]:
+    """ADE20K and COCO-Stuff: images/<sub>/*.jpg beside annotations/<sub>/<stem>.png."""
+
+    def pairs(root: Path, split: str) -> list[tuple[Path, Path]]:
+        sub = subdirs.get(split, split)
+        img_dir = _require_dir(root / "images" / sub, bench)
+        lab_dir = _require_dir(root / "annotations" / sub, bench)
+        return [(img, lab_dir / f"{img.stem}.png") for img in sorted(img_dir.glob("*.jpg"))]
+
+    return pairs
 
 
-def _coco_pairs(root: Path, split: str) -> list[tuple[Path, Path]]:
-    sub = {"train": "train2017", "val": "val2017"}.get(split, split)
-    img_dir = _require_dir(root / "images" / sub, "coco_stuff_164k")
-    lab_dir = _require_dir(root / "annotations" / sub, "coco_stuff_164k")
-    return [(img, lab_dir / f"{img.stem}.png") for img in sorted(img_dir.glob("*.jpg"))]
+_ade_pairs = _images_annotations("ade20k", {"train": "training", "val": "validation"})
+_coco_pairs = _images_annotations("coco_stuff_164k", {"train": "train2017", "val": "val2017"})
 
 
 BENCHMARKS: dict[str, Benchmark] = {
