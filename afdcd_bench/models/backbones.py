@@ -1,11 +1,15 @@
 """timm backbones dilated to output stride 8, with the taps that distillation needs."""
 from __future__ import annotations
 
+import json
 import os
+from pathlib import Path
 from typing import Any
 
 import timm
 import torch.nn as nn
+
+from .weights import WeightsMismatch, fit_state_dict, read_state_dict
 
 # Deep-stem ResNets of the released code: three 3x3 convs 3->64->64->128 in the stem.
 # timm's resnet101s is exactly that net; for ResNet-18 timm has the options but no name.
@@ -37,7 +41,9 @@ def create_backbone(name: str, pretrained: bool | str = False) -> nn.Module:
     """features_only timm model at output stride 8 returning [C3, C4].
 
     pretrained: False (random), True (timm's own weights by name; needs a network), or the
-    path of a local weights file in timm's layout (loaded through pretrained_cfg_overlay).
+    path of a local weights file: timm's layout (.safetensors or .pth, classifier optional) or
+    a backbone written by `afdcd-bench import-released`. Local files are checked tensor by
+    tensor: timm itself loads a features_only model non-strictly and would accept a wrong file.
     """
     timm_name, kwargs = resolve(name)
     common = dict(features_only=True, output_stride=8, out_indices=(3, 4), **kwargs)
@@ -51,7 +57,12 @@ def create_backbone(name: str, pretrained: bool | str = False) -> nn.Module:
                 f"ImageNet weights file (safetensors or .pth state dict in timm's layout), or "
                 f"import the released backbone with `afdcd-bench import-released`."
             )
-        return timm.create_model(timm_name, pretrained=True, pretrained_cfg_overlay={"file": path}, **common)
+        model = timm.create_model(timm_name, pretrained=False, **common)
+        try:
+            fit_state_dict(model, read_state_dict(path), f"weights file {path} does not fit backbone {name}")
+        except WeightsMismatch as exc:
+            raise PretrainedWeightsError(str(exc)) from exc
+        return model
     if name in ALIASES and timm_name == "resnet18":
         raise PretrainedWeightsError(
             "timm has no ImageNet weights for the deep-stem ResNet-18: import the released "
@@ -63,8 +74,19 @@ def create_backbone(name: str, pretrained: bool | str = False) -> nn.Module:
         raise PretrainedWeightsError(
             f"could not fetch timm's pretrained weights for {timm_name!r} ({type(exc).__name__}: {exc}). "
             f"Without a network, download them elsewhere and set model pretrained to the local file path "
-            f"(e.g. `model.pretrained=/path/{timm_name}.safetensors`)."
+            f"(e.g. `student.pretrained=/path/{timm_name}.safetensors`)."
         ) from exc
+
+
+def weights_normalization(name: str, pretrained: bool | str = False) -> dict[str, Any]:
+    """The input convention of the weights: an imported file says so in its JSON, else timm's."""
+    if isinstance(pretrained, (str, os.PathLike)) and not isinstance(pretrained, bool):
+        meta = Path(pretrained).with_suffix(".json")
+        if meta.is_file():
+            norm = json.loads(meta.read_text()).get("build_args", {}).get("normalization")
+            if norm:
+                return dict(norm)
+    return timm_normalization(name)
 
 
 def timm_normalization(name: str) -> dict[str, Any]:

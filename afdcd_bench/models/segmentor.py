@@ -6,7 +6,7 @@ from typing import Any, NamedTuple
 import torch
 import torch.nn as nn
 
-from .backbones import create_backbone, timm_normalization
+from .backbones import create_backbone, weights_normalization
 from .heads import HEADS, FCNHead, default_head_width
 
 
@@ -48,7 +48,7 @@ class Segmentor(nn.Module):
             "num_classes": int(num_classes),
             "aux": bool(aux),
             "head_width": int(width),
-            "normalization": normalization or timm_normalization(backbone),
+            "normalization": normalization or weights_normalization(backbone, pretrained),
         }
 
     def forward(self, x: torch.Tensor) -> SegmentorOutput:

@@ -1,0 +1,82 @@
+"""Reading weight files safely and fitting them to a network with every discrepancy named."""
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+# ImageNet classifier tensors: present in classification weights, absent from a features-only net.
+CLASSIFIER_PREFIXES = ("fc.", "classifier.", "conv_head.", "bn2.", "last_linear.", "head.fc.")
+
+
+class WeightsMismatch(ValueError):
+    pass
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Tensors of a safetensors file or a torch pickle; pickles are read with weights_only=True.
+
+    Unwraps {"state_dict": ...} / {"model": ...} and strips DataParallel's "module." prefix.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"weights file {path} not found")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        obj = load_file(str(path))
+    else:
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:
+            raise WeightsMismatch(f"{path} is not a torch file of plain tensors ({type(exc).__name__}: {exc})") from exc
+    for wrapper in ("state_dict", "model"):
+        if isinstance(obj, dict) and isinstance(obj.get(wrapper), dict):
+            obj = obj[wrapper]
+    if not isinstance(obj, dict) or not obj:
+        raise WeightsMismatch(f"{path} does not hold a state dict")
+    state = {}
+    for k, v in obj.items():
+        if not isinstance(v, torch.Tensor):
+            raise WeightsMismatch(f"{path}: entry {k!r} is a {type(v).__name__}, not a tensor")
+        state[k.removeprefix("module.")] = v
+    return state
+
+
+def is_bn_counter(key: str) -> bool:
+    return key.endswith("num_batches_tracked")
+
+
+def _listing(name: str, items: list[str]) -> str:
+    more = f" ... ({len(items)} in all)" if len(items) > 6 else ""
+    return f"{name}: {', '.join(items[:6])}{more}"
+
+
+def fit_state_dict(module: nn.Module, state: dict[str, torch.Tensor], what: str, drop_classifier: bool = True) -> list[str]:
+    """Load `state` into `module` strictly; returns the classifier keys dropped on purpose.
+
+    Missing, left-over and mis-shaped tensors are all listed in one WeightsMismatch. BN step
+    counters missing from the file keep the module's value.
+    """
+    target = module.state_dict()
+    ignored = sorted(k for k in state if k not in target and k.startswith(CLASSIFIER_PREFIXES)) if drop_classifier else []
+    missing = [k for k in target if k not in state and not is_bn_counter(k)]
+    left = [k for k in state if k not in target and k not in ignored]
+    shapes = [f"{k} {tuple(v.shape)} vs {tuple(target[k].shape)}" for k, v in state.items() if k in target and v.shape != target[k].shape]
+    if missing or left or shapes:
+        problems = [_listing(n, items) for n, items in (("missing", missing), ("left over", left), ("shape (file vs net)", shapes)) if items]
+        raise WeightsMismatch(f"{what}: " + "; ".join(problems))
+    full = {k: state.get(k, target[k]) for k in target}
+    module.load_state_dict(full, strict=True)
+    return ignored

@@ -1,0 +1,165 @@
+"""Import of released weights, local weight files and the size figures (issue 4)."""
+import json
+import pickle
+
+import pytest
+import timm
+import torch
+
+from afdcd_bench.cli import main
+from afdcd_bench.models import CAFFE_NORMALIZATION, PretrainedWeightsError, build_segmentor, load_segmentor, read_meta
+from afdcd_bench.models.complexity import model_complexity
+from afdcd_bench.models.released import STEM_RENAMES, import_released
+from afdcd_bench.models.weights import WeightsMismatch, sha256_file
+
+TO_RELEASED_STEM = {v: k for k, v in STEM_RENAMES.items()}
+
+
+def released_resnet_names(state):
+    """Our deep-stem timm keys -> the released names (the inverse of the import's renames)."""
+    out = {}
+    for k, v in state.items():
+        for ours, theirs in sorted(TO_RELEASED_STEM.items(), key=lambda kv: -len(kv[0])):
+            if k.startswith(ours + ".") and not k.startswith("layer"):
+                k = theirs + k[len(ours):]
+                break
+        out[k] = v
+    return out
+
+
+def randomise(module):
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, t in module.state_dict().items():
+            if t.is_floating_point():
+                t.copy_(torch.rand(t.shape, generator=g) * (0.5 if "var" in name else 0.2) + (0.5 if "var" in name else -0.1))
+    return module
+
+
+def test_released_deepstem_resnet18_backbone(tmp_path):
+    full = randomise(timm.create_model("resnet18", stem_width=64, stem_type="deep"))
+    released = released_resnet_names(full.state_dict())
+    assert "conv2.weight" in released and "bn3.running_var" in released and "fc.weight" in released
+    src = tmp_path / "resnet18-imagenet.pth"
+    torch.save(released, src)
+    rep = import_released(src, tmp_path / "r18.safetensors")
+    assert (rep.kind, rep.backbone) == ("backbone", "resnet18_deepstem")
+    assert rep.ignored == ["fc.bias", "fc.weight"] and rep.sha256 == sha256_file(src)
+    model = build_segmentor("deeplabv3", "resnet18_deepstem", 19, pretrained=str(tmp_path / "r18.safetensors"))
+    assert model.build_args["normalization"] == CAFFE_NORMALIZATION
+    ours = model.backbone.state_dict()
+    for k, v in full.state_dict().items():
+        if not k.startswith("fc."):
+            assert torch.equal(ours[k], v), k
+    assert read_meta(tmp_path / "r18.safetensors")["source_sha256"] == rep.sha256
+
+
+def _released_segmentor(model):
+    """A checkpoint with the released key layout: backbone under pretrained., heads as ours."""
+    out = {}
+    bb = {k.removeprefix("backbone."): v for k, v in model.state_dict().items() if k.startswith("backbone.")}
+    for k, v in released_resnet_names(bb).items():
+        out[f"pretrained.{k}"] = v
+    out["pretrained.fc.weight"] = torch.zeros(1000, 512)  # released nets keep their ImageNet classifier
+    out["pretrained.fc.bias"] = torch.zeros(1000)
+    out.update({k: v for k, v in model.state_dict().items() if not k.startswith("backbone.")})
+    return out
+
+
+@pytest.mark.parametrize("arch", ["deeplabv3", "pspnet"])
+def test_released_segmentor_checkpoint_round_trip(tmp_path, arch):
+    ref = randomise(build_segmentor(arch, "resnet18_deepstem", 19, aux=True, head_width=64)).eval()
+    src = tmp_path / f"{arch}_resnet18_citys_best_model.pth"
+    torch.save(_released_segmentor(ref), src)
+    rep = import_released(src, tmp_path / "teacher.safetensors")
+    assert rep.kind == "segmentor" and rep.ignored == ["fc.bias", "fc.weight"]
+    model = load_segmentor(tmp_path / "teacher.safetensors").eval()
+    assert model.build_args | {"normalization": None} == {"arch": arch, "backbone": "resnet18_deepstem", "num_classes": 19,
+                                                          "aux": True, "head_width": 64, "normalization": None}
+    assert model.build_args["normalization"]["bgr"] is True
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        a, b = ref(x), model(x)
+    assert torch.equal(a.logits, b.logits) and torch.equal(a.aux_logits, b.aux_logits)
+    meta = read_meta(tmp_path / "teacher.safetensors")
+    assert meta["source_sha256"] == sha256_file(src) and meta["kind"] == "segmentor"
+
+
+def test_released_mobilenetv2_mapped_by_position(tmp_path):
+    ref = randomise(build_segmentor("deeplabv3", "mobilenetv2_100", 19)).eval()
+    bb = [(k, v) for k, v in ref.state_dict().items() if k.startswith("backbone.")]
+    released = {f"pretrained.features.{i}": v for i, (k, v) in enumerate(bb)}  # other names, same order
+    released.update({k: v for k, v in ref.state_dict().items() if not k.startswith("backbone.")})
+    torch.save(released, tmp_path / "mbv2.pth")
+    assert import_released(tmp_path / "mbv2.pth", tmp_path / "mbv2.safetensors").backbone == "mobilenetv2_100"
+    model = load_segmentor(tmp_path / "mbv2.safetensors").eval()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(ref(x).logits, model(x).logits)
+
+
+def test_released_mismatches_are_named(tmp_path):
+    ref = build_segmentor("deeplabv3", "resnet18_deepstem", 19, aux=True, head_width=64)
+    good = _released_segmentor(ref)
+    missing = {k: v for k, v in good.items() if k != "head.aspp.b2.block.1.weight"}
+    torch.save(missing, tmp_path / "missing.pth")
+    with pytest.raises(WeightsMismatch, match=r"missing: head\.aspp\.b2\.block\.1\.weight"):
+        import_released(tmp_path / "missing.pth", tmp_path / "out.safetensors")
+    extra = dict(good, **{"head.extra.weight": torch.zeros(3)})
+    torch.save(extra, tmp_path / "extra.pth")
+    with pytest.raises(WeightsMismatch, match=r"left over: head\.extra\.weight"):
+        import_released(tmp_path / "extra.pth", tmp_path / "out.safetensors")
+    bad = dict(good)
+    bad["pretrained.layer1.0.conv1.weight"] = torch.zeros(64, 128, 1, 1)
+    torch.save(bad, tmp_path / "shape.pth")
+    with pytest.raises(WeightsMismatch, match=r"shape .*layer1\.0\.conv1\.weight"):
+        import_released(tmp_path / "shape.pth", tmp_path / "out.safetensors")
+    assert not (tmp_path / "out.safetensors").exists()
+
+
+class Payload:
+    def __reduce__(self):
+        return (print, ("unpickled!",))
+
+
+def test_released_files_are_never_unpickled(tmp_path):
+    with open(tmp_path / "evil.pth", "wb") as f:
+        pickle.dump({"conv1.weight": Payload()}, f)
+    with pytest.raises(WeightsMismatch, match="plain tensors"):
+        import_released(tmp_path / "evil.pth", tmp_path / "out.safetensors")
+
+
+def test_local_file_with_wrong_keys_is_refused(tmp_path):
+    # timm loads features_only models non-strictly: a wrong file would silently load nothing.
+    from safetensors.torch import save_file
+
+    save_file({"foo.weight": torch.zeros(3)}, str(tmp_path / "wrong.safetensors"))
+    with pytest.raises(PretrainedWeightsError, match="missing: conv1.weight"):
+        build_segmentor("deeplabv3", "resnet18", 3, pretrained=str(tmp_path / "wrong.safetensors"))
+
+
+def test_import_released_cli(tmp_path, capsys):
+    full = timm.create_model("resnet18", stem_width=64, stem_type="deep")
+    torch.save(released_resnet_names(full.state_dict()), tmp_path / "r18.pth")
+    assert main(["import-released", str(tmp_path / "r18.pth"), str(tmp_path / "r18.safetensors")]) == 0
+    out = capsys.readouterr().out
+    assert "resnet18_deepstem" in out and "student.pretrained=" in out
+    assert main(["import-released", str(tmp_path / "nothing.pth"), str(tmp_path / "x.safetensors")]) == 2
+
+
+def test_size_figures_match_the_papers():
+    """True multiply-adds, and the papers' dilation-blind counter reproduced to their printed digit."""
+    size = (1024, 2048)
+    figures = {"resnet101_deepstem": (61.1, 2063, 2371.7), "resnet18_deepstem": (13.6, 517, 572.0), "mobilenetv2_100": (3.2, 107, 128.9)}
+    for backbone, (params, true_g, printed_g) in figures.items():
+        c = model_complexity("deeplabv3", backbone, 19, size)
+        assert round(c["params_m"], 1) == params
+        assert abs(c["gmacs"] - true_g) / true_g < 0.01
+        assert round(c["gmacs_printed_style"], 1) == printed_g
+
+
+def test_models_command_lists_recipe_models(capsys):
+    assert main(["models", "--format", "json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert {r["role"] for r in rows} == {"teacher", "student"}
+    assert all(r["gmacs"] > 0 and r["gmacs_printed_style"] >= r["gmacs"] for r in rows)
