@@ -51,10 +51,9 @@ def _cmd_table(args: argparse.Namespace) -> int:
 
 
 def _cmd_recipes(args: argparse.Namespace) -> int:
-    from .config import load_recipe, recipes_root, to_dict
+    from .config import list_recipes, load_recipe, to_dict
 
-    names = sorted(p.relative_to(recipes_root()).with_suffix("").as_posix() for p in recipes_root().rglob("*.yaml")
-                   if "accelerate" not in p.parts and p.name not in ("base.yaml", "quick.yaml", "student.yaml"))
+    names = list_recipes()
     if args.format == "json":
         print(json.dumps([to_dict(load_recipe(n)) for n in names], indent=2))
     else:
@@ -71,6 +70,70 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
     reproduce(args.benchmark, seeds=args.seeds, data_root=args.data_root, teacher=args.teacher, quick=args.quick,
               results_dir=args.results_dir, output_dir=args.output_dir, launcher=args.launcher, extra=args.overrides)
     return 0
+
+
+def _cmd_import_released(args: argparse.Namespace) -> int:
+    from .models.released import import_released
+
+    rep = import_released(args.src, args.dst, backbone=args.backbone, arch=args.arch)
+    print(f"imported {rep.kind} {rep.backbone} from {rep.source} ({rep.tensors} tensors, sha256 {rep.sha256})")
+    if rep.ignored:
+        print(f"dropped the ImageNet classifier: {', '.join(rep.ignored)}")
+    if rep.kind == "segmentor":
+        print(f"wrote {args.dst}: {rep.build_args['arch']}-{rep.backbone}, {rep.build_args['num_classes']} classes, "
+              f"head width {rep.build_args['head_width']}, aux {rep.build_args['aux']}; use it as teacher.checkpoint={args.dst}")
+    else:
+        print(f"wrote {args.dst}: use it as student.pretrained={args.dst} (inputs become BGR 0-255 minus the Caffe mean)")
+    return 0
+
+
+def _parse_size(text: str) -> tuple[int, int]:
+    try:
+        h, w = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"size must be HxW, e.g. 1024x2048, not {text!r}") from None
+    return h, w
+
+
+def _cmd_models(args: argparse.Namespace) -> int:
+    from .harness.models_table import models_frame, render_models
+
+    frame = models_frame(size=args.size)
+    if args.format == "json":
+        print(frame.to_json(orient="records", indent=2))
+    else:
+        render_models(frame)
+    return 0
+
+
+def _cmd_data_check(args: argparse.Namespace) -> int:
+    from rich.table import Table
+
+    from .data.check import check_dataset
+
+    console = Console()
+    report = check_dataset(args.name, args.root, args.split, decode=not args.no_decode, workers=args.workers)
+    table = Table(title=f"{report.name} at {report.root}")
+    for col in ("split", "expected", "images", "labels", "problems"):
+        table.add_column(col, justify="left" if col == "split" else "right")
+    for s in report.splits:
+        style = "" if s.count_ok else "red"
+        table.add_row(s.split, str(s.expected), f"[{style}]{s.images}[/]" if style else str(s.images),
+                      f"[{style}]{s.labels}[/]" if style else str(s.labels), str(len(s.problems)))
+    console.print(table)
+    problems = [p for s in report.splits for p in s.problems]
+    for line in problems[: args.max_problems]:
+        console.print(f"  {line}", markup=False, highlight=False, soft_wrap=True)
+    if len(problems) > args.max_problems:
+        console.print(f"  ... and {len(problems) - args.max_problems} more (--max-problems)")
+    for s in report.splits:
+        if not s.count_ok:
+            note = " (not counted as a fault: --ignore-counts)" if args.ignore_counts else ""
+            console.print(f"{s.split}: expected {s.expected} images with labels, found {s.images} images and {s.labels} labels{note}",
+                          soft_wrap=True)
+    ok = report.ok(check_counts=not args.ignore_counts)
+    console.print("[green]OK[/]" if ok else "[red]FAULTS FOUND[/]")
+    return 0 if ok else 1
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -110,6 +173,28 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--output-dir", default="runs")
     rp.add_argument("--launcher", choices=("inprocess", "accelerate"), default=None)
     rp.set_defaults(func=_cmd_reproduce)
+    ir = sub.add_parser("import-released", help="convert a released backbone or teacher/student .pth into our checkpoint format")
+    ir.add_argument("src")
+    ir.add_argument("dst", help="output .safetensors (a .json of build arguments is written beside it)")
+    ir.add_argument("--backbone", default=None, help="backbone name, when it cannot be told from the keys")
+    ir.add_argument("--arch", choices=("deeplabv3", "pspnet"), default=None)
+    ir.set_defaults(func=_cmd_import_released)
+
+    m = sub.add_parser("models", help="params and multiply-adds of every teacher and student the recipes use")
+    m.add_argument("--size", type=_parse_size, default=None, help="HxW for every model (default: each benchmark's crop)")
+    m.add_argument("--format", choices=("text", "json"), default="text")
+    m.set_defaults(func=_cmd_models)
+    d = sub.add_parser("data", help="dataset tools")
+    dsub = d.add_subparsers(dest="data_command", required=True)
+    dc = dsub.add_parser("check", help="count, pair and decode every file of a dataset folder; exit 1 on any fault")
+    dc.add_argument("name", help="cityscapes, voc, camvid, ade20k, coco_stuff_164k or digits")
+    dc.add_argument("--root", default=None, help="the benchmark's folder (default $AFDCD_DATA/<folder>)")
+    dc.add_argument("--split", action="append", default=None, help="check only this split (repeatable)")
+    dc.add_argument("--no-decode", action="store_true", help="only count and pair files, do not open them")
+    dc.add_argument("--ignore-counts", action="store_true", help="split sizes other than the published ones are not a fault")
+    dc.add_argument("--workers", type=int, default=None)
+    dc.add_argument("--max-problems", type=int, default=50)
+    dc.set_defaults(func=_cmd_data_check)
     return p
 
 
@@ -118,11 +203,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .data import DatasetLayoutError
     from .harness.reproduce import ReproduceError
     from .models import PretrainedWeightsError
+    from .models.weights import WeightsMismatch
 
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ConfigError, DatasetLayoutError, ReproduceError, PretrainedWeightsError, FileNotFoundError, ValueError) as exc:
+    except (ConfigError, DatasetLayoutError, ReproduceError, PretrainedWeightsError, WeightsMismatch, FileNotFoundError, ValueError) as exc:
         print(f"afdcd-bench: error: {exc}", file=sys.stderr)
         return 2
 

@@ -7,8 +7,8 @@ def test_demo_recipes_resolve_with_inheritance():
     cfg = load_recipe("demo/afdcd")
     assert cfg.name == "demo/afdcd"
     assert cfg.method.name == "afdcd" and cfg.method.afdcd.pool == 0
-    assert cfg.student.backbone == "mobilenetv2_100" and cfg.teacher.backbone == "resnet34"
-    assert cfg.data.crop_size == [64, 64]  # from base.yaml
+    assert cfg.student.backbone == "resnet18" and cfg.teacher.backbone == "resnet34"
+    assert cfg.data.crop_size == [64, 64]  # from _base.yaml
     assert cfg.method.clip_grad_norm == 15.0  # paper default from the schema
 
 

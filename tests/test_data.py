@@ -116,3 +116,75 @@ def test_digits_is_deterministic_and_splits_are_disjoint():
     assert not any(x.tobytes() in flat_tr for x in va)
     lab = np.concatenate([x.ravel() for x in a["label"]])
     assert set(np.unique(lab)) <= set(range(11)) and (lab > 0).any()
+
+
+def test_digits_scenes_label_whole_tiles():
+    from afdcd_bench.data.digits import SIZE, generate
+
+    val = generate("val", 60, seed=0)
+    labels = np.stack(val["label"])
+    assert labels.shape == (60, SIZE, SIZE)
+    fg = (labels > 0).mean()
+    assert 0.2 < fg < 0.7  # tiles of 20-36 px, 2-4 per 64x64 scene
+    assert set(np.unique(labels)) == set(range(11))  # every digit class occurs
+    # a tile is labelled as a whole: each digit region spans at least one 20 px run in a row
+    runs = [max((len(r) for r in np.split(row, np.flatnonzero(np.diff(row)) + 1) if r[0] > 0), default=0) for row in labels[0]]
+    assert max(runs) >= 20
+
+
+def test_augmentation_without_flip_or_scale_is_the_identity():
+    rng = np.random.default_rng(0)
+    image, label = _rgb(16, 16), np.arange(256, dtype=np.uint8).reshape(16, 16) % 11
+    for _ in range(5):
+        img, lab = train_augment(image, label, (16, 16), (1.0, 1.0), rng, flip=False)
+        assert np.array_equal(img, image) and np.array_equal(lab, label)
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_data_check_passes_clean_trees_and_flags_split_sizes(tmp_path, name, capsys):
+    from afdcd_bench.cli import main
+
+    raw, _ = CASES[name]
+    label = np.zeros((8, 12), np.uint8)
+    label.flat[: len(raw)] = raw
+    make_tree(tmp_path, name, label)
+    assert main(["data", "check", name, "--root", str(tmp_path), "--split", "train", "--ignore-counts"]) == 0
+    assert main(["data", "check", name, "--root", str(tmp_path), "--split", "train"]) == 1
+    assert "FAULTS FOUND" in capsys.readouterr().out
+
+
+def test_data_check_names_every_planted_fault(tmp_path, capsys):
+    from afdcd_bench.cli import main
+
+    root = tmp_path / "cs"
+    make_tree(root, "cityscapes", np.full((8, 12), 7, np.uint8))
+    city = "leftImg8bit/train/aachen"
+    gt = "gtFine/train/aachen"
+    _png(root / f"{city}/b_000001_000019_leftImg8bit.png", _rgb())  # no label
+    _png(root / f"{gt}/c_000002_000019_gtFine_labelIds.png", np.zeros((8, 12), np.uint8))  # no image
+    (root / f"{city}/d_000003_000019_leftImg8bit.png").write_bytes(b"\x89PNG broken")  # corrupt
+    _png(root / f"{gt}/d_000003_000019_gtFine_labelIds.png", np.zeros((8, 12), np.uint8))
+    _png(root / f"{city}/e_000004_000019_leftImg8bit.png", _rgb())  # size mismatch
+    _png(root / f"{gt}/e_000004_000019_gtFine_labelIds.png", np.zeros((4, 4), np.uint8))
+    _png(root / f"{city}/f_000005_000019_leftImg8bit.png", _rgb())  # RGB label
+    _png(root / f"{gt}/f_000005_000019_gtFine_labelIds.png", _rgb())
+    assert main(["data", "check", "cityscapes", "--root", str(root), "--split", "train", "--ignore-counts"]) == 1
+    out = capsys.readouterr().out
+    for needle in ("b_000001_000019_leftImg8bit.png has no label", "c_000002_000019_gtFine_labelIds.png has no image",
+                   "cannot read image", "d_000003", "e_000004_000019_leftImg8bit.png is 12x8", "mode RGB"):
+        assert needle in out.replace("\n", " "), needle
+    # the bad-label-value and missing-listed-image faults, on VOC
+    voc = tmp_path / "voc"
+    make_tree(voc, "voc", np.full((8, 12), 30, np.uint8))
+    (voc / "ImageSets/Segmentation/train_aug.txt").write_text("2007_000032\n2007_000099\n")
+    assert main(["data", "check", "voc", "--root", str(voc), "--split", "train", "--ignore-counts"]) == 1
+    out = capsys.readouterr().out.replace("\n", " ")
+    assert "[30] outside voc's label set" in out and "2007_000099.jpg is missing" in out
+    assert main(["data", "check", "voc", "--root", str(tmp_path / "nowhere")]) == 2
+
+
+def test_data_check_digits(capsys):
+    from afdcd_bench.cli import main
+
+    assert main(["data", "check", "digits"]) == 0
+    assert "1200" in capsys.readouterr().out

@@ -100,3 +100,17 @@ def load_recipe(name_or_path: str | os.PathLike, overrides: Iterable[str] = ()) 
 def config_hash(cfg: RecipeConfig) -> str:
     blob = json.dumps(to_dict(cfg), sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def list_recipes(benchmark: str | None = None) -> list[str]:
+    """Names of the runnable recipes. Files named `_*.yaml` are shared parts (bases, the quick
+    schedule), and recipes/accelerate/ holds launch configs, not recipes."""
+    root = recipes_root()
+    names = []
+    for p in root.rglob("*.yaml"):
+        rel = p.relative_to(root)
+        if rel.parts[0] == "accelerate" or p.name.startswith("_"):
+            continue
+        if benchmark is None or rel.parts[0] == benchmark:
+            names.append(rel.with_suffix("").as_posix())
+    return sorted(names)

@@ -15,6 +15,7 @@ class DataConfig:
     root: Optional[str] = None
     crop_size: list[int] = field(default_factory=lambda: [512, 1024])
     scale_range: list[float] = field(default_factory=lambda: [0.5, 2.0])
+    flip: bool = True  # random horizontal flip in training
     num_workers: int = 0
     val_split: str = "val"
 
@@ -63,6 +64,7 @@ class MethodConfig:
 class TrainConfig:
     iterations: int = 40000
     effective_batch: int = 16
+    optimizer: str = "sgd"  # sgd (the paper) | adamw
     lr: float = 0.02
     momentum: float = 0.9
     weight_decay: float = 1e-4

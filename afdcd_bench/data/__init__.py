@@ -35,8 +35,9 @@ def build_dataset(
     scale_range: tuple[float, float] = (0.5, 2.0),
     normalization: dict[str, Any] | None = None,
     seed: int = 0,
+    flip: bool = True,
 ) -> SegmentationDataset:
-    kwargs = dict(train=train, crop_size=crop_size, scale_range=scale_range, normalization=normalization, seed=seed)
+    kwargs = dict(train=train, crop_size=crop_size, scale_range=scale_range, normalization=normalization, seed=seed, flip=flip)
     if name == "digits":
         return DigitsDataset(str(root) if root else None, split, **kwargs)
     if name not in BENCHMARKS:

@@ -21,6 +21,7 @@ class SegmentationDataset(Dataset):
         scale_range: tuple[float, float] = (0.5, 2.0),
         normalization: dict[str, Any] | None = None,
         seed: int = 0,
+        flip: bool = True,
     ):
         if train and crop_size is None:
             raise ValueError("a training dataset needs crop_size (h, w)")
@@ -29,6 +30,7 @@ class SegmentationDataset(Dataset):
         self.scale_range = tuple(scale_range)
         self.normalization = normalization
         self.seed = int(seed)
+        self.flip = bool(flip)
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -45,7 +47,7 @@ class SegmentationDataset(Dataset):
     def __getitem__(self, index: int) -> dict[str, Any]:
         image, label, name = self.load(index)
         if self.train:
-            image, label = train_augment(image, label, self.crop_size, self.scale_range, self.rng(index))
+            image, label = train_augment(image, label, self.crop_size, self.scale_range, self.rng(index), self.flip)
         return {
             "image": normalize(image, self.normalization),
             "label": torch.from_numpy(np.ascontiguousarray(label)).long(),

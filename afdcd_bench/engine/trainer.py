@@ -66,6 +66,15 @@ def split_batch(effective: int, processes: int, per_device: int | None) -> tuple
     return per_device, per_process // per_device
 
 
+def build_optimizer(params: list[nn.Parameter], tc: Any) -> torch.optim.Optimizer:
+    """SGD with momentum as in the paper; AdamW for short from-scratch schedules (the demo)."""
+    if tc.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=tc.lr, momentum=tc.momentum, weight_decay=tc.weight_decay)
+    if tc.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=tc.lr, weight_decay=tc.weight_decay)
+    raise ValueError(f"train.optimizer must be sgd or adamw, not {tc.optimizer!r}")
+
+
 def poly_lr(base: float, step: int, total: int, power: float) -> float:
     return base * (1.0 - step / total) ** power
 
@@ -144,7 +153,8 @@ def train(
     norm = student.build_args["normalization"]
     root = resolve_root(cfg.data.name, cfg.data.root)
     train_ds = build_dataset(cfg.data.name, root, "train", train=True, crop_size=tuple(cfg.data.crop_size),
-                             scale_range=tuple(cfg.data.scale_range), normalization=norm, seed=tc.seed)
+                             scale_range=tuple(cfg.data.scale_range), normalization=norm, seed=tc.seed,
+                             flip=cfg.data.flip)
     val_ds = build_dataset(cfg.data.name, root, cfg.data.val_split, normalization=norm)
     if len(train_ds) < per_device * accelerator.num_processes:
         raise ValueError(f"training set has {len(train_ds)} images, fewer than one global micro-batch")
@@ -153,7 +163,7 @@ def train(
     val_loader = DataLoader(val_ds, batch_size=cfg.eval.batch_size, shuffle=False, num_workers=cfg.data.num_workers)
 
     params = [p for p in step_module.parameters() if p.requires_grad]
-    optimizer = torch.optim.SGD(params, lr=tc.lr, momentum=tc.momentum, weight_decay=tc.weight_decay)
+    optimizer = build_optimizer(params, tc)
     step_module, optimizer, train_loader, val_loader = accelerator.prepare(step_module, optimizer, train_loader, val_loader)
     if teacher is not None:
         teacher = teacher.to(accelerator.device).eval().requires_grad_(False)
@@ -202,7 +212,7 @@ def train(
                         finite = accelerator.reduce(finite, reduction="min")
                     if finite.item() < 1:
                         raise TrainingDiverged(
-                            f"{cfg.name}: loss became {loss.detach().item()} at step {step} ({ {k: float(v) for k, v in terms.items()} }); "
+                            f"{cfg.name}: loss became {loss.detach().item()} at step {step} ({ {k: float(v.detach()) for k, v in terms.items()} }); "
                             f"stopped without saving. The last good checkpoint in {run_dir / 'state'} is intact."
                         )
                     accelerator.backward(loss)

@@ -12,7 +12,7 @@ from pathlib import Path
 import yaml
 from rich.console import Console
 
-from ..config import ConfigError, load_recipe, recipes_root
+from ..config import ConfigError, list_recipes, load_recipe, recipes_root
 from ..data import BENCHMARKS, DatasetLayoutError, build_dataset, describe, resolve_root
 from ..engine.records import record_path
 from .table import records_frame, render, summary, write_tables
@@ -26,15 +26,9 @@ class ReproduceError(RuntimeError):
 
 def plan(benchmark: str) -> list[str]:
     """Recipe names in run order: the teacher first, then each student's methods."""
-    folder = recipes_root() / benchmark
-    if not folder.is_dir():
-        raise ReproduceError(f"no recipes for {benchmark!r} under {folder}")
-    names = [p.relative_to(recipes_root()).with_suffix("").as_posix() for p in sorted(folder.rglob("*.yaml"))]
-    runnable = []
-    for n in names:
-        raw = yaml.safe_load((recipes_root() / f"{n}.yaml").read_text()) or {}
-        if raw.get("method", {}).get("name") or n.endswith("/teacher"):
-            runnable.append(n)
+    runnable = list_recipes(benchmark)
+    if not runnable:
+        raise ReproduceError(f"no recipes for {benchmark!r} under {recipes_root() / benchmark}")
     order = {m: i for i, m in enumerate(STUDENT_METHODS)}
     teachers = [n for n in runnable if n.endswith("/teacher")]
     students = sorted((n for n in runnable if n not in teachers), key=lambda n: (order.get(load_recipe(n).method.name, 9), n))
@@ -89,7 +83,7 @@ def reproduce(
     check_data(benchmark, data_root)
     names = plan(benchmark)
     quick_overrides: dict[str, list[str]] = {}
-    quick_file = recipes_root() / benchmark / "quick.yaml"
+    quick_file = recipes_root() / benchmark / "_quick.yaml"
     if quick:
         if not quick_file.is_file():
             raise ReproduceError(f"--quick needs {quick_file}")
