@@ -34,16 +34,24 @@ def _cmd_eval(args: argparse.Namespace) -> int:
                        normalization=model.build_args["normalization"])
     acc = Accelerator(dataloader_config=DataLoaderConfiguration(even_batches=False))
     model, loader = acc.prepare(model, DataLoader(ds, batch_size=cfg.eval.batch_size))
-    scores = evaluate(model, loader, cfg.num_classes, acc, cfg.eval)
+    writer = None
+    if args.save_predictions:
+        from .engine.predictions import PredictionWriter
+
+        writer = PredictionWriter(args.save_predictions, cfg.benchmark)
+    scores = evaluate(model, loader, cfg.num_classes, acc, cfg.eval, on_batch=writer)
     if acc.is_main_process:
         print(json.dumps({"miou": scores["miou"], "pixel_acc": scores["pixel_acc"], "iou": scores["iou"]}, indent=2))
     return 0
 
 
 def _cmd_table(args: argparse.Namespace) -> int:
-    from .harness.table import records_frame, render, summary, write_tables
+    from .config import list_recipes
+    from .harness.table import expected_runs, records_frame, render, summary, write_tables
 
-    table = summary(records_frame(args.results_dir))
+    frame = records_frame(args.results_dir)
+    folders = sorted({r.split("/")[0] for r in frame["recipe"]})  # recipes/<folder>/ of the runs found
+    table = summary(frame, expected_runs([n for f in folders for n in list_recipes(f)]))
     render(table)
     if not table.empty:
         write_tables(table, args.results_dir)
@@ -55,7 +63,15 @@ def _cmd_recipes(args: argparse.Namespace) -> int:
 
     names = list_recipes()
     if args.format == "json":
-        print(json.dumps([to_dict(load_recipe(n)) for n in names], indent=2))
+        rows = []
+        for n in names:
+            cfg = load_recipe(n)
+            distilled = cfg.teacher is not None and cfg.method.name != "baseline"
+            rows.append({"recipe": n, "benchmark": cfg.benchmark, "method": "teacher" if n.endswith("/teacher") else cfg.method.name,
+                         "student": f"{cfg.student.arch}-{cfg.student.backbone}",
+                         "teacher": f"{cfg.teacher.arch}-{cfg.teacher.backbone}" if distilled else None,
+                         "published_miou": cfg.published.miou, "config": to_dict(cfg)})
+        print(json.dumps(rows, indent=2))
     else:
         for n in names:
             cfg = load_recipe(n)
@@ -68,7 +84,8 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
     from .harness.reproduce import reproduce
 
     reproduce(args.benchmark, seeds=args.seeds, data_root=args.data_root, teacher=args.teacher, quick=args.quick,
-              results_dir=args.results_dir, output_dir=args.output_dir, launcher=args.launcher, extra=args.overrides)
+              results_dir=args.results_dir, output_dir=args.output_dir, launcher=args.launcher, extra=args.overrides,
+              only=args.only)
     return 0
 
 
@@ -136,6 +153,18 @@ def _cmd_data_check(args: argparse.Namespace) -> int:
     return 0 if ok else 1
 
 
+def _cmd_plot(args: argparse.Namespace) -> int:
+    from .harness.plots import plot_results
+
+    paths = plot_results(args.results_dir, args.out)
+    if not paths:
+        print(f"afdcd-bench: no run records with validation history under {args.results_dir}", file=sys.stderr)
+        return 1
+    for p in paths:
+        print(f"wrote {p}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="afdcd-bench", description="Af-DCD reproduction and benchmark suite")
     sub = p.add_subparsers(dest="command", required=True)
@@ -152,11 +181,18 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("recipe")
     e.add_argument("overrides", nargs="*")
     e.add_argument("--checkpoint", required=True)
+    e.add_argument("--save-predictions", default=None, metavar="DIR",
+                   help="write raw, colour and (Cityscapes) labelIds PNG predictions under DIR")
     e.set_defaults(func=_cmd_eval)
 
     tb = sub.add_parser("table", help="gather run records into tables")
     tb.add_argument("results_dir", nargs="?", default="results")
     tb.set_defaults(func=_cmd_table)
+
+    pl = sub.add_parser("plot", help="PNG figures: per-class IoU change over the baseline, validation curves")
+    pl.add_argument("results_dir", nargs="?", default="results")
+    pl.add_argument("--out", default=None, help="folder for the figures (default RESULTS_DIR/figures)")
+    pl.set_defaults(func=_cmd_plot)
 
     r = sub.add_parser("recipes", help="list the recipes")
     r.add_argument("--format", choices=("text", "json"), default="text")
@@ -172,6 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--results-dir", default=None)
     rp.add_argument("--output-dir", default="runs")
     rp.add_argument("--launcher", choices=("inprocess", "accelerate"), default=None)
+    rp.add_argument("--only", default=None, help="the teacher and only the student recipes whose name contains this")
     rp.set_defaults(func=_cmd_reproduce)
     ir = sub.add_parser("import-released", help="convert a released backbone or teacher/student .pth into our checkpoint format")
     ir.add_argument("src")
@@ -201,14 +238,23 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     from .config import ConfigError
     from .data import DatasetLayoutError
+    from .engine.trainer import LaunchMismatch, TrainingDiverged
     from .harness.reproduce import ReproduceError
     from .models import PretrainedWeightsError
     from .models.weights import WeightsMismatch
 
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    # dotted.key=value overrides may come after options too (argparse stops collecting them there)
+    if unknown:
+        if hasattr(args, "overrides") and all("=" in u and not u.startswith("-") for u in unknown):
+            args.overrides = [*(args.overrides or []), *unknown]
+        else:
+            parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     try:
         return args.func(args)
-    except (ConfigError, DatasetLayoutError, ReproduceError, PretrainedWeightsError, WeightsMismatch, FileNotFoundError, ValueError) as exc:
+    except (ConfigError, DatasetLayoutError, ReproduceError, PretrainedWeightsError, WeightsMismatch, LaunchMismatch,
+            TrainingDiverged, FileNotFoundError, ValueError) as exc:
         print(f"afdcd-bench: error: {exc}", file=sys.stderr)
         return 2
 

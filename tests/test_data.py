@@ -188,3 +188,11 @@ def test_data_check_digits(capsys):
 
     assert main(["data", "check", "digits"]) == 0
     assert "1200" in capsys.readouterr().out
+
+
+def test_cityscapes_colours_match_official_where_installed():
+    labels = pytest.importorskip("cityscapesscripts.helpers.labels")  # optional extra [cityscapes]
+    from afdcd_bench.engine.predictions import CITYSCAPES_COLOURS
+
+    official = {lab.trainId: tuple(lab.color) for lab in labels.labels if 0 <= lab.trainId < 255}
+    assert [official[i] for i in range(19)] == CITYSCAPES_COLOURS

@@ -94,3 +94,11 @@ def test_distillation_evaluates_teacher_and_trains(tmp_path):
     _reset()
     assert rec["teacher_miou"] is not None and rec["method"] == "afdcd"
     assert math.isfinite(rec["final_miou"])
+
+
+def test_tensorboard_tracker_writes_events(tmp_path):
+    cfg = load_recipe("demo/baseline", TINY + [f"output_dir={tmp_path}", "train.iterations=2", "train.tensorboard=true"])
+    train(cfg, show_progress=False)
+    _reset()
+    events = list((tmp_path / "demo/baseline/seed0").rglob("events.out.tfevents.*"))
+    assert events and all(e.stat().st_size > 0 for e in events)

@@ -59,12 +59,17 @@ def load_raw(path: Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     return _merge(merged, data)
 
 
+YAML11_BOOL_WORDS = {"yes", "no", "on", "off", "y", "n"}
+
+
 def apply_override(data: dict[str, Any], override: str) -> None:
     if "=" not in override:
         raise ConfigError(f"override {override!r} must look like dotted.key=value")
     key, raw = override.split("=", 1)
     try:
-        value = yaml.safe_load(raw) if raw != "" else None
+        # YAML 1.1 reads no/yes/on/off as booleans; on a command line they mean the word
+        # (train.mixed_precision=no). Booleans are true/false.
+        value = raw if raw.strip().lower() in YAML11_BOOL_WORDS else yaml.safe_load(raw) if raw != "" else None
     except yaml.YAMLError as exc:
         raise ConfigError(f"override {override!r}: value is not valid YAML ({exc})") from exc
     parts = key.strip().split(".")

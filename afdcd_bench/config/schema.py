@@ -74,6 +74,7 @@ class TrainConfig:
     checkpoint_interval: int = 800
     mixed_precision: str = "no"
     log_interval: int = 50
+    tensorboard: bool = False  # scalars through Accelerate's tracker (extra [tensorboard])
 
 
 @dataclass
@@ -158,6 +159,8 @@ def _coerce(value: Any, tp: Any, path: str) -> Any:
             raise ConfigError(f"{path}: expected a number, got {value!r}")
         return float(value)
     if tp is str:
+        if isinstance(value, bool):
+            raise ConfigError(f"{path}: expected a string, got {value!r} (YAML reads no/yes/on/off as booleans: quote it, \"no\")")
         if not isinstance(value, str):
             raise ConfigError(f"{path}: expected a string, got {value!r}")
         return value

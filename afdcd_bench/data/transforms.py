@@ -46,10 +46,10 @@ def train_augment(
     h, w = label.shape
     s = float(rng.uniform(scale_range[0], scale_range[1]))
     nh, nw = max(1, int(round(h * s))), max(1, int(round(w * s)))
-    img_t = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float()
+    img_t = torch.from_numpy(np.array(image, copy=True)).permute(2, 0, 1)[None].float()
     img_t = F.interpolate(img_t, size=(nh, nw), mode="bilinear", align_corners=False)
     image = img_t[0].permute(1, 2, 0).round().clamp(0, 255).to(torch.uint8).numpy()
-    lab_t = torch.from_numpy(np.ascontiguousarray(label))[None, None].float()
+    lab_t = torch.from_numpy(np.array(label, copy=True))[None, None].float()
     label = F.interpolate(lab_t, size=(nh, nw), mode="nearest")[0, 0].to(torch.uint8).numpy()
     ch, cw = crop_size
     ph, pw = max(ch - nh, 0), max(cw - nw, 0)

@@ -1,7 +1,7 @@
 """Validation over a (sharded) loader: every image counted once, matrices summed across processes."""
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.nn as nn
@@ -20,6 +20,7 @@ def evaluate(
     accelerator: Accelerator,
     cfg: EvalConfig,
     progress: Any = None,
+    on_batch: Callable[[list[str], torch.Tensor], None] | None = None,
 ) -> dict[str, Any]:
     """The loader must be prepared with even_batches=False so no image is repeated."""
     was_training = model.training
@@ -29,7 +30,10 @@ def evaluate(
     with torch.no_grad(), accelerator.autocast():
         for batch in loader:
             scores = predict(model, batch["image"], cfg)
-            metric.update(scores.argmax(1), batch["label"])
+            pred = scores.argmax(1)
+            metric.update(pred, batch["label"])
+            if on_batch is not None:
+                on_batch(list(batch["name"]), pred)
             if task is not None:
                 progress.advance(task)
     if task is not None:

@@ -75,6 +75,17 @@ def build_optimizer(params: list[nn.Parameter], tc: Any) -> torch.optim.Optimize
     raise ValueError(f"train.optimizer must be sgd or adamw, not {tc.optimizer!r}")
 
 
+def flat_hparams(cfg: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Dotted scalar settings, as TensorBoard's hparams want them."""
+    out: dict[str, Any] = {}
+    for k, v in cfg.items():
+        if isinstance(v, dict):
+            out.update(flat_hparams(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v if isinstance(v, (int, float, str, bool)) else str(v)
+    return out
+
+
 def poly_lr(base: float, step: int, total: int, power: float) -> float:
     return base * (1.0 - step / total) ** power
 
@@ -115,7 +126,10 @@ def train(
     _, accum = split_batch(tc.effective_batch, probe_procs, per_device_batch)
     # CPU runs of several processes talk over gloo (DeepSpeed otherwise asserts on batch sizes).
     handlers = [InitProcessGroupKwargs(backend="gloo")] if probe_procs > 1 and not torch.cuda.is_available() else []
+    run_dir = Path(cfg.output_dir) / cfg.name / f"seed{tc.seed}"
     accelerator = Accelerator(
+        log_with=["tensorboard"] if tc.tensorboard else None,
+        project_dir=str(run_dir),
         mixed_precision=tc.mixed_precision,
         gradient_accumulation_plugin=GradientAccumulationPlugin(num_steps=accum, sync_with_dataloader=False),
         dataloader_config=DataLoaderConfiguration(even_batches=False),
@@ -124,8 +138,9 @@ def train(
     check_launch(accelerator)
     per_device, accum = split_batch(tc.effective_batch, accelerator.num_processes, per_device_batch)
     set_seed(tc.seed)
-    run_dir = Path(cfg.output_dir) / cfg.name / f"seed{tc.seed}"
     run_dir.mkdir(parents=True, exist_ok=True)
+    if tc.tensorboard:
+        accelerator.init_trackers("tensorboard", config=flat_hparams(to_dict(cfg)))
     num_classes = cfg.num_classes
 
     student = build_student(cfg, num_classes)
@@ -227,6 +242,7 @@ def train(
                 step += 1
                 progress.update(task, advance=1, info=f"loss {sum(last.values()):.3f} lr {lr:.2e}")
                 if step % tc.log_interval == 0 or step == tc.iterations:
+                    accelerator.log({**{f"train/{k}": v for k, v in last.items()}, "train/lr": lr}, step=step)
                     log(f"step {step}/{tc.iterations} " + " ".join(f"{k} {v:.4f}" for k, v in last.items()))
                 if step % tc.val_interval == 0 or step == tc.iterations:
                     scores = evaluate(unwrapped.student, val_loader, num_classes, accelerator, cfg.eval, progress if show else None)
@@ -237,6 +253,7 @@ def train(
                         if accelerator.is_main_process:
                             save_segmentor(unwrapped.student, run_dir / "best.safetensors", {"step": step, "miou": scores["miou"]})
                     progress_state["final_scores"] = scores
+                    accelerator.log({"val/miou": scores["miou"], "val/pixel_acc": scores["pixel_acc"]}, step=step)
                     log(f"step {step}: val mIoU {100 * scores['miou']:.2f} (best {100 * progress_state['best_miou']:.2f} @ {progress_state['best_step']})")
                 if step % tc.checkpoint_interval == 0 or step == tc.iterations:
                     progress_state["step"] = step
@@ -265,6 +282,7 @@ def train(
         "versions": package_versions(),
         "device": device_kind(accelerator.device),
         "num_processes": accelerator.num_processes,
+        "distributed_type": str(accelerator.distributed_type.value),
         "per_device_batch": per_device,
         "grad_accumulation": accum,
         "mixed_precision": tc.mixed_precision,

@@ -15,7 +15,7 @@ from rich.console import Console
 from ..config import ConfigError, list_recipes, load_recipe, recipes_root
 from ..data import BENCHMARKS, DatasetLayoutError, build_dataset, describe, resolve_root
 from ..engine.records import record_path
-from .table import records_frame, render, summary, write_tables
+from .table import expected_runs, records_frame, render, summary, write_tables
 
 STUDENT_METHODS = ("baseline", "kd", "afdcd")
 
@@ -76,12 +76,18 @@ def reproduce(
     launcher: str | None = None,
     extra: list[str] | None = None,
     console: Console | None = None,
+    only: str | None = None,
 ) -> Path:
+    """only: keep the teacher and the student recipes whose name contains this text."""
     console = console or Console()
     if benchmark != "demo" and benchmark not in BENCHMARKS:
         raise ReproduceError(f"unknown benchmark {benchmark!r}; expected demo or one of {sorted(BENCHMARKS)}")
     check_data(benchmark, data_root)
     names = plan(benchmark)
+    if only:
+        names = [n for n in names if n.endswith("/teacher") or only in n]
+        if len(names) <= 1:
+            raise ReproduceError(f"--only {only!r} matches no student recipe of {benchmark}: {plan(benchmark)}")
     quick_overrides: dict[str, list[str]] = {}
     quick_file = recipes_root() / benchmark / "_quick.yaml"
     if quick:
@@ -114,7 +120,7 @@ def reproduce(
                 continue
             console.rule(f"{name} (seed {seed})")
             run_one(name, overrides, out, launcher, console)
-    table = summary(records_frame(out))
+    table = summary(records_frame(out), expected_runs(names if not teacher else [n for n in names if not n.endswith("/teacher")]))
     render(table, console)
     for p in write_tables(table, out):
         console.log(f"wrote {p}")

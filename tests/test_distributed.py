@@ -1,0 +1,130 @@
+"""Multi-process training on CPU: the same result as one process (issue 6).
+
+Uses accelerate.debug_launcher (forked gloo processes) and one real `accelerate launch`. Dropout
+is replaced by Identity in these runs: its random draws differ between one and two processes.
+"""
+import functools
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn as nn
+from accelerate import debug_launcher
+from safetensors.torch import load_file
+
+import afdcd_bench.engine.trainer as trainer
+from afdcd_bench.config import load_recipe
+from afdcd_bench.engine import train
+from distributed_helpers import convert_gloo_sync_bn, strip
+
+ROOT = Path(__file__).resolve().parents[1]
+# digits without augmentation has no ignore pixels, so every process's mean CE weighs alike
+TINY = ["data.crop_size=[32, 32]", "train.optimizer=sgd", "train.lr=0.01", "train.iterations=3", "train.effective_batch=8",
+        "train.val_interval=3", "train.checkpoint_interval=3", "student.backbone=resnet10t", "eval.batch_size=30"]
+
+
+def _reset():
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+
+
+def _without(kinds):
+    orig = trainer.build_student
+
+    def build(cfg, num_classes):
+        return strip(orig(cfg, num_classes), kinds)
+
+    return build
+
+
+def _run(cfg, **kw):
+    train(cfg, show_progress=False, **kw)
+    _reset()
+
+
+def _final(out):
+    return load_file(str(Path(out) / "demo/baseline/seed0/final.safetensors"))
+
+
+def _max_diff(a, b):
+    assert a.keys() == b.keys()
+    return max((a[k].double() - b[k].double()).abs().max().item() for k in a if a[k].is_floating_point())
+
+
+def test_two_processes_equal_one_with_the_same_global_batch(tmp_path, monkeypatch):
+    monkeypatch.setattr(trainer, "build_student", _without((nn.Dropout, nn.Dropout2d)))
+    one = load_recipe("demo/baseline", TINY + [f"output_dir={tmp_path / 'one'}"])
+    _run(one, results_dir=tmp_path / "res1")
+    two = load_recipe("demo/baseline", TINY + [f"output_dir={tmp_path / 'two'}"])
+    debug_launcher(functools.partial(train, two, results_dir=tmp_path / "res2", convert_sync_bn=convert_gloo_sync_bn,
+                                     show_progress=False), num_processes=2)
+    _reset()
+    a, b = _final(tmp_path / "one"), _final(tmp_path / "two")
+    init = trainer.build_student(one, 11).state_dict()
+    assert _max_diff(a, {k: v for k, v in init.items()}) > 1e-3  # it trained
+    assert _max_diff(a, b) < 1e-5
+    r1 = json.loads((tmp_path / "res1/demo__baseline__seed0.json").read_text())
+    r2 = json.loads((tmp_path / "res2/demo__baseline__seed0.json").read_text())
+    assert (r1["num_processes"], r2["num_processes"], r2["per_device_batch"]) == (1, 2, 4)
+    # 200 val images in batches of 30 split unevenly over 2 processes: none may count twice
+    assert r2["final_miou"] == pytest.approx(r1["final_miou"], abs=1e-4)
+
+
+def test_gradient_accumulation_equals_the_large_batch_without_bn(tmp_path, monkeypatch):
+    monkeypatch.setattr(trainer, "build_student", _without((nn.Dropout, nn.Dropout2d, nn.BatchNorm2d)))
+    big = load_recipe("demo/baseline", TINY + [f"output_dir={tmp_path / 'big'}"])
+    _run(big)
+    acc = load_recipe("demo/baseline", TINY + [f"output_dir={tmp_path / 'acc'}"])
+    _run(acc, per_device_batch=2, results_dir=tmp_path / "res")
+    assert json.loads((tmp_path / "res/demo__baseline__seed0.json").read_text())["grad_accumulation"] == 4
+    assert _max_diff(_final(tmp_path / "big"), _final(tmp_path / "acc")) < 1e-6
+
+
+def _launch(args, env_extra, tmp_path):
+    env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "ACCELERATE_USE_CPU")}
+    env.update(env_extra)
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", *args, "-m", "afdcd_bench", "train", "demo/baseline",
+           *TINY, f"output_dir={tmp_path / 'runs'}", "--results-dir", str(tmp_path / "res")]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=ROOT)
+
+
+def test_real_accelerate_launch_trains_on_two_cpu_processes(tmp_path):
+    res = _launch(["--config_file", str(ROOT / "recipes/accelerate/cpu2.yaml")], {"ACCELERATE_USE_CPU": "1"}, tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    rec = json.loads((tmp_path / "res/demo__baseline__seed0.json").read_text())
+    assert rec["num_processes"] == 2 and rec["per_device_batch"] == 4 and rec["distributed_type"] == "MULTI_CPU"
+
+
+def test_unsynchronised_launch_is_refused(tmp_path):
+    # --multi_gpu without ACCELERATE_USE_CPU on a CPU box: two processes that each think they are alone
+    res = _launch(["--multi_gpu", "--num_processes", "2"], {}, tmp_path)
+    assert res.returncode != 0
+    assert "WORLD_SIZE=2" in res.stderr and "unsynchronised" in res.stderr
+    assert not (tmp_path / "res").exists()
+
+
+def _train_with_env(env, cfg, results_dir):
+    # in the forked worker only; ACCELERATE_USE_CPU (set by debug_launcher) would turn DeepSpeed off
+    os.environ.pop("ACCELERATE_USE_CPU", None)
+    os.environ.update(env)
+    train(cfg, results_dir=results_dir, show_progress=False)
+
+
+def test_deepspeed_zero2_equals_ddp_on_two_cpu_processes(tmp_path, monkeypatch):
+    pytest.importorskip("deepspeed")  # in the [dev] extra that CI installs
+    monkeypatch.setattr(trainer, "build_student", _without((nn.Dropout, nn.Dropout2d)))
+    ddp = load_recipe("demo/baseline", TINY + [f"output_dir={tmp_path / 'ddp'}"])
+    debug_launcher(functools.partial(train, ddp, show_progress=False), num_processes=2)
+    _reset()
+    zero = load_recipe("demo/baseline", TINY + [f"output_dir={tmp_path / 'zero'}"])
+    env = {"ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_ZERO_STAGE": "2", "ACCELERATE_GRADIENT_CLIPPING": "0.0"}
+    debug_launcher(functools.partial(_train_with_env, env, zero, tmp_path / "res"), num_processes=2)
+    _reset()
+    rec = json.loads((tmp_path / "res/demo__baseline__seed0.json").read_text())
+    assert (rec["num_processes"], rec["distributed_type"]) == (2, "DEEPSPEED")
+    assert _max_diff(_final(tmp_path / "ddp"), _final(tmp_path / "zero")) < 1e-6
