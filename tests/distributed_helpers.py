@@ -51,3 +51,49 @@ def strip(module: nn.Module, kinds: tuple[type, ...]) -> nn.Module:
         else:
             strip(child, kinds)
     return module
+
+
+def _worker(recipe: str, overrides: list[str], results_dir: str | None, sync_bn: bool, env: dict[str, str]) -> None:
+    import os
+
+    from afdcd_bench.config import load_recipe
+    from afdcd_bench.engine import train
+
+    os.environ.update(env)
+    if "ACCELERATE_USE_DEEPSPEED" in env:
+        os.environ.pop("ACCELERATE_USE_CPU", None)  # set by debug_launcher; it would turn DeepSpeed off
+        os.environ.setdefault("LOCAL_RANK", os.environ.get("RANK", "0"))  # DeepSpeed asserts on it
+    train(load_recipe(recipe, overrides), results_dir=results_dir, show_progress=False,
+          convert_sync_bn=convert_gloo_sync_bn if sync_bn else None)
+
+
+def main() -> None:
+    """Two forked gloo processes training one recipe, from a fresh interpreter.
+
+    Forking a process whose OpenMP threads already ran (any earlier test's training) can
+    deadlock the children, so the tests start this script instead of forking pytest itself.
+    """
+    import argparse
+    import functools
+
+    from accelerate import debug_launcher
+
+    import afdcd_bench.engine.trainer as trainer
+
+    p = argparse.ArgumentParser()
+    p.add_argument("recipe")
+    p.add_argument("overrides", nargs="*")
+    p.add_argument("--results-dir", default=None)
+    p.add_argument("--sync-bn", action="store_true")
+    p.add_argument("--strip", default="dropout", choices=("dropout", "dropout+bn"))
+    p.add_argument("--zero", type=int, default=0, help="DeepSpeed ZeRO stage (0: plain DDP)")
+    a = p.parse_args()
+    kinds = (nn.Dropout, nn.Dropout2d) + ((nn.BatchNorm2d,) if a.strip == "dropout+bn" else ())
+    build = trainer.build_student
+    trainer.build_student = lambda cfg, k: strip(build(cfg, k), kinds)
+    env = {"ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_ZERO_STAGE": str(a.zero), "ACCELERATE_GRADIENT_CLIPPING": "0.0"} if a.zero else {}
+    debug_launcher(functools.partial(_worker, a.recipe, a.overrides, a.results_dir, a.sync_bn, env), num_processes=2)
+
+
+if __name__ == "__main__":
+    main()

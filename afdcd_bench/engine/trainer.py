@@ -10,7 +10,7 @@ from typing import Any, Callable
 import torch
 import torch.nn as nn
 from accelerate import Accelerator, DataLoaderConfiguration, InitProcessGroupKwargs
-from accelerate.utils import GradientAccumulationPlugin
+from accelerate.utils import DistributedType, GradientAccumulationPlugin
 from accelerate.utils import set_seed
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from torch.utils.data import DataLoader
@@ -45,12 +45,20 @@ class DistillStep(nn.Module):
 
 
 def check_launch(accelerator: Accelerator) -> None:
-    """Refuse runs where the launcher started N processes that do not see each other."""
+    """Refuse runs where the launcher started N processes that do not see each other.
+
+    Measured on CPU: `--multi_gpu` without ACCELERATE_USE_CPU=1 gives num_processes == WORLD_SIZE
+    and even a gloo process group, but distributed type NO: no gradient is ever synchronised.
+    """
     expected = int(os.environ.get("WORLD_SIZE", "1"))
-    if accelerator.num_processes != expected:
+    dist = torch.distributed
+    grouped = dist.is_available() and dist.is_initialized() and dist.get_world_size() == expected
+    grouped = grouped and accelerator.distributed_type != DistributedType.NO  # else nothing wraps the model
+    if accelerator.num_processes != expected or (expected > 1 and not grouped):
         raise LaunchMismatch(
-            f"this process sees {accelerator.num_processes} process(es) but the launch set WORLD_SIZE={expected}: "
-            f"the processes would train unsynchronised. On a CPU machine use "
+            f"the launch set WORLD_SIZE={expected} but this process sees {accelerator.num_processes} process(es) "
+            f"without a synchronised setup (distributed type "
+            f"{accelerator.distributed_type.value}): the processes would train unsynchronised. On a CPU machine use "
             f"`ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes N` (see recipes/accelerate/README.md)."
         )
 

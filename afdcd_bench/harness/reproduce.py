@@ -120,7 +120,8 @@ def reproduce(
                 continue
             console.rule(f"{name} (seed {seed})")
             run_one(name, overrides, out, launcher, console)
-    table = summary(records_frame(out), expected_runs(names if not teacher else [n for n in names if not n.endswith("/teacher")]))
+    planned = {n: [*common, *quick_overrides.get(n, [])] for n in names if not (teacher and n.endswith("/teacher"))}
+    table = summary(records_frame(out), expected_runs(planned))
     render(table, console)
     for p in write_tables(table, out):
         console.log(f"wrote {p}")

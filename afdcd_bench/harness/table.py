@@ -70,13 +70,17 @@ def summary(frame: pd.DataFrame, expected: list[tuple[str, str, str, float | Non
     return out[COLUMNS]
 
 
-def expected_runs(recipes: list[str]) -> list[tuple[str, str, str, float | None]]:
-    """(benchmark, student, method, published) that these recipes produce, to mark missing runs."""
+def expected_runs(recipes: list[str] | dict[str, list[str]]) -> list[tuple[str, str, str, float | None]]:
+    """(benchmark, student, method, published) that these recipes produce, to mark missing runs.
+
+    A dict maps each recipe to the overrides its runs use (they may change the student).
+    """
     from ..config import load_recipe
 
+    overrides = recipes if isinstance(recipes, dict) else {name: [] for name in recipes}
     out = []
-    for name in recipes:
-        cfg = load_recipe(name)
+    for name, extra in overrides.items():
+        cfg = load_recipe(name, extra)
         method = "teacher" if name.endswith("/teacher") else cfg.method.name
         out.append((cfg.benchmark, f"{cfg.student.arch}-{cfg.student.backbone}", method, cfg.published.miou))
     return out
