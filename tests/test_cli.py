@@ -1,9 +1,7 @@
 import os
 import subprocess
-import sys
 from pathlib import Path
 
-import pytest
 
 from afdcd_bench.cli import main
 

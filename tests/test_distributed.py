@@ -11,7 +11,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 import torch.nn as nn
 from safetensors.torch import load_file
 

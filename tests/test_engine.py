@@ -102,3 +102,10 @@ def test_tensorboard_tracker_writes_events(tmp_path):
     _reset()
     events = list((tmp_path / "demo/baseline/seed0").rglob("events.out.tfevents.*"))
     assert events and all(e.stat().st_size > 0 for e in events)
+
+
+def test_bf16_mixed_precision_trains_on_cpu(tmp_path):
+    cfg = load_recipe("demo/baseline", TINY + [f"output_dir={tmp_path}", "train.iterations=2", "train.mixed_precision=bf16"])
+    rec = train(cfg, show_progress=False)
+    _reset()
+    assert rec["mixed_precision"] == "bf16" and math.isfinite(rec["final_miou"])

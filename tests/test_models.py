@@ -77,3 +77,11 @@ def test_local_pretrained_file_is_loaded(tmp_path):
     save_file(ref.state_dict(), str(tmp_path / "r18.safetensors"))
     model = build_segmentor("deeplabv3", "resnet18", 3, pretrained=str(tmp_path / "r18.safetensors"))
     assert torch.all(model.backbone.conv1.weight == 0.5)
+
+
+def test_timm_weights_by_name_without_network_say_how_to_use_a_local_file(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # as on a machine without network, whatever this one has
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    with pytest.raises(PretrainedWeightsError, match=r"student\.pretrained=/path/resnet18\.safetensors"):
+        build_segmentor("deeplabv3", "resnet18", 3, pretrained=True)

@@ -10,7 +10,7 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Iterable
 
 import numpy as np
 
@@ -48,8 +48,7 @@ def _check_pair(bench, img: Path, lab: Path) -> str | None:
     return None
 
 
-def check_split(name: str, root: Path, split: str, decode: bool = True, workers: int | None = None,
-                on_item: Callable[[], None] | None = None) -> SplitReport:
+def check_split(name: str, root: Path, split: str, decode: bool = True, workers: int | None = None) -> SplitReport:
     bench = BENCHMARKS[name]
     rep = SplitReport(split, bench.splits.get(split, 0))
     try:
@@ -78,8 +77,6 @@ def check_split(name: str, root: Path, split: str, decode: bool = True, workers:
             for problem in pool.map(lambda p: _check_pair(bench, *p), complete):
                 if problem:
                     rep.problems.append(problem)
-                if on_item:
-                    on_item()
     return rep
 
 
@@ -98,7 +95,7 @@ def check_digits(root: Path | None) -> CheckReport:
 
 
 def check_dataset(name: str, root: str | os.PathLike | None, splits: Iterable[str] | None = None, decode: bool = True,
-                  workers: int | None = None, on_item: Callable[[], None] | None = None) -> CheckReport:
+                  workers: int | None = None) -> CheckReport:
     if name == "digits":
         return check_digits(Path(root) if root else None)
     if name not in BENCHMARKS:
@@ -109,4 +106,4 @@ def check_dataset(name: str, root: str | os.PathLike | None, splits: Iterable[st
     if not path.is_dir():
         raise DatasetLayoutError(f"{name}: data folder {path} does not exist")
     names = list(splits or BENCHMARKS[name].splits)
-    return CheckReport(name, str(path), [check_split(name, path, s, decode, workers, on_item) for s in names])
+    return CheckReport(name, str(path), [check_split(name, path, s, decode, workers) for s in names])

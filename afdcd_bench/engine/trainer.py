@@ -1,7 +1,6 @@
 """The one training loop: every method, every launch (1 CPU .. multi-node), through Accelerate."""
 from __future__ import annotations
 
-import math
 import os
 import time
 from pathlib import Path

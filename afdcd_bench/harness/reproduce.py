@@ -12,7 +12,7 @@ from pathlib import Path
 import yaml
 from rich.console import Console
 
-from ..config import ConfigError, list_recipes, load_recipe, recipes_root
+from ..config import list_recipes, load_recipe, recipes_root
 from ..data import BENCHMARKS, DatasetLayoutError, build_dataset, describe, resolve_root
 from ..engine.records import record_path
 from .table import expected_runs, records_frame, render, summary, write_tables
@@ -79,7 +79,7 @@ def reproduce(
     only: str | None = None,
 ) -> Path:
     """only: keep the teacher and the student recipes whose name contains this text."""
-    console = console or Console()
+    console = console or Console(width=max(Console().width, 150))
     if benchmark != "demo" and benchmark not in BENCHMARKS:
         raise ReproduceError(f"unknown benchmark {benchmark!r}; expected demo or one of {sorted(BENCHMARKS)}")
     check_data(benchmark, data_root)

@@ -18,7 +18,6 @@ Formulas (checkable against the paper, see docs/losses.md):
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 MODES = ("omni", "spatial", "channel")
 DISTANCES = ("l1", "l2")
