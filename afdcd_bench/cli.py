@@ -59,7 +59,7 @@ def _cmd_table(args: argparse.Namespace) -> int:
 
 
 def _cmd_recipes(args: argparse.Namespace) -> int:
-    from .config import list_recipes, load_recipe, to_dict
+    from .config import list_recipes, load_recipe, run_method, to_dict
 
     names = list_recipes()
     if args.format == "json":
@@ -67,7 +67,7 @@ def _cmd_recipes(args: argparse.Namespace) -> int:
         for n in names:
             cfg = load_recipe(n)
             distilled = cfg.teacher is not None and cfg.method.name != "baseline"
-            rows.append({"recipe": n, "benchmark": cfg.benchmark, "method": "teacher" if n.endswith("/teacher") else cfg.method.name,
+            rows.append({"recipe": n, "benchmark": cfg.benchmark, "method": run_method(n, cfg.method.name),
                          "student": f"{cfg.student.arch}-{cfg.student.backbone}",
                          "teacher": f"{cfg.teacher.arch}-{cfg.teacher.backbone}" if distilled else None,
                          "published_miou": cfg.published.miou, "config": to_dict(cfg)})

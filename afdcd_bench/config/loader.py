@@ -107,6 +107,16 @@ def config_hash(cfg: RecipeConfig) -> str:
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
+def is_teacher_recipe(name: str) -> bool:
+    """A benchmark's teacher is the network its `<benchmark>/teacher` recipe trains."""
+    return name.endswith("/teacher")
+
+
+def run_method(name: str, method: str) -> str:
+    """What a run of this recipe is in tables: "teacher" for the teacher recipe, else its method."""
+    return "teacher" if is_teacher_recipe(name) else method
+
+
 def list_recipes(benchmark: str | None = None) -> list[str]:
     """Names of the runnable recipes. Files named `_*.yaml` are shared parts (bases, the quick
     schedule), and recipes/accelerate/ holds launch configs, not recipes."""

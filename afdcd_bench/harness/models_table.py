@@ -5,19 +5,24 @@ import pandas as pd
 from rich.console import Console
 from rich.table import Table
 
-from ..config import list_recipes, load_recipe
+from ..config import is_teacher_recipe, list_recipes, load_recipe
 from ..models.complexity import model_complexity
 
 
 def recipe_models(size: tuple[int, int] | None = None) -> list[tuple[str, str, str, int, tuple[int, int], bool | None, int | None]]:
-    """Unique (benchmark, role, arch, backbone, classes, size, aux, width) the recipes build."""
+    """Unique (benchmark, role, arch, backbone, classes, size, aux, width) the recipes build.
+
+    A teacher is taken from its own recipe; a student recipe's teacher section only where the
+    benchmark has no teacher recipe.
+    """
+    names = list_recipes()
     seen, out = set(), []
-    for name in list_recipes():
+    for name in names:
         cfg = load_recipe(name)
         crop = size or tuple(cfg.data.crop_size)
-        role = "teacher" if name.endswith("/teacher") else "student"
+        role = "teacher" if is_teacher_recipe(name) else "student"
         nets = [(role, cfg.student)]
-        if cfg.teacher is not None and role == "student":
+        if cfg.teacher is not None and role == "student" and cfg.teacher.recipe not in names:
             nets.append(("teacher", cfg.teacher))
         for r, m in nets:
             key = (cfg.benchmark, r, m.arch, m.backbone, cfg.num_classes, crop, m.aux, m.head_width)

@@ -17,6 +17,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from ..config import run_method  # noqa: E402
 from ..engine.records import read_records  # noqa: E402
 
 CLASS_NAMES: dict[str, list[str]] = {
@@ -28,10 +29,6 @@ CLASS_NAMES: dict[str, list[str]] = {
             "dog", "horse", "motorbike", "person", "potted plant", "sheep", "sofa", "train", "tv/monitor"],
 }
 COLOURS = {"baseline": "#7f7f7f", "kd": "#1f77b4", "afdcd": "#d62728", "teacher": "#2ca02c"}
-
-
-def _method(rec: dict[str, Any]) -> str:
-    return "teacher" if rec["recipe"].endswith("/teacher") else rec["method"]
 
 
 def _slug(text: str) -> str:
@@ -112,10 +109,11 @@ def plot_results(results_dir: str | Path, out_dir: str | Path | None = None) -> 
     groups: dict[tuple[str, str], dict[str, list[dict[str, Any]]]] = defaultdict(lambda: defaultdict(list))
     teachers: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for r in records:
-        if _method(r) == "teacher":
+        method = run_method(r["recipe"], r["method"])
+        if method == "teacher":
             teachers[r["benchmark"]].append(r)
         else:
-            groups[(r["benchmark"], r["student"])][_method(r)].append(r)
+            groups[(r["benchmark"], r["student"])][method].append(r)
     paths = []
     for (bench, student), by_method in sorted(groups.items()):
         for p in (plot_class_deltas(bench, student, by_method, out), plot_curves(bench, student, by_method, teachers[bench], out)):

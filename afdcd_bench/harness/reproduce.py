@@ -12,7 +12,7 @@ from pathlib import Path
 import yaml
 from rich.console import Console
 
-from ..config import list_recipes, load_recipe, recipes_root
+from ..config import is_teacher_recipe, list_recipes, load_recipe, recipes_root
 from ..data import BENCHMARKS, DatasetLayoutError, build_dataset, describe, resolve_root
 from ..engine.records import record_path
 from .table import expected_runs, records_frame, render, summary, write_tables
@@ -30,7 +30,7 @@ def plan(benchmark: str) -> list[str]:
     if not runnable:
         raise ReproduceError(f"no recipes for {benchmark!r} under {recipes_root() / benchmark}")
     order = {m: i for i, m in enumerate(STUDENT_METHODS)}
-    teachers = [n for n in runnable if n.endswith("/teacher")]
+    teachers = [n for n in runnable if is_teacher_recipe(n)]
     students = sorted((n for n in runnable if n not in teachers), key=lambda n: (order.get(load_recipe(n).method.name, 9), n))
     return teachers + students
 
@@ -85,7 +85,7 @@ def reproduce(
     check_data(benchmark, data_root)
     names = plan(benchmark)
     if only:
-        names = [n for n in names if n.endswith("/teacher") or only in n]
+        names = [n for n in names if is_teacher_recipe(n) or only in n]
         if len(names) <= 1:
             raise ReproduceError(f"--only {only!r} matches no student recipe of {benchmark}: {plan(benchmark)}")
     quick_overrides: dict[str, list[str]] = {}
@@ -102,7 +102,7 @@ def reproduce(
         common.append(f"data.root={data_root}")
     teacher_ckpt = teacher
     for name in names:
-        is_teacher = name.endswith("/teacher")
+        is_teacher = is_teacher_recipe(name)
         if is_teacher and teacher:
             console.log(f"using the given teacher {teacher}; {name} not trained")
             continue
@@ -120,7 +120,7 @@ def reproduce(
                 continue
             console.rule(f"{name} (seed {seed})")
             run_one(name, overrides, out, launcher, console)
-    planned = {n: [*common, *quick_overrides.get(n, [])] for n in names if not (teacher and n.endswith("/teacher"))}
+    planned = {n: [*common, *quick_overrides.get(n, [])] for n in names if not (teacher and is_teacher_recipe(n))}
     table = summary(records_frame(out), expected_runs(planned))
     render(table, console)
     for p in write_tables(table, out):

@@ -9,14 +9,10 @@ import pandas as pd
 from rich.console import Console
 from rich.table import Table
 
+from ..config import load_recipe, run_method
 from ..engine.records import read_records
 
 METHOD_ORDER = {"teacher": 0, "baseline": 1, "kd": 2, "afdcd": 3}
-
-
-def _row_method(rec: dict[str, Any]) -> str:
-    # A run that trains the benchmark's teacher network is shown as the teacher.
-    return "teacher" if rec["recipe"].endswith("/teacher") else rec["method"]
 
 
 def records_frame(results_dir: str | Path) -> pd.DataFrame:
@@ -26,7 +22,7 @@ def records_frame(results_dir: str | Path) -> pd.DataFrame:
             "benchmark": rec["benchmark"],
             "recipe": rec["recipe"],
             "student": rec["student"],
-            "method": _row_method(rec),
+            "method": run_method(rec["recipe"], rec["method"]),
             "seed": rec["seed"],
             "miou": None if rec.get("final_miou") is None else 100 * rec["final_miou"],
             "best_miou": None if rec.get("best_miou") is None else 100 * rec["best_miou"],
@@ -75,14 +71,12 @@ def expected_runs(recipes: list[str] | dict[str, list[str]]) -> list[tuple[str, 
 
     A dict maps each recipe to the overrides its runs use (they may change the student).
     """
-    from ..config import load_recipe
 
     overrides = recipes if isinstance(recipes, dict) else {name: [] for name in recipes}
     out = []
     for name, extra in overrides.items():
         cfg = load_recipe(name, extra)
-        method = "teacher" if name.endswith("/teacher") else cfg.method.name
-        out.append((cfg.benchmark, f"{cfg.student.arch}-{cfg.student.backbone}", method, cfg.published.miou))
+        out.append((cfg.benchmark, f"{cfg.student.arch}-{cfg.student.backbone}", run_method(name, cfg.method.name), cfg.published.miou))
     return out
 
 
