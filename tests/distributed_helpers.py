@@ -91,7 +91,8 @@ def main() -> None:
     kinds = (nn.Dropout, nn.Dropout2d) + ((nn.BatchNorm2d,) if a.strip == "dropout+bn" else ())
     build = trainer.build_student
     trainer.build_student = lambda cfg, k: strip(build(cfg, k), kinds)
-    env = {"ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_ZERO_STAGE": str(a.zero), "ACCELERATE_GRADIENT_CLIPPING": "0.0"} if a.zero else {}
+    # No ACCELERATE_GRADIENT_CLIPPING: the trainer itself must turn DeepSpeed's default global clip off.
+    env = {"ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_ZERO_STAGE": str(a.zero)} if a.zero else {}
     debug_launcher(functools.partial(_worker, a.recipe, a.overrides, a.results_dir, a.sync_bn, env), num_processes=2)
 
 

@@ -77,6 +77,36 @@ def test_resume_reaches_the_same_weights(tmp_path):
         assert torch.equal(a[k], b[k]), k
 
 
+def test_kill_between_checkpoints_replays_to_the_same_weights(tmp_path, monkeypatch):
+    """Killed inside step 3 (checkpoints at 2 and 4): the resumed run redoes step 3 from step 2's state."""
+    import afdcd_bench.engine.trainer as tr
+
+    full = load_recipe("demo/baseline", TINY + [f"output_dir={tmp_path / 'a'}"])
+    train(full, show_progress=False)
+    _reset()
+    killed = load_recipe("demo/baseline", TINY + [f"output_dir={tmp_path / 'b'}"])
+    orig, calls = tr.backward_and_step, {"n": 0}
+
+    def dies_in_step_3(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return orig(*args, **kwargs)
+
+    monkeypatch.setattr(tr, "backward_and_step", dies_in_step_3)
+    with pytest.raises(KeyboardInterrupt):
+        train(killed, show_progress=False)
+    _reset()
+    monkeypatch.setattr(tr, "backward_and_step", orig)
+    run_b = tmp_path / "b/demo/baseline/seed0"
+    assert json.loads((latest_state(run_b) / "progress.json").read_text())["step"] == 2
+    train(killed, show_progress=False)
+    _reset()
+    a = load_file(str(tmp_path / "a/demo/baseline/seed0/final.safetensors"))
+    b = load_file(str(run_b / "final.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_nan_loss_stops_with_clear_message(tmp_path):
     cfg = load_recipe("demo/baseline", TINY + [f"output_dir={tmp_path}", "train.lr=1e30", "train.iterations=6"])
     with pytest.raises(TrainingDiverged, match="last good checkpoint"):

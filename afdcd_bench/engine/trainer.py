@@ -20,6 +20,8 @@ from ..methods import METHODS, build_method
 from ..models import Segmentor, build_segmentor, load_segmentor, save_segmentor
 from .checkpointing import latest_state, load_training_state, save_training_state
 from .evaluate import evaluate
+from .full_weights import FullWeights
+from .stepping import backward_and_step, disable_global_clip
 from .records import device_kind, git_commit, package_versions, peak_memory_mb, record_path, write_record
 
 
@@ -186,6 +188,8 @@ def train(
 
     params = [p for p in step_module.parameters() if p.requires_grad]
     optimizer = build_optimizer(params, tc)
+    global_clip = disable_global_clip(accelerator)
+    full_student = FullWeights(accelerator, student)
     step_module, optimizer, train_loader, val_loader = accelerator.prepare(step_module, optimizer, train_loader, val_loader)
     if teacher is not None:
         teacher = teacher.to(accelerator.device).eval().requires_grad_(False)
@@ -237,11 +241,7 @@ def train(
                             f"{cfg.name}: loss became {loss.detach().item()} at step {step} ({ {k: float(v.detach()) for k, v in terms.items()} }); "
                             f"stopped without saving. The last good checkpoint in {run_dir / 'state'} is intact."
                         )
-                    accelerator.backward(loss)
-                    if accelerator.sync_gradients and clip_params and cfg.method.clip_grad_norm > 0:
-                        accelerator.clip_grad_norm_(clip_params, cfg.method.clip_grad_norm)
-                    optimizer.step()
-                    optimizer.zero_grad(set_to_none=True)
+                    backward_and_step(accelerator, loss, optimizer, clip_params, cfg.method.clip_grad_norm)
                 micro += 1
                 last = {k: float(v.detach()) for k, v in terms.items()}
                 if not accelerator.sync_gradients:
@@ -252,13 +252,14 @@ def train(
                     accelerator.log({**{f"train/{k}": v for k, v in last.items()}, "train/lr": lr}, step=step)
                     log(f"step {step}/{tc.iterations} " + " ".join(f"{k} {v:.4f}" for k, v in last.items()))
                 if step % tc.val_interval == 0 or step == tc.iterations:
-                    scores = evaluate(unwrapped.student, val_loader, num_classes, accelerator, cfg.eval, progress if show else None)
+                    current = full_student.current()
+                    scores = evaluate(current, val_loader, num_classes, accelerator, cfg.eval, progress if show else None)
                     progress_state["history"].append({"step": step, "miou": scores["miou"]})
                     if progress_state["best_miou"] is None or scores["miou"] > progress_state["best_miou"]:
                         progress_state["best_miou"], progress_state["best_step"] = scores["miou"], step
                         progress_state["best_scores"] = scores
                         if accelerator.is_main_process:
-                            save_segmentor(unwrapped.student, run_dir / "best.safetensors", {"step": step, "miou": scores["miou"]})
+                            save_segmentor(current, run_dir / "best.safetensors", {"step": step, "miou": scores["miou"]})
                     progress_state["final_scores"] = scores
                     accelerator.log({"val/miou": scores["miou"], "val/pixel_acc": scores["pixel_acc"]}, step=step)
                     log(f"step {step}: val mIoU {100 * scores['miou']:.2f} (best {100 * progress_state['best_miou']:.2f} @ {progress_state['best_step']})")
@@ -270,8 +271,9 @@ def train(
                 if step >= tc.iterations:
                     break
     wall = time.perf_counter() - t_start
+    final_student = full_student.current()
     if accelerator.is_main_process:
-        save_segmentor(unwrapped.student, run_dir / "final.safetensors", {"step": step})
+        save_segmentor(final_student, run_dir / "final.safetensors", {"step": step})
     final = progress_state.get("final_scores") or {}
     best = progress_state.get("best_scores") or {}
     images = tc.iterations * tc.effective_batch
@@ -293,6 +295,7 @@ def train(
         "per_device_batch": per_device,
         "grad_accumulation": accum,
         "mixed_precision": tc.mixed_precision,
+        "global_grad_clip": global_clip,
         "wall_seconds": wall,
         "train_seconds": progress_state["train_seconds"],
         "images_per_second": images / progress_state["train_seconds"] if progress_state["train_seconds"] else None,

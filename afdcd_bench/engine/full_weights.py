@@ -1,0 +1,43 @@
+"""The student with all its weights in place, for evaluation and saving, whatever ZeRO stage trains it.
+
+Why: under ZeRO-3 every forward gathers parameter shards from all ranks, so evaluating the
+trained module on uneven validation shards deadlocks (one rank waits in a gather while the other
+has finished), and a main-process-only `state_dict()` holds empty shards. A plain copy, refreshed
+from the gathered parameters before each use, has neither problem. Other setups use the student
+itself.
+"""
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn as nn
+from accelerate import Accelerator
+
+from .stepping import uses_deepspeed
+
+
+def partitions_parameters(accelerator: Accelerator) -> bool:
+    return uses_deepspeed(accelerator) and accelerator.state.deepspeed_plugin.zero_stage == 3
+
+
+class FullWeights:
+    """Create before `accelerator.prepare` (the copy must be taken while the weights are whole)."""
+
+    def __init__(self, accelerator: Accelerator, student: nn.Module):
+        self.partitioned = partitions_parameters(accelerator)
+        self.copy = copy.deepcopy(student) if self.partitioned else None
+        self.student = student
+
+    def current(self) -> nn.Module:
+        """Collective under ZeRO-3: every rank must call it."""
+        if self.copy is None:
+            return self.student
+        import deepspeed
+
+        params = list(self.student.parameters())
+        with deepspeed.zero.GatheredParameters(params, modifier_rank=None), torch.no_grad():
+            state = self.student.state_dict()
+            self.copy.load_state_dict({k: v.detach().clone() for k, v in state.items()})
+        self.copy.to(next(iter(state.values())).device)
+        return self.copy

@@ -1,0 +1,79 @@
+"""One optimiser update: backward, the method's partial gradient clip, step, for DDP and DeepSpeed alike.
+
+Why a module of its own: under DeepSpeed, `accelerator.backward` also runs the engine's step, so
+there is no moment to clip the Af-DCD projector alone, and `accelerator.clip_grad_norm_` only
+reports DeepSpeed's global norm. Here the engine's backward and step are called separately and
+the projector's gradient is clipped in between on the engine's reduced (partitioned) gradients.
+
+DeepSpeed (0.19) also clips the whole model at 1.0 unless its config says otherwise, and
+Accelerate drops a `gradient_clipping: 0.0` it is given; the paper clips nothing globally, so
+`disable_global_clip` writes the 0 into the engine's config itself.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn as nn
+from accelerate import Accelerator
+from accelerate.utils import DistributedType
+
+
+def uses_deepspeed(accelerator: Accelerator) -> bool:
+    return accelerator.distributed_type == DistributedType.DEEPSPEED
+
+
+def disable_global_clip(accelerator: Accelerator) -> float:
+    """Before `prepare`: make DeepSpeed's global clip 0 unless the launch config set a positive one.
+
+    Returns the global clip that will apply (0.0: none), for the run record.
+    """
+    if not uses_deepspeed(accelerator):
+        return 0.0
+    ds_config = accelerator.state.deepspeed_plugin.deepspeed_config
+    value = ds_config.get("gradient_clipping", "auto")
+    if value == "auto" or value is None or float(value) <= 0:
+        ds_config["gradient_clipping"] = 0.0
+        return 0.0
+    return float(value)
+
+
+def _clip_deepspeed(params: Sequence[nn.Parameter], max_norm: float) -> torch.Tensor:
+    from deepspeed.utils import safe_get_full_grad, safe_set_full_grad
+
+    grads = [safe_get_full_grad(p) for p in params]  # collective: every rank calls it for every param
+    pairs = [(p, g) for p, g in zip(params, grads) if g is not None]
+    if not pairs:
+        return torch.zeros(())
+    total = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for _, g in pairs]))
+    coef = torch.clamp(max_norm / (total + 1e-6), max=1.0)
+    if coef < 1.0:
+        for p, g in pairs:
+            safe_set_full_grad(p, g * coef.to(g.dtype))
+    return total
+
+
+def backward_and_step(
+    accelerator: Accelerator,
+    loss: torch.Tensor,
+    optimizer: torch.optim.Optimizer,
+    clip_params: Sequence[nn.Parameter],
+    max_norm: float,
+) -> None:
+    """Call inside `accelerator.accumulate`; steps only at an accumulation boundary (the optimiser
+    wrapper skips the others)."""
+    clip = bool(clip_params) and max_norm > 0
+    if uses_deepspeed(accelerator):
+        engine = accelerator.deepspeed_engine_wrapped.engine
+        engine.set_gradient_accumulation_boundary(is_boundary=accelerator.sync_gradients)
+        engine.backward(loss)  # scales by the accumulation steps itself
+        if accelerator.sync_gradients:
+            if clip:
+                _clip_deepspeed(list(clip_params), max_norm)
+            engine.step()  # step and zero_grad
+        return
+    accelerator.backward(loss)
+    if accelerator.sync_gradients and clip:
+        accelerator.clip_grad_norm_(clip_params, max_norm)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
