@@ -114,6 +114,26 @@ def test_permuting_patches_does_not_change_the_loss():
     assert contrastive_loss(swap(s), t, groups=4).item() != pytest.approx(base.item(), rel=1e-6)
 
 
+@pytest.mark.parametrize("mode", ["omni", "spatial", "channel"])
+@pytest.mark.parametrize("distance", ["l1", "l2"])
+def test_compiled_backend_matches_oracle_and_eager_gradients(mode, distance):
+    g = torch.Generator().manual_seed(11)
+    shape, groups, patch, tau = (2, 12, 4, 6), 3, (2, 3), 0.4
+    s = torch.randn(*shape, generator=g, dtype=torch.float64, requires_grad=True)
+    t = torch.randn(*shape, generator=g, dtype=torch.float64, requires_grad=True)
+    kw = dict(mode=mode, groups=groups, patch=patch, tau=tau, distance=distance)
+    got = contrastive_loss(s, t, backend="compiled", **kw)
+    assert got.item() == pytest.approx(oracle(s.detach(), t.detach(), mode, groups, patch, tau, distance), rel=1e-6)
+    got_grads = torch.autograd.grad(got, (s, t))
+    want_grads = torch.autograd.grad(contrastive_loss(s, t, **kw), (s, t))
+    for a, b in zip(got_grads, want_grads):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
+    if distance == "l2":  # zero distances (identical maps) keep a finite gradient, as in cdist
+        same = s.detach().clone().requires_grad_(True)
+        (grad,) = torch.autograd.grad(contrastive_loss(same, same.detach(), backend="compiled", **kw), same)
+        assert torch.isfinite(grad).all()
+
+
 @pytest.mark.parametrize(
     "kwargs,shape,match",
     [
@@ -121,6 +141,7 @@ def test_permuting_patches_does_not_change_the_loss():
         ({}, (1, 20, 4, 4), "multiple of groups"),
         ({"mode": "both"}, (1, 16, 4, 4), "unknown contrastive mode"),
         ({"distance": "cos"}, (1, 16, 4, 4), "unknown distance"),
+        ({"backend": "triton"}, (1, 16, 4, 4), "unknown contrastive backend"),
     ],
 )
 def test_bad_input_is_a_value_error(kwargs, shape, match):

@@ -56,11 +56,28 @@ def test_enhanced_projector_and_options_by_name():
     assert len(list(loss.projector.parameters())) == 8
     fd, ctr = loss(torch.randn(1, 8, 4, 4), torch.randn(1, 16, 4, 4))
     assert torch.isfinite(fd) and torch.isfinite(ctr)
-    for bad in ({"mask": "grid"}, {"projector": "mlp"}, {"mode": "x"}, {"pool": -1}, {"mask_ratio": 1.0}):
+    for bad in ({"mask": "grid"}, {"projector": "mlp"}, {"mode": "x"}, {"pool": -1}, {"mask_ratio": 1.0}, {"backend": "jit"}):
         with pytest.raises(ValueError):
             AfDCDLoss(8, 16, **bad)
     with pytest.raises(ValueError, match="multiple of groups"):
         AfDCDLoss(8, 20, groups=16)
+
+
+def test_recipe_backend_reaches_the_loss_and_gives_the_same_terms():
+    from afdcd_bench.config import load_recipe
+    from afdcd_bench.methods import build_method
+
+    cfg = load_recipe("demo/afdcd", ["method.afdcd.backend=compiled"])
+    method = build_method(cfg.method, 32, 64)
+    assert method.feature_loss.backend == "compiled"
+    g = torch.Generator().manual_seed(2)
+    s, t = torch.randn(2, 32, 8, 8, generator=g), torch.randn(2, 64, 8, 8, generator=g)
+    mask = method.feature_loss.make_mask(t)
+    compiled = method.feature_loss(s, t, mask)
+    method.feature_loss.backend = "eager"
+    eager = method.feature_loss(s, t, mask)
+    assert torch.equal(compiled.fd, eager.fd)
+    assert compiled.ctr.item() == pytest.approx(eager.ctr.item(), rel=1e-5)
 
 
 def test_kd_loss_matches_kl_definition():

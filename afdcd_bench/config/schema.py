@@ -46,6 +46,7 @@ class AfDCDConfig:
     mask: str = "random"
     mask_ratio: float = 0.75
     projector: str = "basic"
+    backend: str = "eager"  # contrastive term: eager (torch.cdist) or compiled (torch.compile, same numbers)
 
 
 @dataclass

@@ -11,7 +11,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .contrastive import check_contrastive_args, contrastive_loss
+from .contrastive import BACKENDS, check_contrastive_args, contrastive_loss
 
 MASKS = ("random", "center")
 PROJECTORS = ("basic", "enhanced")
@@ -96,10 +96,13 @@ class AfDCDLoss(nn.Module):
         mask: str = "random",
         mask_ratio: float = 0.75,
         projector: str = "basic",
+        backend: str = "eager",
     ):
         super().__init__()
         patch = (int(patch[0]), int(patch[1]))
         check_contrastive_args(mode, distance, groups, patch, tau)
+        if backend not in BACKENDS:
+            raise ValueError(f"unknown contrastive backend {backend!r}; expected one of {BACKENDS}")
         if mask not in MASKS:
             raise ValueError(f"unknown mask {mask!r}; expected one of {MASKS}")
         if not 0.0 <= mask_ratio < 1.0:
@@ -110,6 +113,7 @@ class AfDCDLoss(nn.Module):
             raise ValueError(f"teacher_channels={teacher_channels} is not a multiple of groups={groups}")
         self.mode, self.groups, self.patch, self.pool = mode, groups, patch, pool
         self.tau, self.distance, self.mask, self.mask_ratio = tau, distance, mask, mask_ratio
+        self.backend = backend
         self.align = (
             nn.Conv2d(student_channels, teacher_channels, kernel_size=1)
             if student_channels != teacher_channels
@@ -143,5 +147,5 @@ class AfDCDLoss(nn.Module):
             p, t = F.max_pool2d(p, self.pool), F.max_pool2d(t, self.pool)
         if self.mode != "channel":
             p, t = crop_to_patch_multiple(p, self.patch), crop_to_patch_multiple(t, self.patch)
-        ctr = contrastive_loss(p, t, self.mode, self.groups, self.patch, self.tau, self.distance)
+        ctr = contrastive_loss(p, t, self.mode, self.groups, self.patch, self.tau, self.distance, self.backend)
         return AfDCDTerms(fd, ctr)

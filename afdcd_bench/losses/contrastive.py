@@ -7,6 +7,13 @@ one batched distance matrix and a log-sum-exp over the allowed entries: the
 excluded entries (same group, other position) are set to -inf instead of being
 gathered, so no mask is repeated per patch and nothing is copied twice.
 
+Two backends give the same numbers. "eager" takes the distances from `torch.cdist`.
+"compiled" writes the distance as a broadcast difference reduced over the channel axis and
+hands the whole term to `torch.compile`, which fuses it into one loop nest per pass: the
+(N, P, Q, D) difference is never stored, and the L1 backward becomes one vectorised
+sum of sign(s - t) weighted by the incoming gradient. It compiles once per shape and setting
+(seconds on CPU, needs a C++ compiler there).
+
 Formulas (checkable against the paper, see docs/losses.md):
   sim(s, t) = -dist(s, t) / tau, dist = L1 (sum |s - t|) or L2 (||s - t||_2)
   omni:    sample (k, m) of a patch; candidates: t[k, m] (positive) and
@@ -21,6 +28,7 @@ import torch
 
 MODES = ("omni", "spatial", "channel")
 DISTANCES = ("l1", "l2")
+BACKENDS = ("eager", "compiled")
 
 
 def check_contrastive_args(mode: str, distance: str, groups: int, patch: tuple[int, int], tau: float) -> None:
@@ -63,8 +71,18 @@ def _patches(x: torch.Tensor, patch: tuple[int, int]) -> torch.Tensor:
     return x.reshape(b * (h // ph) * (w // pw), ph * pw, c)
 
 
-def _distance(a: torch.Tensor, b: torch.Tensor, distance: str) -> torch.Tensor:
-    """Batched pairwise distance (N, P, D) x (N, Q, D) -> (N, P, Q)."""
+def _distance(a: torch.Tensor, b: torch.Tensor, distance: str, broadcast: bool = False) -> torch.Tensor:
+    """Batched pairwise distance (N, P, D) x (N, Q, D) -> (N, P, Q).
+
+    broadcast=True is meant for torch.compile only: in eager mode it would store (N, P, Q, D).
+    """
+    if broadcast:
+        diff = a.unsqueeze(-2) - b.unsqueeze(-3)
+        if distance == "l1":
+            return diff.abs().sum(-1)
+        sq = diff.square().sum(-1)
+        positive = sq > 0  # sqrt'(0) is infinite: take 0 there, as cdist's backward does
+        return torch.where(positive, torch.where(positive, sq, torch.ones_like(sq)).sqrt(), torch.zeros_like(sq))
     if distance == "l1":
         return torch.cdist(a, b, p=1.0)
     # Exact Euclidean: the matmul shortcut loses the small positive distances to
@@ -86,31 +104,52 @@ def contrastive_loss(
     patch: tuple[int, int] = (4, 4),
     tau: float = 0.07,
     distance: str = "l1",
+    backend: str = "eager",
 ) -> torch.Tensor:
     """L_ctr on two already pooled maps (B, C, H, W): sum over samples / (B * H * W)."""
     patch = (int(patch[0]), int(patch[1]))
     check_contrastive_args(mode, distance, groups, patch, tau)
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown contrastive backend {backend!r}; expected one of {BACKENDS}")
     _check_shapes(student, teacher, mode, groups, patch)
-    b, c, h, w = student.shape
-    d = c // groups
-
-    if mode == "spatial":
-        s, t = _patches(student, patch), _patches(teacher, patch)  # (N, K, C)
-        logits = _distance(s, t, distance).div(-tau)  # (N, K, K), positive on the diagonal
-    elif mode == "channel":
-        s = student.permute(0, 2, 3, 1).reshape(b * h * w, groups, d)
-        t = teacher.permute(0, 2, 3, 1).reshape(b * h * w, groups, d)
-        logits = _distance(s, t, distance).div(-tau)  # (BHW, M, M)
+    b, _, h, w = student.shape
+    samples, candidates = _samples(student, mode, groups, patch), _samples(teacher, mode, groups, patch)
+    if backend == "compiled":
+        # the layout copy stays eager: fused into the compiled loops it would read channels strided
+        samples, candidates = samples.contiguous(), candidates.contiguous()
+        total = _compiled_sum()(samples, candidates, mode, groups, float(tau), distance, True)
     else:
-        k = patch[0] * patch[1]
-        # (N, K, C) -> (N, K*M, d): entry index = position * M + group, groups contiguous in C
-        s = _patches(student, patch).reshape(-1, k * groups, d)
-        t = _patches(teacher, patch).reshape(-1, k * groups, d)
-        logits = _distance(s, t, distance).div(-tau)  # (N, KM, KM)
-        excluded = _same_group_other_position(k, groups, logits.device)
+        total = _sample_sum(samples, candidates, mode, groups, tau, distance, False)
+    return total / (b * h * w)
+
+
+def _samples(x: torch.Tensor, mode: str, groups: int, patch: tuple[int, int]) -> torch.Tensor:
+    """The vectors compared, as (N, P, D): P candidates per set, sample i's positive is entry i."""
+    b, c, h, w = x.shape
+    if mode == "spatial":
+        return _patches(x, patch)  # (N, K, C)
+    if mode == "channel":
+        return x.permute(0, 2, 3, 1).reshape(b * h * w, groups, c // groups)  # (BHW, M, d)
+    # (N, K, C) -> (N, K*M, d): entry index = position * M + group, groups contiguous in C
+    return _patches(x, patch).reshape(-1, patch[0] * patch[1] * groups, c // groups)
+
+
+_COMPILED: list = []
+
+
+def _compiled_sum():
+    if not _COMPILED:
+        _COMPILED.append(torch.compile(_sample_sum, dynamic=False))
+    return _COMPILED[0]
+
+
+def _sample_sum(
+    s: torch.Tensor, t: torch.Tensor, mode: str, groups: int, tau: float, distance: str, broadcast: bool
+) -> torch.Tensor:
+    """Sum over samples of logsumexp(candidates) - positive."""
+    logits = _distance(s, t, distance, broadcast).div(-tau)  # (N, P, P), positives on the diagonal
+    if mode == "omni":
+        excluded = _same_group_other_position(s.shape[1] // groups, groups, logits.device)
         logits = logits.masked_fill(excluded, float("-inf"))
-
     positive = torch.diagonal(logits, dim1=-2, dim2=-1)
-    per_sample = torch.logsumexp(logits, dim=-1) - positive
-    return per_sample.sum() / (b * h * w)
-
+    return (torch.logsumexp(logits, dim=-1) - positive).sum()

@@ -68,6 +68,7 @@ class AfDCD(Method):
         self.feature_loss = AfDCDLoss(
             student_channels, teacher_channels, mode=a.mode, groups=a.groups, patch=tuple(a.patch), pool=a.pool,
             tau=a.tau, distance=a.distance, mask=a.mask, mask_ratio=a.mask_ratio, projector=a.projector,
+            backend=a.backend,
         )
 
     def clip_parameters(self):
