@@ -53,12 +53,24 @@ def strip(module: nn.Module, kinds: tuple[type, ...]) -> nn.Module:
     return module
 
 
-def _worker(recipe: str, overrides: list[str], results_dir: str | None, sync_bn: bool, env: dict[str, str]) -> None:
+def _worker(recipe: str, overrides: list[str], results_dir: str | None, sync_bn: bool, env: dict[str, str],
+            stop_after_saves: int = 0) -> None:
     import os
 
+    import afdcd_bench.engine.trainer as trainer
     from afdcd_bench.config import load_recipe
     from afdcd_bench.engine import train
 
+    if stop_after_saves:  # a killed run: every rank dies right after its N-th checkpoint
+        orig, saves = trainer.save_training_state, []
+
+        def save_then_die(*args, **kwargs):
+            orig(*args, **kwargs)
+            saves.append(1)
+            if len(saves) == stop_after_saves:
+                os._exit(3)
+
+        trainer.save_training_state = save_then_die
     os.environ.update(env)
     if "ACCELERATE_USE_DEEPSPEED" in env:
         os.environ.pop("ACCELERATE_USE_CPU", None)  # set by debug_launcher; it would turn DeepSpeed off
@@ -87,13 +99,14 @@ def main() -> None:
     p.add_argument("--sync-bn", action="store_true")
     p.add_argument("--strip", default="dropout", choices=("dropout", "dropout+bn"))
     p.add_argument("--zero", type=int, default=0, help="DeepSpeed ZeRO stage (0: plain DDP)")
+    p.add_argument("--stop-after-saves", type=int, default=0, help="exit every rank after its N-th checkpoint")
     a = p.parse_args()
     kinds = (nn.Dropout, nn.Dropout2d) + ((nn.BatchNorm2d,) if a.strip == "dropout+bn" else ())
     build = trainer.build_student
     trainer.build_student = lambda cfg, k: strip(build(cfg, k), kinds)
     # No ACCELERATE_GRADIENT_CLIPPING: the trainer itself must turn DeepSpeed's default global clip off.
     env = {"ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_ZERO_STAGE": str(a.zero)} if a.zero else {}
-    debug_launcher(functools.partial(_worker, a.recipe, a.overrides, a.results_dir, a.sync_bn, env), num_processes=2)
+    debug_launcher(functools.partial(_worker, a.recipe, a.overrides, a.results_dir, a.sync_bn, env, a.stop_after_saves), num_processes=2)
 
 
 if __name__ == "__main__":

@@ -136,9 +136,16 @@ def test_deepspeed_zero_stages_equal_ddp_with_batchnorm(tmp_path, deepspeed_avai
     miou = json.loads((tmp_path / "res_ddp/demo__baseline__seed0.json").read_text())["final_miou"]
     for stage, tol in ((1, 0.0), (2, 0.0), (3, 1e-6)):  # ZeRO-3 reduce-scatters: rounding only
         out = tmp_path / f"zero{stage}"
-        _two_processes(TINY + [f"output_dir={out}"], "--zero", str(stage), results_dir=out / "res")
+        run = TINY + [f"output_dir={out}"]
+        if stage == 3:  # killed after step 2's checkpoint, then resumed from the partitioned state
+            run += ["train.checkpoint_interval=1"]
+            with pytest.raises(AssertionError):
+                _two_processes(run, "--zero", "3", "--stop-after-saves", "2")
+            assert json.loads((out / "demo/baseline/seed0/state/progress.json").read_text())["step"] == 2
+        _two_processes(run, "--zero", str(stage), results_dir=out / "res")
         rec = json.loads((out / "res/demo__baseline__seed0.json").read_text())
         assert (rec["num_processes"], rec["distributed_type"], rec["global_grad_clip"]) == (2, "DEEPSPEED", 0.0)
+        assert rec["resumed_from_step"] == (2 if stage == 3 else None)
         assert _max_diff(ddp, _final(out)) <= tol, stage
         # ZeRO-3 evaluates a gathered copy: uneven val shards neither hang nor count twice
         assert rec["final_miou"] == pytest.approx(miou, abs=1e-6)
@@ -189,3 +196,20 @@ def test_deepspeed_global_clip_is_off_unless_set(monkeypatch, deepspeed_availabl
     acc = SimpleNamespace(distributed_type=DistributedType.DEEPSPEED, state=SimpleNamespace(deepspeed_plugin=plugin))
     assert disable_global_clip(acc) == applied
     assert plugin.deepspeed_config["gradient_clipping"] == applied
+
+
+def test_deepspeed_fp16_with_a_projector_clip_is_refused(deepspeed_available):
+    from types import SimpleNamespace
+
+    import torch
+    from accelerate.utils import DistributedType
+
+    from afdcd_bench.engine.stepping import check_deepspeed_clip
+
+    params = [nn.Parameter(torch.zeros(2))]
+    acc = SimpleNamespace(distributed_type=DistributedType.DEEPSPEED, mixed_precision="fp16")
+    with pytest.raises(ValueError, match="loss-scaled"):
+        check_deepspeed_clip(acc, params, 15.0)
+    check_deepspeed_clip(acc, params, 0.0)  # no clip: fine
+    check_deepspeed_clip(SimpleNamespace(distributed_type=DistributedType.DEEPSPEED, mixed_precision="bf16"), params, 15.0)
+    check_deepspeed_clip(SimpleNamespace(distributed_type=DistributedType.MULTI_GPU, mixed_precision="fp16"), params, 15.0)

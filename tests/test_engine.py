@@ -100,7 +100,7 @@ def test_kill_between_checkpoints_replays_to_the_same_weights(tmp_path, monkeypa
     monkeypatch.setattr(tr, "backward_and_step", orig)
     run_b = tmp_path / "b/demo/baseline/seed0"
     assert json.loads((latest_state(run_b) / "progress.json").read_text())["step"] == 2
-    train(killed, show_progress=False)
+    assert train(killed, show_progress=False)["resumed_from_step"] == 2
     _reset()
     a = load_file(str(tmp_path / "a/demo/baseline/seed0/final.safetensors"))
     b = load_file(str(run_b / "final.safetensors"))

@@ -81,6 +81,10 @@ def test_local_pretrained_file_is_loaded(tmp_path):
 
 def test_timm_weights_by_name_without_network_say_how_to_use_a_local_file(monkeypatch, tmp_path):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # as on a machine without network, whatever this one has
+    import huggingface_hub.constants
+
+    # read once at import: without this the hub retries with backoff for ~45 s before failing
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     with pytest.raises(PretrainedWeightsError, match=r"student\.pretrained=/path/resnet18\.safetensors"):

@@ -38,6 +38,16 @@ def disable_global_clip(accelerator: Accelerator) -> float:
     return float(value)
 
 
+def check_deepspeed_clip(accelerator: Accelerator, clip_params: Sequence[nn.Parameter], max_norm: float) -> None:
+    """Refuse what the partial clip cannot do right: under DeepSpeed fp16 the gradients it reads
+    before the step are still multiplied by the loss scale."""
+    if uses_deepspeed(accelerator) and clip_params and max_norm > 0 and accelerator.mixed_precision == "fp16":
+        raise ValueError(
+            "DeepSpeed with fp16 cannot clip the Af-DCD projector alone (its gradients are loss-scaled "
+            "until the engine's step): use mixed_precision bf16 or no, or method.clip_grad_norm=0"
+        )
+
+
 def _clip_deepspeed(params: Sequence[nn.Parameter], max_norm: float) -> torch.Tensor:
     from deepspeed.utils import safe_get_full_grad, safe_set_full_grad
 

@@ -21,7 +21,7 @@ from ..models import Segmentor, build_segmentor, load_segmentor, save_segmentor
 from .checkpointing import latest_state, load_training_state, save_training_state
 from .evaluate import evaluate
 from .full_weights import FullWeights
-from .stepping import backward_and_step, disable_global_clip
+from .stepping import backward_and_step, check_deepspeed_clip, disable_global_clip
 from .records import device_kind, git_commit, package_versions, peak_memory_mb, record_path, write_record
 
 
@@ -189,6 +189,7 @@ def train(
     params = [p for p in step_module.parameters() if p.requires_grad]
     optimizer = build_optimizer(params, tc)
     global_clip = disable_global_clip(accelerator)
+    check_deepspeed_clip(accelerator, method.clip_parameters(), cfg.method.clip_grad_norm)
     full_student = FullWeights(accelerator, student)
     step_module, optimizer, train_loader, val_loader = accelerator.prepare(step_module, optimizer, train_loader, val_loader)
     if teacher is not None:
@@ -200,6 +201,7 @@ def train(
     state = latest_state(run_dir) if resume else None
     if state is not None:
         progress_state = load_training_state(accelerator, state)
+    resumed_from = progress_state["step"] if state is not None else None
     show = show_progress and accelerator.is_main_process
     progress = _make_progress(show)
     log = progress.console.log if show else (lambda *a, **k: None)
@@ -296,6 +298,7 @@ def train(
         "grad_accumulation": accum,
         "mixed_precision": tc.mixed_precision,
         "global_grad_clip": global_clip,
+        "resumed_from_step": resumed_from,
         "wall_seconds": wall,
         "train_seconds": progress_state["train_seconds"],
         "images_per_second": images / progress_state["train_seconds"] if progress_state["train_seconds"] else None,
