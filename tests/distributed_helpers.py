@@ -79,6 +79,20 @@ def _worker(recipe: str, overrides: list[str], results_dir: str | None, sync_bn:
           convert_sync_bn=convert_gloo_sync_bn if sync_bn else None)
 
 
+def _buffers_worker() -> None:
+    """Rank r starts with BN statistics r; after broadcast_buffers every rank holds rank 0's."""
+    from accelerate import Accelerator, InitProcessGroupKwargs
+
+    from afdcd_bench.engine.full_weights import broadcast_buffers
+
+    acc = Accelerator(kwargs_handlers=[InitProcessGroupKwargs(backend="gloo")])
+    bn = nn.BatchNorm2d(3)
+    bn.running_mean.fill_(float(acc.process_index + 1))
+    bn.num_batches_tracked.fill_(acc.process_index + 5)
+    broadcast_buffers(bn)
+    assert torch.equal(bn.running_mean, torch.ones(3)) and int(bn.num_batches_tracked) == 5, acc.process_index
+
+
 def main() -> None:
     """Two forked gloo processes training one recipe, from a fresh interpreter.
 
@@ -100,7 +114,11 @@ def main() -> None:
     p.add_argument("--strip", default="dropout", choices=("dropout", "dropout+bn"))
     p.add_argument("--zero", type=int, default=0, help="DeepSpeed ZeRO stage (0: plain DDP)")
     p.add_argument("--stop-after-saves", type=int, default=0, help="exit every rank after its N-th checkpoint")
+    p.add_argument("--check-buffers", action="store_true", help="only check broadcast_buffers on 2 processes")
     a = p.parse_args()
+    if a.check_buffers:
+        debug_launcher(_buffers_worker, num_processes=2)
+        return
     kinds = (nn.Dropout, nn.Dropout2d) + ((nn.BatchNorm2d,) if a.strip == "dropout+bn" else ())
     build = trainer.build_student
     trainer.build_student = lambda cfg, k: strip(build(cfg, k), kinds)

@@ -89,6 +89,11 @@ def test_two_processes_equal_one_with_the_same_global_batch(tmp_path, monkeypatc
     assert r2["final_miou"] == pytest.approx(r1["final_miou"], abs=1e-4)
 
 
+def test_evaluation_and_saving_use_rank_0_bn_statistics():
+    # without SyncBatchNorm each rank's running statistics differ; the scored model is the saved one
+    _two_processes([], "--check-buffers")
+
+
 def test_gradient_accumulation_equals_the_large_batch_without_bn(tmp_path, monkeypatch):
     monkeypatch.setattr(trainer, "build_student", _without((nn.Dropout, nn.Dropout2d, nn.BatchNorm2d)))
     big = load_recipe("demo/baseline", TINY + [f"output_dir={tmp_path / 'big'}"])

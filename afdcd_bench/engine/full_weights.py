@@ -1,5 +1,9 @@
 """The student with all its weights in place, for evaluation and saving, whatever ZeRO stage trains it.
 
+Its BatchNorm running statistics are rank 0's on every rank: without SyncBatchNorm (CPU runs,
+DeepSpeed) each rank's drift apart, and the saved checkpoint is rank 0's, so the score recorded
+must be rank 0's model too.
+
 Why: under ZeRO-3 every forward gathers parameter shards from all ranks, so evaluating the
 trained module on uneven validation shards deadlocks (one rank waits in a gather while the other
 has finished), and a main-process-only `state_dict()` holds empty shards. A plain copy, refreshed
@@ -30,9 +34,12 @@ class FullWeights:
         self.student = student
 
     def current(self) -> nn.Module:
-        """Collective under ZeRO-3: every rank must call it."""
-        if self.copy is None:
-            return self.student
+        """Collective when there are several processes: every rank must call it."""
+        model = self.student if self.copy is None else self._gathered()
+        broadcast_buffers(model)
+        return model
+
+    def _gathered(self) -> nn.Module:
         import deepspeed
 
         params = list(self.student.parameters())
@@ -41,3 +48,12 @@ class FullWeights:
             self.copy.load_state_dict({k: v.detach().clone() for k, v in state.items()})
         self.copy.to(next(iter(state.values())).device)
         return self.copy
+
+
+def broadcast_buffers(model: nn.Module, src: int = 0) -> None:
+    """Make every rank's buffers (BN running statistics) those of rank `src`."""
+    dist = torch.distributed
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return
+    for buf in model.buffers():
+        dist.broadcast(buf, src=src)
