@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from typing import Sequence
 
@@ -15,7 +16,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     cfg = load_recipe(args.recipe, args.overrides)
     record = train(cfg, results_dir=args.results_dir, per_device_batch=args.per_device_batch, resume=not args.no_resume)
-    Console().print(f"final mIoU {100 * (record['final_miou'] or float('nan')):.2f}, best {100 * (record['best_miou'] or float('nan')):.2f}")
+    if int(os.environ.get("RANK", "0")) == 0:  # one line per run, not per process
+        Console().print(f"final mIoU {100 * (record['final_miou'] or float('nan')):.2f}, best {100 * (record['best_miou'] or float('nan')):.2f}")
     return 0
 
 

@@ -115,8 +115,22 @@ def _launch(args, env_extra, tmp_path):
 def test_real_accelerate_launch_trains_on_two_cpu_processes(tmp_path):
     res = _launch(["--config_file", str(ROOT / "recipes/accelerate/cpu2.yaml")], {"ACCELERATE_USE_CPU": "1"}, tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]
+    assert res.stdout.count("final mIoU") == 1  # printed by rank 0 only
     rec = json.loads((tmp_path / "res/demo__baseline__seed0.json").read_text())
     assert rec["num_processes"] == 2 and rec["per_device_batch"] == 4 and rec["distributed_type"] == "MULTI_CPU"
+
+
+def test_real_accelerate_launch_with_the_shipped_zero2_config_equals_ddp(tmp_path, deepspeed_available):
+    ddp = _launch(["--config_file", str(ROOT / "recipes/accelerate/cpu2.yaml")], {"ACCELERATE_USE_CPU": "1"}, tmp_path / "ddp")
+    assert ddp.returncode == 0, ddp.stderr[-3000:]
+    # the 8-GPU bf16 file, with the process count and precision a CPU box can run
+    zero = _launch(["--config_file", str(ROOT / "recipes/accelerate/zero2.yaml"), "--num_processes", "2", "--mixed_precision", "no"],
+                   {}, tmp_path / "zero")
+    assert zero.returncode == 0, zero.stderr[-3000:]
+    rec = json.loads((tmp_path / "zero/res/demo__baseline__seed0.json").read_text())
+    assert (rec["num_processes"], rec["distributed_type"], rec["global_grad_clip"]) == (2, "DEEPSPEED", 0.0)
+    # same seed on both ranks in both runs: even dropout draws agree, so the weights do
+    assert _max_diff(_final(tmp_path / "ddp/runs"), _final(tmp_path / "zero/runs")) == 0.0
 
 
 def test_unsynchronised_launch_is_refused(tmp_path):
