@@ -24,11 +24,16 @@ Formulas (checkable against the paper, see docs/losses.md):
 """
 from __future__ import annotations
 
+import warnings
+
 import torch
 
 MODES = ("omni", "spatial", "channel")
 DISTANCES = ("l1", "l2")
 BACKENDS = ("eager", "compiled")
+
+# inductor's own deprecation notice, printed at each compile (forward, and later backward)
+warnings.filterwarnings("ignore", message=".*_prims_common.check", category=FutureWarning)
 
 
 def check_contrastive_args(mode: str, distance: str, groups: int, patch: tuple[int, int], tau: float) -> None:
