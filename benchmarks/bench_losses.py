@@ -73,7 +73,7 @@ def _peak(device: torch.device) -> float:
     return _rss_mb("VmHWM")
 
 
-def worker(kind: str, shape: str, device: str, repeats: int) -> dict:
+def worker(kind: str, shape: str, device: str, repeats: int, warmup: int) -> dict:
     from afdcd_bench.losses import AfDCDLoss, contrastive_loss
 
     dev = torch.device(device)
@@ -100,7 +100,7 @@ def worker(kind: str, shape: str, device: str, repeats: int) -> dict:
                 proj = loss.projector(loss.align(x) * mask)
                 fd = (proj - t).pow(2).sum() / b
                 return fd + reference_contrastive(F.max_pool2d(proj, pool), F.max_pool2d(t, pool))
-    for _ in range(2):  # warm-up (and compilation)
+    for _ in range(warmup):  # warm-up (and compilation)
         x.grad = None
         fn().backward()
     x.grad = None
@@ -125,15 +125,17 @@ def main() -> None:
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--shapes", nargs="+", default=["cpu", "paper"], choices=sorted(SHAPES))
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--warmup", type=int, default=2, help="passes before timing (the first compiles)")
     ap.add_argument("--whole", action="store_true", help="also the whole AfDCDLoss (slow on CPU at the paper's shape)")
     ap.add_argument("--worker", nargs=2, metavar=("KIND", "SHAPE"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
-        print(json.dumps(worker(args.worker[0], args.worker[1], args.device, args.repeats)))
+        print(json.dumps(worker(args.worker[0], args.worker[1], args.device, args.repeats, args.warmup)))
         return
 
     def measure(kind: str, shape: str, env: dict[str, str]) -> dict:
-        cmd = [sys.executable, __file__, "--worker", kind, shape, "--device", args.device, "--repeats", str(args.repeats)]
+        cmd = [sys.executable, __file__, "--worker", kind, shape, "--device", args.device, "--repeats", str(args.repeats),
+               "--warmup", str(args.warmup)]
         out = subprocess.run(cmd, capture_output=True, text=True, check=True, env={**os.environ, **env})
         return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -145,7 +147,7 @@ def main() -> None:
             return timed
         return {**timed, "peak_mb": measure(kind, shape, {"MALLOC_MMAP_THRESHOLD_": "65536"})["peak_mb"]}
 
-    print(f"device: {args.device}; median of {args.repeats} forward+backward passes after 2 warm-up passes; "
+    print(f"device: {args.device}; median of {args.repeats} forward+backward passes after {args.warmup} warm-up passes; "
           f"memory: peak above the state right before the measured passes")
     parts = [("ctr", "contrastive term")] + ([("whole", "whole AfDCDLoss")] if args.whole else [])
     for shape in args.shapes:

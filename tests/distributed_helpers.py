@@ -54,7 +54,7 @@ def strip(module: nn.Module, kinds: tuple[type, ...]) -> nn.Module:
 
 
 def _worker(recipe: str, overrides: list[str], results_dir: str | None, sync_bn: bool, env: dict[str, str],
-            stop_after_saves: int = 0) -> None:
+            stop_after_saves: int = 0, per_device_batch: int | None = None) -> None:
     import os
 
     import afdcd_bench.engine.trainer as trainer
@@ -76,7 +76,7 @@ def _worker(recipe: str, overrides: list[str], results_dir: str | None, sync_bn:
         os.environ.pop("ACCELERATE_USE_CPU", None)  # set by debug_launcher; it would turn DeepSpeed off
         os.environ.setdefault("LOCAL_RANK", os.environ.get("RANK", "0"))  # DeepSpeed asserts on it
     train(load_recipe(recipe, overrides), results_dir=results_dir, show_progress=False,
-          convert_sync_bn=convert_gloo_sync_bn if sync_bn else None)
+          convert_sync_bn=convert_gloo_sync_bn if sync_bn else None, per_device_batch=per_device_batch)
 
 
 def _buffers_worker() -> None:
@@ -113,6 +113,7 @@ def main() -> None:
     p.add_argument("--sync-bn", action="store_true")
     p.add_argument("--strip", default="dropout", choices=("dropout", "dropout+bn"))
     p.add_argument("--zero", type=int, default=0, help="DeepSpeed ZeRO stage (0: plain DDP)")
+    p.add_argument("--per-device-batch", type=int, default=None)
     p.add_argument("--stop-after-saves", type=int, default=0, help="exit every rank after its N-th checkpoint")
     p.add_argument("--check-buffers", action="store_true", help="only check broadcast_buffers on 2 processes")
     a = p.parse_args()
@@ -124,7 +125,8 @@ def main() -> None:
     trainer.build_student = lambda cfg, k: strip(build(cfg, k), kinds)
     # No ACCELERATE_GRADIENT_CLIPPING: the trainer itself must turn DeepSpeed's default global clip off.
     env = {"ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_ZERO_STAGE": str(a.zero)} if a.zero else {}
-    debug_launcher(functools.partial(_worker, a.recipe, a.overrides, a.results_dir, a.sync_bn, env, a.stop_after_saves), num_processes=2)
+    debug_launcher(functools.partial(_worker, a.recipe, a.overrides, a.results_dir, a.sync_bn, env, a.stop_after_saves,
+                                     a.per_device_batch), num_processes=2)
 
 
 if __name__ == "__main__":

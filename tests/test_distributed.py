@@ -170,6 +170,15 @@ def test_deepspeed_zero_stages_equal_ddp_with_batchnorm(tmp_path, deepspeed_avai
         assert rec["final_miou"] == pytest.approx(miou, abs=1e-6)
 
 
+def test_deepspeed_accumulation_equals_ddp_accumulation(tmp_path, deepspeed_available):
+    # 2 processes x 2 micro-batches of 2: DeepSpeed accumulates in its own buffers, so rounding differs
+    _two_processes(TINY + [f"output_dir={tmp_path / 'ddp'}"], "--per-device-batch", "2")
+    _two_processes(TINY + [f"output_dir={tmp_path / 'zero'}"], "--per-device-batch", "2", "--zero", "2", results_dir=tmp_path / "res")
+    rec = json.loads((tmp_path / "res/demo__baseline__seed0.json").read_text())
+    assert (rec["per_device_batch"], rec["grad_accumulation"]) == (2, 2)
+    assert _max_diff(_final(tmp_path / "ddp"), _final(tmp_path / "zero")) < 1e-4
+
+
 def test_deepspeed_clips_the_projector_as_ddp_does(tmp_path, deepspeed_available):
     teacher = load_recipe("demo/teacher", TINY + [f"output_dir={tmp_path}", "student.backbone=resnet10t", "train.iterations=1"])
     _run(teacher)
