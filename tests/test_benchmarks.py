@@ -1,0 +1,15 @@
+"""The benchmark scripts run and their values agree (their timings are reported, never asserted)."""
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_bench_losses_runs_and_every_backend_gives_the_reference_value():
+    res = subprocess.run([sys.executable, str(ROOT / "benchmarks/bench_losses.py"), "--shapes", "cpu", "--repeats", "1", "--warmup", "1"],
+                         capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert res.returncode == 0, res.stderr[-3000:]
+    lines = [ln for ln in res.stdout.splitlines() if "speed-up" in ln]
+    assert [ln.split()[0] for ln in lines] == ["eager", "compiled"]
+    assert all("values identical" in ln for ln in lines), res.stdout
