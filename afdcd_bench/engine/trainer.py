@@ -21,8 +21,8 @@ from ..models import Segmentor, build_segmentor, load_segmentor, save_segmentor
 from .checkpointing import latest_state, load_training_state, save_training_state
 from .evaluate import evaluate
 from .full_weights import FullWeights
-from .stepping import backward_and_step, check_deepspeed_clip, disable_global_clip
 from .records import device_kind, git_commit, package_versions, peak_memory_mb, record_path, write_record
+from .stepping import backward_and_step, check_deepspeed_clip, disable_global_clip
 
 
 class TrainingDiverged(RuntimeError):

@@ -11,7 +11,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .contrastive import BACKENDS, check_contrastive_args, contrastive_loss
+from .contrastive import check_contrastive_args, contrastive_loss
 
 MASKS = ("random", "center")
 PROJECTORS = ("basic", "enhanced")
@@ -100,9 +100,7 @@ class AfDCDLoss(nn.Module):
     ):
         super().__init__()
         patch = (int(patch[0]), int(patch[1]))
-        check_contrastive_args(mode, distance, groups, patch, tau)
-        if backend not in BACKENDS:
-            raise ValueError(f"unknown contrastive backend {backend!r}; expected one of {BACKENDS}")
+        check_contrastive_args(mode, distance, groups, patch, tau, backend)
         if mask not in MASKS:
             raise ValueError(f"unknown mask {mask!r}; expected one of {MASKS}")
         if not 0.0 <= mask_ratio < 1.0:

@@ -36,8 +36,12 @@ BACKENDS = ("eager", "compiled")
 warnings.filterwarnings("ignore", message=".*_prims_common.check", category=FutureWarning)
 
 
-def check_contrastive_args(mode: str, distance: str, groups: int, patch: tuple[int, int], tau: float) -> None:
+def check_contrastive_args(
+    mode: str, distance: str, groups: int, patch: tuple[int, int], tau: float, backend: str = "eager"
+) -> None:
     """Fail early on settings that are not one of the paper's options."""
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown contrastive backend {backend!r}; expected one of {BACKENDS}")
     if mode not in MODES:
         raise ValueError(f"unknown contrastive mode {mode!r}; expected one of {MODES}")
     if distance not in DISTANCES:
@@ -113,9 +117,7 @@ def contrastive_loss(
 ) -> torch.Tensor:
     """L_ctr on two already pooled maps (B, C, H, W): sum over samples / (B * H * W)."""
     patch = (int(patch[0]), int(patch[1]))
-    check_contrastive_args(mode, distance, groups, patch, tau)
-    if backend not in BACKENDS:
-        raise ValueError(f"unknown contrastive backend {backend!r}; expected one of {BACKENDS}")
+    check_contrastive_args(mode, distance, groups, patch, tau, backend)
     _check_shapes(student, teacher, mode, groups, patch)
     b, _, h, w = student.shape
     samples, candidates = _samples(student, mode, groups, patch), _samples(teacher, mode, groups, patch)
