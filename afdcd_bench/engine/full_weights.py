@@ -29,8 +29,7 @@ class FullWeights:
     """Create before `accelerator.prepare` (the copy must be taken while the weights are whole)."""
 
     def __init__(self, accelerator: Accelerator, student: nn.Module):
-        self.partitioned = partitions_parameters(accelerator)
-        self.copy = copy.deepcopy(student) if self.partitioned else None
+        self.copy = copy.deepcopy(student).to(accelerator.device) if partitions_parameters(accelerator) else None
         self.student = student
 
     def current(self) -> nn.Module:
@@ -44,9 +43,7 @@ class FullWeights:
 
         params = list(self.student.parameters())
         with deepspeed.zero.GatheredParameters(params, modifier_rank=None), torch.no_grad():
-            state = self.student.state_dict()
-            self.copy.load_state_dict({k: v.detach().clone() for k, v in state.items()})
-        self.copy.to(next(iter(state.values())).device)
+            self.copy.load_state_dict(self.student.state_dict())  # copies into the copy's own tensors
         return self.copy
 
 

@@ -189,13 +189,12 @@ def train(
     params = [p for p in step_module.parameters() if p.requires_grad]
     optimizer = build_optimizer(params, tc)
     global_clip = disable_global_clip(accelerator)
-    check_deepspeed_clip(accelerator, method.clip_parameters(), cfg.method.clip_grad_norm)
+    clip_params = method.clip_parameters()  # the same Parameter objects after prepare (wrapped, not copied)
+    check_deepspeed_clip(accelerator, clip_params, cfg.method.clip_grad_norm)
     full_student = FullWeights(accelerator, student)
     step_module, optimizer, train_loader, val_loader = accelerator.prepare(step_module, optimizer, train_loader, val_loader)
     if teacher is not None:
         teacher = teacher.to(accelerator.device).eval().requires_grad_(False)
-    unwrapped: DistillStep = accelerator.unwrap_model(step_module)
-    clip_params = unwrapped.method.clip_parameters()
 
     progress_state: dict[str, Any] = {"step": 0, "best_miou": None, "best_step": None, "history": [], "train_seconds": 0.0, "teacher": None}
     state = latest_state(run_dir) if resume else None

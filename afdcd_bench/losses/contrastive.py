@@ -24,6 +24,7 @@ Formulas (checkable against the paper, see docs/losses.md):
 """
 from __future__ import annotations
 
+import functools
 import warnings
 
 import torch
@@ -141,13 +142,9 @@ def _samples(x: torch.Tensor, mode: str, groups: int, patch: tuple[int, int]) ->
     return _patches(x, patch).reshape(-1, patch[0] * patch[1] * groups, c // groups)
 
 
-_COMPILED: list = []
-
-
+@functools.cache
 def _compiled_sum():
-    if not _COMPILED:
-        _COMPILED.append(torch.compile(_sample_sum, dynamic=False))
-    return _COMPILED[0]
+    return torch.compile(_sample_sum, dynamic=False)
 
 
 def _sample_sum(
