@@ -5,6 +5,7 @@ import argparse
 import json
 import os
 import sys
+from pathlib import Path
 from typing import Sequence
 
 from rich.console import Console
@@ -14,7 +15,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from .config import load_recipe
     from .engine import train
 
-    cfg = load_recipe(args.recipe, args.overrides)
+    overrides = list(args.overrides)
+    if args.tracker:
+        overrides.append(f"train.trackers=[{', '.join(args.tracker)}]")
+    cfg = load_recipe(args.recipe, overrides)
     record = train(cfg, results_dir=args.results_dir, per_device_batch=args.per_device_batch, resume=not args.no_resume)
     if int(os.environ.get("RANK", "0")) == 0:  # one line per run, not per process
         Console().print(f"final mIoU {100 * (record['final_miou'] or float('nan')):.2f}, best {100 * (record['best_miou'] or float('nan')):.2f}")
@@ -51,13 +55,24 @@ def _cmd_table(args: argparse.Namespace) -> int:
     from .config import list_recipes
     from .harness.table import expected_runs, records_frame, render, summary, write_tables
 
-    frame = records_frame(args.results_dir)
-    folders = sorted({r.split("/")[0] for r in frame["recipe"]})  # recipes/<folder>/ of the runs found
-    table = summary(frame, expected_runs([n for f in folders for n in list_recipes(f)]))
+    folder = Path(args.results_dir)
+    if not folder.is_dir():
+        print(f"afdcd-bench: error: results folder {folder} does not exist", file=sys.stderr)
+        return 2
+    problems: list[str] = []
+    frame = records_frame(folder, problems)
+    for line in problems:
+        print(f"afdcd-bench: warning: skipped {line}", file=sys.stderr)
+    benchmarks = sorted({r.split("/")[0] for r in frame["recipe"]})  # recipes/<folder>/ of the runs found
+    table = summary(frame, expected_runs([n for b in benchmarks for n in list_recipes(b)]))
     render(table)
-    if not table.empty:
-        write_tables(table, args.results_dir)
-    return 0
+    out = args.out or (folder if args.results_dir_given else None)
+    if out is not None and not table.empty:
+        for path in write_tables(table, out):
+            print(f"wrote {path}")
+    elif not table.empty:
+        print("(printed only: name a results folder, or --out DIR, to write table.csv / .md / .tex)")
+    return 1 if problems and table.empty else 0
 
 
 def _cmd_recipes(args: argparse.Namespace) -> int:
@@ -75,10 +90,17 @@ def _cmd_recipes(args: argparse.Namespace) -> int:
                          "published_miou": cfg.published.miou, "config": to_dict(cfg)})
         print(json.dumps(rows, indent=2))
     else:
+        rows = []
         for n in names:
             cfg = load_recipe(n)
-            teacher = f" <- {cfg.teacher.arch}-{cfg.teacher.backbone}" if cfg.teacher and cfg.method.name != "baseline" else ""
-            print(f"{n:40s} {cfg.benchmark:16s} {cfg.method.name:9s} {cfg.student.arch}-{cfg.student.backbone}{teacher}")
+            method = run_method(n, cfg.method.name)
+            teacher = f"{cfg.teacher.arch}-{cfg.teacher.backbone}" if cfg.teacher and method not in ("baseline", "teacher") else ""
+            rows.append((n, cfg.benchmark, method, f"{cfg.student.arch}-{cfg.student.backbone}", teacher,
+                         "" if cfg.published.miou is None else f"{cfg.published.miou:.2f}"))
+        header = ("recipe", "benchmark", "method", "network", "teacher", "published")
+        widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+        for r in [header, *rows]:
+            print("  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip())
     return 0
 
 
@@ -111,6 +133,8 @@ def _parse_size(text: str) -> tuple[int, int]:
         h, w = (int(v) for v in text.lower().split("x"))
     except ValueError:
         raise argparse.ArgumentTypeError(f"size must be HxW, e.g. 1024x2048, not {text!r}") from None
+    if h < 1 or w < 1:
+        raise argparse.ArgumentTypeError(f"size must be positive, e.g. 1024x2048, not {text!r}")
     return h, w
 
 
@@ -158,7 +182,13 @@ def _cmd_data_check(args: argparse.Namespace) -> int:
 def _cmd_plot(args: argparse.Namespace) -> int:
     from .harness.plots import plot_results
 
-    paths = plot_results(args.results_dir, args.out)
+    if not Path(args.results_dir).is_dir():
+        print(f"afdcd-bench: error: results folder {args.results_dir} does not exist", file=sys.stderr)
+        return 2
+    problems: list[str] = []
+    paths = plot_results(args.results_dir, args.out, qualitative=args.qualitative, problems=problems)
+    for line in problems:
+        print(f"afdcd-bench: warning: skipped {line}", file=sys.stderr)
     if not paths:
         print(f"afdcd-bench: no run records with validation history under {args.results_dir}", file=sys.stderr)
         return 1
@@ -172,28 +202,35 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="train one recipe (use through `accelerate launch` for several processes)")
-    t.add_argument("recipe")
-    t.add_argument("overrides", nargs="*", help="dotted.key=value")
-    t.add_argument("--results-dir", default="results/adhoc")
+    t.add_argument("recipe", help="a recipe name (`afdcd-bench recipes` lists them) or a path to a .yaml")
+    t.add_argument("overrides", nargs="*", help="dotted.key=value settings on top of the recipe, e.g. train.lr=0.01")
+    t.add_argument("--results-dir", default="results/adhoc", help="folder for the run record (default results/adhoc)")
     t.add_argument("--per-device-batch", type=int, default=None, help="accumulate gradients to keep the recipe's effective batch")
-    t.add_argument("--no-resume", action="store_true", help="start over even if a checkpoint exists")
+    t.add_argument("--no-resume", action="store_true",
+                   help="start over even if the run folder holds a stopped run (that run is moved aside, not deleted)")
+    t.add_argument("--tracker", action="append", default=None, metavar="NAME",
+                   help="log to an experiment tracker through Accelerate (tensorboard, wandb, mlflow, aim, comet_ml, ...); repeatable")
     t.set_defaults(func=_cmd_train)
 
     e = sub.add_parser("eval", help="evaluate a checkpoint on the recipe's validation split")
-    e.add_argument("recipe")
-    e.add_argument("overrides", nargs="*")
-    e.add_argument("--checkpoint", required=True)
+    e.add_argument("recipe", help="the recipe whose data and evaluation settings to use")
+    e.add_argument("overrides", nargs="*", help="dotted.key=value settings on top of the recipe")
+    e.add_argument("--checkpoint", required=True, help="a .safetensors written by a run (best or final) or by import-released")
     e.add_argument("--save-predictions", default=None, metavar="DIR",
                    help="write raw, colour and (Cityscapes) labelIds PNG predictions under DIR")
     e.set_defaults(func=_cmd_eval)
 
     tb = sub.add_parser("table", help="gather run records into tables")
-    tb.add_argument("results_dir", nargs="?", default="results")
+    tb.add_argument("results_dir", nargs="?", default=None,
+                    help="folder of run records (default results/: printed only, nothing written)")
+    tb.add_argument("--out", default=None, help="write table.csv / .md / .tex here (default: the folder named)")
     tb.set_defaults(func=_cmd_table)
 
     pl = sub.add_parser("plot", help="PNG figures: per-class IoU change over the baseline, validation curves")
-    pl.add_argument("results_dir", nargs="?", default="results")
+    pl.add_argument("results_dir", help="folder of run records, e.g. results/demo")
     pl.add_argument("--out", default=None, help="folder for the figures (default RESULTS_DIR/figures)")
+    pl.add_argument("--qualitative", action="store_true",
+                    help="also draw fixed validation images with the ground truth and each student's prediction")
     pl.set_defaults(func=_cmd_plot)
 
     r = sub.add_parser("recipes", help="list the recipes")
@@ -201,15 +238,17 @@ def build_parser() -> argparse.ArgumentParser:
     r.set_defaults(func=_cmd_recipes)
 
     rp = sub.add_parser("reproduce", help="teacher, baselines, distilled students, table")
-    rp.add_argument("benchmark")
+    rp.add_argument("benchmark", help="demo, cityscapes, voc, camvid, ade20k or coco_stuff_164k")
     rp.add_argument("overrides", nargs="*", help="dotted.key=value applied to every run")
-    rp.add_argument("--seeds", type=int, default=3)
+    rp.add_argument("--seeds", type=int, default=3, help="seeds per student recipe (default 3; the teacher runs once)")
     rp.add_argument("--data-root", default=None, help="the benchmark's folder (default $AFDCD_DATA/<folder>)")
     rp.add_argument("--teacher", default=None, help="a teacher checkpoint to use instead of training one")
-    rp.add_argument("--quick", action="store_true", help="one seed, tiny schedule (smoke run)")
-    rp.add_argument("--results-dir", default=None)
-    rp.add_argument("--output-dir", default="runs")
-    rp.add_argument("--launcher", choices=("inprocess", "accelerate"), default=None)
+    rp.add_argument("--quick", action="store_true",
+                    help="one seed, tiny schedule (smoke run); results in results/BENCHMARK-quick, runs in runs/quick")
+    rp.add_argument("--results-dir", default=None, help="folder for records and tables (default results/BENCHMARK)")
+    rp.add_argument("--output-dir", default=None, help="folder for run folders and checkpoints (default runs/ of the project)")
+    rp.add_argument("--launcher", choices=("inprocess", "accelerate"), default=None,
+                    help="run each training in this process or through `accelerate launch` (default: inprocess for demo)")
     rp.add_argument("--only", default=None, help="the teacher and only the student recipes whose name contains this")
     rp.set_defaults(func=_cmd_reproduce)
     ir = sub.add_parser("import-released", help="convert a released backbone or teacher/student .pth into our checkpoint format")
@@ -237,14 +276,33 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """Exceptions that carry a message meant for the user. Imported only once one was raised, so
+    that `--help` and light commands do not pay for torch and Accelerate."""
     from .config import ConfigError
     from .data import DatasetLayoutError
+    from .engine.records import RecordError
+    from .engine.run_folder import RunFolderError
     from .engine.trainer import LaunchMismatch, TrainingDiverged
     from .harness.reproduce import ReproduceError
     from .models import PretrainedWeightsError
     from .models.weights import WeightsMismatch
 
+    return (ConfigError, DatasetLayoutError, RecordError, RunFolderError, ReproduceError, PretrainedWeightsError, WeightsMismatch,
+            LaunchMismatch, TrainingDiverged, FileNotFoundError, PermissionError, ValueError)
+
+
+def one_line(exc: BaseException) -> str:
+    """The user's sentence of an error. A loader worker's error arrives wrapped in its whole
+    traceback text; its last line is the original message."""
+    text = str(exc)
+    if "Original Traceback" in text:
+        last = [ln for ln in text.splitlines() if ln.strip()][-1]
+        text = last.split(": ", 1)[1] if ": " in last and last.split(": ", 1)[0].isidentifier() else last
+    return text
+
+
+def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args, unknown = parser.parse_known_args(argv)
     # dotted.key=value overrides may come after options too (argparse stops collecting them there)
@@ -253,11 +311,22 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.overrides = [*(args.overrides or []), *unknown]
         else:
             parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    if args.command == "table":
+        args.results_dir_given = args.results_dir is not None
+        args.results_dir = args.results_dir or "results"
     try:
         return args.func(args)
-    except (ConfigError, DatasetLayoutError, ReproduceError, PretrainedWeightsError, WeightsMismatch, LaunchMismatch,
-            TrainingDiverged, FileNotFoundError, ValueError) as exc:
-        print(f"afdcd-bench: error: {exc}", file=sys.stderr)
+    except BrokenPipeError:
+        # the reader went away (`| head`): stop quietly, and keep Python from complaining at exit
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
+    except KeyboardInterrupt as exc:
+        print(f"afdcd-bench: {exc or 'interrupted'}", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        if not isinstance(exc, _user_errors()):
+            raise
+        print(f"afdcd-bench: error: {one_line(exc)}", file=sys.stderr)
         return 2
 
 

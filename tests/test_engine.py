@@ -8,6 +8,7 @@ from safetensors.torch import load_file
 from afdcd_bench.config import load_recipe
 from afdcd_bench.engine import TrainingDiverged, split_batch, train
 from afdcd_bench.engine.checkpointing import latest_state
+from afdcd_bench.engine.run_folder import RunFolderError
 
 TINY = ["data.crop_size=[32, 32]", "train.iterations=4", "train.effective_batch=4", "train.val_interval=2",
         "train.checkpoint_interval=2", "train.log_interval=2", "student.backbone=resnet10t", "eval.batch_size=50"]
@@ -94,14 +95,22 @@ def test_kill_between_checkpoints_replays_to_the_same_weights(tmp_path, monkeypa
         return orig(*args, **kwargs)
 
     monkeypatch.setattr(tr, "backward_and_step", dies_in_step_3)
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(KeyboardInterrupt, match="interrupted at step 2; rerun the same command to resume from step 2"):
         train(killed, show_progress=False)
     _reset()
     monkeypatch.setattr(tr, "backward_and_step", orig)
     run_b = tmp_path / "b/demo/baseline/seed0"
     assert json.loads((latest_state(run_b) / "progress.json").read_text())["step"] == 2
-    assert train(killed, show_progress=False)["resumed_from_step"] == 2
+    # the stopped state is of lr 0.002: a run at another lr must not continue it
+    other = load_recipe("demo/baseline", TINY + [f"output_dir={tmp_path / 'b'}", "train.lr=0.01"])
+    with pytest.raises(RunFolderError, match=r"other settings \(train.lr: 0.002 -> 0.01\).*--no-resume"):
+        train(other, show_progress=False)
     _reset()
+    rec = train(killed, show_progress=False)
+    _reset()
+    assert rec["resumed_from_step"] == 2
+    # the record's wall time covers the first session up to its checkpoint as well
+    assert rec["wall_seconds"] > rec["session_wall_seconds"] > 0
     a = load_file(str(tmp_path / "a/demo/baseline/seed0/final.safetensors"))
     b = load_file(str(run_b / "final.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
@@ -119,19 +128,56 @@ def test_distillation_evaluates_teacher_and_trains(tmp_path):
     train(t, show_progress=False)
     _reset()
     ckpt = tmp_path / "demo/teacher/seed0/best.safetensors"
-    s = load_recipe("demo/afdcd", TINY + [f"output_dir={tmp_path}", f"teacher.checkpoint={ckpt}", "train.iterations=2"])
+    s = load_recipe("demo/afdcd", TINY + [f"output_dir={tmp_path}", f"teacher.checkpoint={ckpt}", "teacher.backbone=resnet10t", "train.iterations=2"])
     rec = train(s, show_progress=False)
     _reset()
     assert rec["teacher_miou"] is not None and rec["method"] == "afdcd"
     assert math.isfinite(rec["final_miou"])
 
 
-def test_tensorboard_tracker_writes_events(tmp_path):
-    cfg = load_recipe("demo/baseline", TINY + [f"output_dir={tmp_path}", "train.iterations=2", "train.tensorboard=true"])
-    train(cfg, show_progress=False)
+def _tensorboard_events(folder):
+    """Every event of the TFRecord files under folder (length, crc, payload, crc per record)."""
+    import struct
+
+    from tensorboardX.proto import event_pb2
+
+    out = []
+    for path in folder.rglob("events.out.tfevents.*"):
+        data = path.read_bytes()
+        pos = 0
+        while pos < len(data):
+            (length,) = struct.unpack("<Q", data[pos : pos + 8])
+            ev = event_pb2.Event()
+            ev.ParseFromString(data[pos + 12 : pos + 12 + length])
+            out.append(ev)
+            pos += 12 + length + 4
+    return out
+
+
+def test_tracker_logs_the_config_and_the_scalars(tmp_path):
+    """Any tracker Accelerate supports is named in the recipe; TensorBoard needs no network, so it is the one tested."""
+    cfg = load_recipe("demo/baseline", TINY + [f"output_dir={tmp_path}", "train.iterations=2", "train.log_interval=1",
+                                               "train.trackers=[tensorboard]"])
+    rec = train(cfg, show_progress=False)
     _reset()
-    events = list((tmp_path / "demo/baseline/seed0").rglob("events.out.tfevents.*"))
-    assert events and all(e.stat().st_size > 0 for e in events)
+    assert rec["trackers"] == ["tensorboard"]
+    events = _tensorboard_events(tmp_path / "demo/baseline/seed0")
+    scalars = {(v.tag, e.step): v.simple_value for e in events for v in e.summary.value if v.HasField("simple_value")}
+    assert ("train/lr", 1) in scalars and scalars[("train/lr", 1)] == pytest.approx(0.002)
+    assert ("val/miou", 2) in scalars and scalars[("val/miou", 2)] == pytest.approx(rec["final_miou"])
+    hparams = b"".join(v.metadata.plugin_data.content for e in events for v in e.summary.value if v.metadata.plugin_data.plugin_name == "hparams")
+    assert b"train.lr" in hparams and b"student.backbone" in hparams  # the run's config, key by key
+
+
+def test_unknown_or_missing_tracker_is_refused_before_training(tmp_path):
+    from afdcd_bench.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"train.trackers\[0\]: unknown tracker 'tensorbord'"):
+        load_recipe("demo/baseline", ["train.trackers=[tensorbord]"])
+    cfg = load_recipe("demo/baseline", TINY + [f"output_dir={tmp_path}", "train.trackers=[aim]"])
+    with pytest.raises(ValueError, match="aim not installed"):
+        train(cfg, show_progress=False)
+    _reset()
 
 
 def test_bf16_mixed_precision_trains_on_cpu(tmp_path):

@@ -5,12 +5,14 @@ import pandas as pd
 import pytest
 
 from afdcd_bench.cli import main
+from afdcd_bench.config import load_recipe, to_dict
 from afdcd_bench.engine.records import record_path, write_record
 from afdcd_bench.harness.table import expected_runs, records_frame, summary, write_tables
 
 
-def rec(tmp, recipe, method, student, seed, miou, best=None, published=None, bench="cityscapes"):
+def rec(tmp, recipe, method, student, seed, miou, best=None, published=None, bench="cityscapes", overrides=()):
     write_record(record_path(tmp, recipe, seed), {
+        "config": to_dict(load_recipe(recipe, [f"train.seed={seed}", *overrides])),
         "kind": "afdcd-bench-run", "recipe": recipe, "benchmark": bench, "method": method, "student": student,
         "seed": seed, "final_miou": miou, "best_miou": best if best is not None else miou, "wall_seconds": 10.0,
         "published_miou": published, "history": [{"step": 1, "miou": miou}], "final_iou": [miou, miou],
@@ -70,4 +72,6 @@ def test_plot_writes_class_delta_and_curve_figures(records, capsys):
     pngs = sorted(p.name for p in (records / "fig").glob("*.png"))
     assert pngs == ["cityscapes__deeplabv3-resnet18_deepstem__class_iou_delta.png", "cityscapes__deeplabv3-resnet18_deepstem__val_miou.png"]
     assert all((records / "fig" / p).read_bytes()[:4] == b"\x89PNG" for p in pngs)
+    assert main(["plot", str(records / "absent")]) == 2
+    (records / "empty").mkdir()
     assert main(["plot", str(records / "empty")]) == 1

@@ -10,7 +10,14 @@ from typing import Any, Iterable
 
 import yaml
 
+from .checks import check_ranges
+from .runs import DEFAULT_OUTPUT_DIR, PATH_KEYS, absolute_paths, teacher_checkpoint
 from .schema import ConfigError, RecipeConfig, from_dict, to_dict
+
+
+def project_root() -> Path:
+    """The folder that holds recipes/: relative paths inside recipe files start here."""
+    return recipes_root().resolve().parent
 
 
 def recipes_root() -> Path:
@@ -90,14 +97,29 @@ def recipe_name(path: Path) -> str:
         return path.stem
 
 
-def load_recipe(name_or_path: str | os.PathLike, overrides: Iterable[str] = ()) -> RecipeConfig:
+def load_recipe(name_or_path: str | os.PathLike, overrides: Iterable[str] = (), check: bool = True) -> RecipeConfig:
+    """Recipe file + dotted overrides -> a checked RecipeConfig with absolute paths (config/runs.py).
+
+    check=False skips the range checks (reading back a record written before they existed).
+    """
     path = find_recipe(name_or_path)
     data = load_raw(path)
     data.setdefault("name", recipe_name(path))
+    data.setdefault("output_dir", DEFAULT_OUTPUT_DIR)
+    absolute_paths(data, project_root())
     for ov in overrides:
         apply_override(data, ov)
+        key = ov.split("=", 1)[0].strip()
+        if key in PATH_KEYS:
+            absolute_paths(data, Path.cwd(), (key,))
+    teacher = data.get("teacher")
+    if isinstance(teacher, dict) and not teacher.get("checkpoint") and teacher.get("recipe"):
+        teacher["checkpoint"] = str(teacher_checkpoint(data["output_dir"], teacher["recipe"]))
     try:
-        return from_dict(RecipeConfig, data)
+        cfg = from_dict(RecipeConfig, data)
+        if check:
+            check_ranges(cfg)
+        return cfg
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}") from None
 

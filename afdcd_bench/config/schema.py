@@ -31,7 +31,7 @@ class ModelConfig:
 
 @dataclass
 class TeacherConfig(ModelConfig):
-    checkpoint: Optional[str] = None  # a trained teacher (our checkpoint format)
+    checkpoint: Optional[str] = None  # a trained teacher (our format); unset: the best of `recipe`'s run (config/runs.py)
     recipe: Optional[str] = None  # the recipe whose run produces it (reproduce.sh order)
 
 
@@ -75,7 +75,10 @@ class TrainConfig:
     checkpoint_interval: int = 800
     mixed_precision: str = "no"
     log_interval: int = 50
-    tensorboard: bool = False  # scalars through Accelerate's tracker (extra [tensorboard])
+    tensorboard: bool = False  # shorthand for trackers: [tensorboard]
+    # Experiment trackers through Accelerate: tensorboard, wandb, mlflow, aim, comet_ml, clearml,
+    # dvclive, swanlab, trackio (each needs its own package installed); the config is logged too.
+    trackers: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -107,7 +110,7 @@ class RecipeConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     published: PublishedConfig = field(default_factory=PublishedConfig)
-    output_dir: str = "runs"
+    output_dir: str = "runs"  # run folders: <output_dir>/<name>/seed<seed> (config/runs.py)
 
 
 class ConfigError(ValueError):

@@ -52,15 +52,15 @@ class Benchmark:
         return raw if self.label_lut is None else self.label_lut[raw]
 
 
-def _require_dir(path: Path, bench: str) -> Path:
+def _require_dir(path: Path, bench: str, root: Path) -> Path:
     if not path.is_dir():
-        raise DatasetLayoutError(f"{bench}: expected folder {path} is missing (see the layout below)\n{describe(bench)}")
+        raise DatasetLayoutError(f"{bench}: expected folder {path} is missing (see the layout below)\n{describe(bench, root)}")
     return path
 
 
 def _cityscapes_pairs(root: Path, split: str) -> list[tuple[Path, Path]]:
-    img_dir = _require_dir(root / "leftImg8bit" / split, "cityscapes")
-    lab_dir = _require_dir(root / "gtFine" / split, "cityscapes")
+    img_dir = _require_dir(root / "leftImg8bit" / split, "cityscapes", root)
+    lab_dir = _require_dir(root / "gtFine" / split, "cityscapes", root)
     out = []
     for img in sorted(img_dir.glob("*/*_leftImg8bit.png")):
         stem = img.name[: -len("_leftImg8bit.png")]
@@ -77,18 +77,18 @@ def _camvid_labels(root: Path, split: str) -> list[Path]:
 
 
 def _voc_pairs(root: Path, split: str) -> list[tuple[Path, Path]]:
-    _require_dir(root / "JPEGImages", "voc")
-    _require_dir(root / "SegmentationClassAug", "voc")
+    _require_dir(root / "JPEGImages", "voc", root)
+    _require_dir(root / "SegmentationClassAug", "voc", root)
     listing = root / "ImageSets" / "Segmentation" / f"{'train_aug' if split == 'train' else split}.txt"
     if not listing.is_file():
-        raise DatasetLayoutError(f"voc: split list {listing} is missing\n{describe('voc')}")
+        raise DatasetLayoutError(f"voc: split list {listing} is missing\n{describe('voc', root)}")
     names = [ln.split()[0] for ln in listing.read_text().splitlines() if ln.strip()]
     return [(root / "JPEGImages" / f"{n}.jpg", root / "SegmentationClassAug" / f"{n}.png") for n in names]
 
 
 def _camvid_pairs(root: Path, split: str) -> list[tuple[Path, Path]]:
-    img_dir = _require_dir(root / split, "camvid")
-    lab_dir = _require_dir(root / f"{split}annot", "camvid")
+    img_dir = _require_dir(root / split, "camvid", root)
+    lab_dir = _require_dir(root / f"{split}annot", "camvid", root)
     return [(img, lab_dir / img.name) for img in sorted(img_dir.glob("*.png"))]
 
 
@@ -97,8 +97,8 @@ def _images_annotations(bench: str, subdirs: dict[str, str]) -> tuple[Callable[[
 
     def pairs(root: Path, split: str) -> list[tuple[Path, Path]]:
         sub = subdirs.get(split, split)
-        img_dir = _require_dir(root / "images" / sub, bench)
-        lab_dir = _require_dir(root / "annotations" / sub, bench)
+        img_dir = _require_dir(root / "images" / sub, bench, root)
+        lab_dir = _require_dir(root / "annotations" / sub, bench, root)
         return [(img, lab_dir / f"{img.stem}.png") for img in sorted(img_dir.glob("*.jpg"))]
 
     def labels(root: Path, split: str) -> list[Path]:
@@ -149,11 +149,17 @@ def default_data_root() -> Path:
     return Path(os.environ.get("AFDCD_DATA", "data"))
 
 
-def describe(name: str) -> str:
+def describe(name: str, root: str | os.PathLike | None = None) -> str:
+    """Where the data was looked for, its layout and its source; root: the folder actually used."""
     b = BENCHMARKS[name]
+    default = default_data_root() / b.folder
+    if root is not None and Path(root) != default:
+        where = f"  {name}: looked in {root} (the folder given with --data-root / data.root)\n"
+    else:
+        where = (f"  {name}: expected in {default} (point elsewhere with --data-root PATH to this folder, "
+                 f"or set $AFDCD_DATA to the folder that holds {b.folder}/)\n")
     return (
-        f"  {name}: expected in {default_data_root() / b.folder} (point elsewhere with --data-root PATH to this folder, "
-        f"or set $AFDCD_DATA to the folder that holds {b.folder}/)\n"
+        where +
         f"  layout: {b.layout}\n"
         f"  source: {b.source}"
     )
@@ -194,10 +200,10 @@ class FolderDataset(SegmentationDataset):
         self.bench, self.split = bench, split
         self.root = Path(root)
         if not self.root.is_dir():
-            raise DatasetLayoutError(f"{bench.name}: data folder {self.root} does not exist\n{describe(bench.name)}")
+            raise DatasetLayoutError(f"{bench.name}: data folder {self.root} does not exist\n{describe(bench.name, self.root)}")
         self.items = bench.pairs(self.root, split)
         if not self.items:
-            raise DatasetLayoutError(f"{bench.name}: no {split} images found under {self.root}\n{describe(bench.name)}")
+            raise DatasetLayoutError(f"{bench.name}: no {split} images found under {self.root}\n{describe(bench.name, self.root)}")
 
     def __len__(self) -> int:
         return len(self.items)

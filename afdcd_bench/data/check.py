@@ -14,7 +14,7 @@ from typing import Iterable
 
 import numpy as np
 
-from .benchmarks import BENCHMARKS, DatasetLayoutError, read_pair
+from .benchmarks import BENCHMARKS, DatasetLayoutError, describe, read_pair
 
 
 @dataclass
@@ -104,6 +104,6 @@ def check_dataset(name: str, root: str | os.PathLike | None, splits: Iterable[st
 
     path = resolve_root(name, root)
     if not path.is_dir():
-        raise DatasetLayoutError(f"{name}: data folder {path} does not exist")
+        raise DatasetLayoutError(f"{name}: data folder {path} does not exist\n{describe(name, path)}")
     names = list(splits or BENCHMARKS[name].splits)
     return CheckReport(name, str(path), [check_split(name, path, s, decode, workers) for s in names])

@@ -6,12 +6,13 @@ import os
 import platform
 import resource
 import subprocess
-import tempfile
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from ..files import atomic_write
 
 PACKAGES = ("torch", "torchvision", "timm", "accelerate", "deepspeed", "datasets", "afdcd-bench")
 
@@ -55,22 +56,69 @@ def record_path(results_dir: Path, name: str, seed: int) -> Path:
 
 
 def write_record(path: Path, record: dict[str, Any]) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(record, f, indent=2, sort_keys=True, default=str)
-    os.replace(tmp, path)
-    return path
+    text = json.dumps(record, indent=2, sort_keys=True, default=str)
+    return atomic_write(path, lambda tmp: Path(tmp).write_text(text))
 
 
-def read_records(results_dir: Path) -> list[dict[str, Any]]:
+# What the table, the plots and reproduce read from a record, with the types they need.
+REQUIRED = {"kind": str, "recipe": str, "benchmark": str, "method": str, "student": str, "seed": int, "config": dict}
+NUMBERS = ("final_miou", "best_miou", "wall_seconds", "published_miou", "teacher_miou")  # each a number or null
+
+
+class RecordError(ValueError):
+    """A record file that cannot be trusted; the message names the file and what is wrong with it."""
+
+
+def check_record(data: Any, path: Path) -> dict[str, Any]:
+    if not isinstance(data, dict):
+        raise RecordError(f"run record {path} is not a JSON object")
+    for key, tp in REQUIRED.items():
+        if key not in data:
+            raise RecordError(f"run record {path} has no {key!r}")
+        if not isinstance(data[key], tp) or isinstance(data[key], bool):
+            raise RecordError(f"run record {path}: {key!r} is {data[key]!r}, not a {tp.__name__}")
+    for key in NUMBERS:
+        v = data.get(key)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))):
+            raise RecordError(f"run record {path}: {key!r} is {v!r}, not a number")
+    for key in ("final_iou", "best_iou"):
+        v = data.get(key)
+        if v is not None and (not isinstance(v, list) or not all(isinstance(x, (int, float)) and not isinstance(x, bool) or x is None for x in v)):
+            raise RecordError(f"run record {path}: {key!r} is not a list of numbers")
+    if not isinstance(data.get("history", []), list) or not all(isinstance(h, dict) and "step" in h and "miou" in h for h in data.get("history", [])):
+        raise RecordError(f"run record {path}: 'history' is not a list of {{step, miou}}")
+    return data
+
+
+def read_record(path: Path) -> dict[str, Any]:
+    """One record, checked; RecordError (naming the file) if it is unreadable, truncated or malformed."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except OSError as exc:
+        raise RecordError(f"run record {path} cannot be read ({exc.strerror or exc})") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise RecordError(f"run record {path} is not valid JSON (truncated or damaged: {exc})") from None
+    if isinstance(data, dict) and data.get("kind") != "afdcd-bench-run":
+        raise RecordError(f"{path} is not a run record (kind {data.get('kind')!r})")
+    data = check_record(data, path)
+    data["_path"] = str(path)
+    return data
+
+
+def record_files(results_dir: Path) -> list[Path]:
+    """The run-record files under a folder, by their name (record_path): other JSON files are not records."""
+    return sorted(p for p in Path(results_dir).rglob("*__seed*.json") if not p.name.startswith("."))
+
+
+def read_records(results_dir: Path, problems: list[str] | None = None) -> list[dict[str, Any]]:
+    """Every valid record under results_dir; each bad one is named in `problems` (never skipped silently:
+    without a list to collect them, the first bad one raises)."""
     out = []
-    for p in sorted(Path(results_dir).rglob("*.json")):
+    for p in record_files(results_dir):
         try:
-            data = json.loads(p.read_text())
-        except (OSError, json.JSONDecodeError):
-            continue
-        if isinstance(data, dict) and data.get("kind") == "afdcd-bench-run":
-            data["_path"] = str(p)
-            out.append(data)
+            out.append(read_record(p))
+        except RecordError as exc:
+            if problems is None:
+                raise
+            problems.append(str(exc))
     return out

@@ -11,16 +11,18 @@ import torch.nn as nn
 from accelerate import Accelerator, DataLoaderConfiguration, InitProcessGroupKwargs
 from accelerate.utils import DistributedType, GradientAccumulationPlugin
 from accelerate.utils import set_seed
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from accelerate.utils import broadcast_object_list
 from torch.utils.data import DataLoader
 
-from ..config import RecipeConfig, config_hash, to_dict
+from ..config import RecipeConfig, config_hash, run_dir as run_folder, settings, to_dict
 from ..data import build_dataset, resolve_root
 from ..methods import METHODS, build_method
 from ..models import Segmentor, build_segmentor, load_segmentor, save_segmentor
 from .checkpointing import latest_state, load_training_state, save_training_state
 from .evaluate import evaluate
 from .full_weights import FullWeights
+from .progress import Heartbeat, make_progress
+from .run_folder import RunFolderError, RunLock, check_resumable, check_writable, read_progress_settings, set_aside
 from .records import device_kind, git_commit, package_versions, peak_memory_mb, record_path, write_record
 from .stepping import backward_and_step, check_deepspeed_clip, disable_global_clip
 
@@ -31,6 +33,10 @@ class TrainingDiverged(RuntimeError):
 
 class LaunchMismatch(RuntimeError):
     pass
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C during training; the message says from which step the same command resumes."""
 
 
 class DistillStep(nn.Module):
@@ -110,15 +116,69 @@ def load_teacher(cfg: RecipeConfig) -> Segmentor:
         raise FileNotFoundError("this method needs a teacher: set teacher.checkpoint=PATH (a checkpoint written by a teacher run or import-released)")
     if not Path(t.checkpoint).is_file():
         raise FileNotFoundError(f"teacher checkpoint {t.checkpoint} not found; train the teacher recipe first or point teacher.checkpoint at it")
-    return load_segmentor(t.checkpoint)
+    teacher = load_segmentor(t.checkpoint)
+    built = (teacher.build_args["arch"], teacher.build_args["backbone"])
+    if built != (t.arch, t.backbone):
+        raise ValueError(
+            f"teacher checkpoint {t.checkpoint} is a {built[0]}-{built[1]}, but the recipe says teacher.arch={t.arch} "
+            f"teacher.backbone={t.backbone}: point teacher.checkpoint at the right file or set both keys to what it holds"
+        )
+    return teacher
 
 
-def _make_progress(enabled: bool) -> Progress:
-    return Progress(
-        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-        TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn(),
-        disable=not enabled, transient=False,
-    )
+def loader_workers(requested: int) -> int:
+    """data.num_workers, capped at the CPUs this process may use (more only oversubscribe)."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:
+        cpus = os.cpu_count() or 1
+    return min(requested, cpus)
+
+
+def trackers_of(tc: Any) -> list[str]:
+    """The recipe's trackers, each checked to be importable before any step runs."""
+    from accelerate.tracking import get_available_trackers
+
+    names = list(dict.fromkeys([*tc.trackers, *(["tensorboard"] if tc.tensorboard else [])]))
+    available = {str(getattr(t, "value", t)) for t in get_available_trackers()}
+    missing = [n for n in names if n not in available]
+    if missing:
+        raise ValueError(f"train.trackers: {', '.join(missing)} not installed (pip install the tracker's package, "
+                         f"e.g. tensorboardx, wandb, mlflow-skinny); installed: {sorted(available) or 'none'}")
+    return names
+
+
+def _prepare_run_folder(accelerator: Accelerator, run_dir: Path, results_dir: Path | None, resume: bool,
+                        current: dict[str, Any]) -> tuple[RunLock | None, Path | None, Path | None]:
+    """On the main process: writable folders, the lock, a set-aside old run, the settings check.
+    Any refusal is raised on every process (the others would otherwise wait at a collective)."""
+    lock = aside = None
+    error: str | None = None
+    if accelerator.is_main_process:
+        try:
+            check_writable(run_dir.parent, "output folder (output_dir)")
+            if results_dir is not None:
+                check_writable(results_dir, "results folder")
+            lock = RunLock(run_dir.with_name(run_dir.name + ".lock"))
+            lock.acquire()
+            if not resume:
+                aside = set_aside(run_dir)
+            run_dir.mkdir(parents=True, exist_ok=True)
+            state = latest_state(run_dir) if resume else None
+            if state is not None:
+                check_resumable(run_dir, state, read_progress_settings(state), current)
+        except RunFolderError as exc:
+            error = str(exc)
+            if lock is not None:
+                lock.release()
+    if accelerator.num_processes > 1:
+        box = [error]
+        broadcast_object_list(box)
+        error = box[0]
+        accelerator.wait_for_everyone()
+    if error:
+        raise RunFolderError(error)
+    return lock, aside, latest_state(run_dir) if resume else None
 
 
 def train(
@@ -133,11 +193,12 @@ def train(
     tc = cfg.train
     probe_procs = int(os.environ.get("WORLD_SIZE", "1"))
     _, accum = split_batch(tc.effective_batch, probe_procs, per_device_batch)
+    trackers = trackers_of(tc)
     # CPU runs of several processes talk over gloo (DeepSpeed otherwise asserts on batch sizes).
     handlers = [InitProcessGroupKwargs(backend="gloo")] if probe_procs > 1 and not torch.cuda.is_available() else []
-    run_dir = Path(cfg.output_dir) / cfg.name / f"seed{tc.seed}"
+    run_dir = run_folder(cfg.output_dir, cfg.name, tc.seed)
     accelerator = Accelerator(
-        log_with=["tensorboard"] if tc.tensorboard else None,
+        log_with=trackers or None,
         project_dir=str(run_dir),
         mixed_precision=tc.mixed_precision,
         gradient_accumulation_plugin=GradientAccumulationPlugin(num_steps=accum, sync_with_dataloader=False),
@@ -146,10 +207,25 @@ def train(
     )
     check_launch(accelerator)
     per_device, accum = split_batch(tc.effective_batch, accelerator.num_processes, per_device_batch)
+    current = settings(to_dict(cfg))
+    lock, aside, state = _prepare_run_folder(accelerator, run_dir, Path(results_dir) if results_dir is not None else None,
+                                             resume, current)
+    try:
+        return _train(cfg, accelerator, run_dir, state, aside, current, trackers, per_device, accum, results_dir,
+                      convert_sync_bn, show_progress)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _train(cfg: RecipeConfig, accelerator: Accelerator, run_dir: Path, state: Path | None, aside: Path | None,
+           current: dict[str, Any], trackers: list[str], per_device: int, accum: int,
+           results_dir: str | os.PathLike | None, convert_sync_bn: Callable[[nn.Module], nn.Module] | None,
+           show_progress: bool) -> dict[str, Any]:
+    tc = cfg.train
     set_seed(tc.seed)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    if tc.tensorboard:
-        accelerator.init_trackers("tensorboard", config=flat_hparams(to_dict(cfg)))
+    if trackers:
+        accelerator.init_trackers(cfg.name.replace("/", "__") + f"__seed{tc.seed}", config=flat_hparams(to_dict(cfg)))
     num_classes = cfg.num_classes
 
     student = build_student(cfg, num_classes)
@@ -182,9 +258,10 @@ def train(
     val_ds = build_dataset(cfg.data.name, root, cfg.data.val_split, normalization=norm)
     if len(train_ds) < per_device * accelerator.num_processes:
         raise ValueError(f"training set has {len(train_ds)} images, fewer than one global micro-batch")
-    train_loader = DataLoader(train_ds, batch_size=per_device, shuffle=True, drop_last=True, num_workers=cfg.data.num_workers,
+    workers = loader_workers(cfg.data.num_workers)
+    train_loader = DataLoader(train_ds, batch_size=per_device, shuffle=True, drop_last=True, num_workers=workers,
                               generator=torch.Generator().manual_seed(tc.seed))
-    val_loader = DataLoader(val_ds, batch_size=cfg.eval.batch_size, shuffle=False, num_workers=cfg.data.num_workers)
+    val_loader = DataLoader(val_ds, batch_size=cfg.eval.batch_size, shuffle=False, num_workers=workers)
 
     params = [p for p in step_module.parameters() if p.requires_grad]
     optimizer = build_optimizer(params, tc)
@@ -196,82 +273,99 @@ def train(
     if teacher is not None:
         teacher = teacher.to(accelerator.device).eval().requires_grad_(False)
 
-    progress_state: dict[str, Any] = {"step": 0, "best_miou": None, "best_step": None, "history": [], "train_seconds": 0.0, "teacher": None}
-    state = latest_state(run_dir) if resume else None
+    progress_state: dict[str, Any] = {"step": 0, "best_miou": None, "best_step": None, "history": [], "train_seconds": 0.0,
+                                      "wall_seconds": 0.0, "teacher": None}
     if state is not None:
         progress_state = load_training_state(accelerator, state)
+    progress_state["settings"] = current
     resumed_from = progress_state["step"] if state is not None else None
+    wall_before = progress_state.get("wall_seconds", 0.0)  # earlier sessions of this run, up to their last checkpoint
     show = show_progress and accelerator.is_main_process
-    progress = _make_progress(show)
+    progress = make_progress(show)
+    interactive = progress.console.is_terminal
     log = progress.console.log if show else (lambda *a, **k: None)
+    heartbeat = Heartbeat(cfg.name, tc.iterations, progress_state["step"], progress.console.print, show and not interactive)
     t_start = time.perf_counter()
+    saved_step = progress_state["step"]
+    step = saved_step
     with progress:
+        if aside is not None:
+            log(f"--no-resume: the earlier run in {run_dir} was moved to {aside}")
+        if workers < cfg.data.num_workers:
+            log(f"data.num_workers={cfg.data.num_workers} but this process may use {workers} CPU(s): using {workers} loader workers")
         if state is not None:
             log(f"resumed {cfg.name} from {state} at step {progress_state['step']}")
         if teacher is not None and progress_state["teacher"] is None:
             progress_state["teacher"] = evaluate(teacher, val_loader, num_classes, accelerator, cfg.eval, progress if show else None)
             log(f"teacher mIoU {100 * progress_state['teacher']['miou']:.2f} (sanity check of the teacher checkpoint)")
-        step = progress_state["step"]
         task = progress.add_task(cfg.name, total=tc.iterations, completed=step, info="")
         micro = step * accum
         per_epoch = len(train_loader)
         step_module.train()
         t_train = time.perf_counter()
         last: dict[str, float] = {}
-        while step < tc.iterations:
-            epoch, skip = divmod(micro, per_epoch)
-            train_ds.set_epoch(epoch)
-            train_loader.set_epoch(epoch)
-            batches = accelerator.skip_first_batches(train_loader, skip) if skip else train_loader
-            for batch in batches:
-                lr = poly_lr(tc.lr, step, tc.iterations, tc.poly_power)
-                for group in optimizer.param_groups:
-                    group["lr"] = lr
-                with accelerator.accumulate(step_module):
-                    teacher_out = None
-                    if teacher is not None:
-                        with torch.no_grad(), accelerator.autocast():
-                            teacher_out = teacher(batch["image"])
-                    terms = step_module(batch["image"], batch["label"], teacher_out)
-                    loss = sum(terms.values())
-                    finite = torch.isfinite(loss.detach()).float()
-                    if accelerator.num_processes > 1:
-                        finite = accelerator.reduce(finite, reduction="min")
-                    if finite.item() < 1:
-                        raise TrainingDiverged(
-                            f"{cfg.name}: loss became {loss.detach().item()} at step {step} ({ {k: float(v.detach()) for k, v in terms.items()} }); "
-                            f"stopped without saving. The last good checkpoint in {run_dir / 'state'} is intact."
-                        )
-                    backward_and_step(accelerator, loss, optimizer, clip_params, cfg.method.clip_grad_norm)
-                micro += 1
-                last = {k: float(v.detach()) for k, v in terms.items()}
-                if not accelerator.sync_gradients:
-                    continue
-                step += 1
-                progress.update(task, advance=1, info=f"loss {sum(last.values()):.3f} lr {lr:.2e}")
-                if step % tc.log_interval == 0 or step == tc.iterations:
-                    accelerator.log({**{f"train/{k}": v for k, v in last.items()}, "train/lr": lr}, step=step)
-                    log(f"step {step}/{tc.iterations} " + " ".join(f"{k} {v:.4f}" for k, v in last.items()))
-                if step % tc.val_interval == 0 or step == tc.iterations:
-                    current = full_student.current()
-                    scores = evaluate(current, val_loader, num_classes, accelerator, cfg.eval, progress if show else None)
-                    progress_state["history"].append({"step": step, "miou": scores["miou"]})
-                    if progress_state["best_miou"] is None or scores["miou"] > progress_state["best_miou"]:
-                        progress_state["best_miou"], progress_state["best_step"] = scores["miou"], step
-                        progress_state["best_scores"] = scores
-                        if accelerator.is_main_process:
-                            save_segmentor(current, run_dir / "best.safetensors", {"step": step, "miou": scores["miou"]})
-                    progress_state["final_scores"] = scores
-                    accelerator.log({"val/miou": scores["miou"], "val/pixel_acc": scores["pixel_acc"]}, step=step)
-                    log(f"step {step}: val mIoU {100 * scores['miou']:.2f} (best {100 * progress_state['best_miou']:.2f} @ {progress_state['best_step']})")
-                if step % tc.checkpoint_interval == 0 or step == tc.iterations:
-                    progress_state["step"] = step
-                    progress_state["train_seconds"] += time.perf_counter() - t_train
-                    t_train = time.perf_counter()
-                    save_training_state(accelerator, run_dir, progress_state)
-                if step >= tc.iterations:
-                    break
-    wall = time.perf_counter() - t_start
+        try:
+            while step < tc.iterations:
+                epoch, skip = divmod(micro, per_epoch)
+                train_ds.set_epoch(epoch)
+                train_loader.set_epoch(epoch)
+                batches = accelerator.skip_first_batches(train_loader, skip) if skip else train_loader
+                for batch in batches:
+                    lr = poly_lr(tc.lr, step, tc.iterations, tc.poly_power)
+                    for group in optimizer.param_groups:
+                        group["lr"] = lr
+                    with accelerator.accumulate(step_module):
+                        teacher_out = None
+                        if teacher is not None:
+                            with torch.no_grad(), accelerator.autocast():
+                                teacher_out = teacher(batch["image"])
+                        terms = step_module(batch["image"], batch["label"], teacher_out)
+                        loss = sum(terms.values())
+                        finite = torch.isfinite(loss.detach()).float()
+                        if accelerator.num_processes > 1:
+                            finite = accelerator.reduce(finite, reduction="min")
+                        if finite.item() < 1:
+                            raise TrainingDiverged(
+                                f"{cfg.name}: loss became {loss.detach().item()} at step {step} ({ {k: float(v.detach()) for k, v in terms.items()} }); "
+                                f"stopped without saving. The last good checkpoint in {run_dir / 'state'} is intact."
+                            )
+                        backward_and_step(accelerator, loss, optimizer, clip_params, cfg.method.clip_grad_norm)
+                    micro += 1
+                    last = {k: float(v.detach()) for k, v in terms.items()}
+                    if not accelerator.sync_gradients:
+                        continue
+                    step += 1
+                    progress.update(task, advance=1, info=f"loss {sum(last.values()):.3f} lr {lr:.2e}")
+                    heartbeat.step(step, f"loss {sum(last.values()):.3f}")
+                    if step % tc.log_interval == 0 or step == tc.iterations:
+                        accelerator.log({**{f"train/{k}": v for k, v in last.items()}, "train/lr": lr}, step=step)
+                        log(f"step {step}/{tc.iterations} " + " ".join(f"{k} {v:.4f}" for k, v in last.items()))
+                    if step % tc.val_interval == 0 or step == tc.iterations:
+                        current = full_student.current()
+                        scores = evaluate(current, val_loader, num_classes, accelerator, cfg.eval, progress if show else None)
+                        progress_state["history"].append({"step": step, "miou": scores["miou"]})
+                        if progress_state["best_miou"] is None or scores["miou"] > progress_state["best_miou"]:
+                            progress_state["best_miou"], progress_state["best_step"] = scores["miou"], step
+                            progress_state["best_scores"] = scores
+                            if accelerator.is_main_process:
+                                save_segmentor(current, run_dir / "best.safetensors", {"step": step, "miou": scores["miou"]})
+                        progress_state["final_scores"] = scores
+                        accelerator.log({"val/miou": scores["miou"], "val/pixel_acc": scores["pixel_acc"]}, step=step)
+                        log(f"step {step}: val mIoU {100 * scores['miou']:.2f} (best {100 * progress_state['best_miou']:.2f} @ {progress_state['best_step']})")
+                    if step % tc.checkpoint_interval == 0 or step == tc.iterations:
+                        progress_state["step"] = step
+                        progress_state["train_seconds"] += time.perf_counter() - t_train
+                        t_train = time.perf_counter()
+                        progress_state["wall_seconds"] = wall_before + (time.perf_counter() - t_start)
+                        save_training_state(accelerator, run_dir, progress_state)
+                        saved_step = step
+                    if step >= tc.iterations:
+                        break
+        except KeyboardInterrupt:
+            again = f"rerun the same command to resume from step {saved_step}" if saved_step else "nothing was saved yet; rerun the same command to start again"
+            raise TrainingInterrupted(f"{cfg.name} interrupted at step {step}; {again}") from None
+    session_wall = time.perf_counter() - t_start
+    wall = wall_before + session_wall
     final_student = full_student.current()
     if accelerator.is_main_process:
         save_segmentor(final_student, run_dir / "final.safetensors", {"step": step})
@@ -284,7 +378,8 @@ def train(
         "benchmark": cfg.benchmark,
         "method": cfg.method.name,
         "student": f"{cfg.student.arch}-{cfg.student.backbone}",
-        "teacher": f"{cfg.teacher.arch}-{cfg.teacher.backbone}" if teacher is not None else None,
+        "teacher": f"{teacher.build_args['arch']}-{teacher.build_args['backbone']}" if teacher is not None else None,
+        "teacher_checkpoint": cfg.teacher.checkpoint if teacher is not None else None,
         "seed": tc.seed,
         "config": to_dict(cfg),
         "config_hash": config_hash(cfg),
@@ -298,7 +393,9 @@ def train(
         "mixed_precision": tc.mixed_precision,
         "global_grad_clip": global_clip,
         "resumed_from_step": resumed_from,
-        "wall_seconds": wall,
+        "wall_seconds": wall,  # every session of the run, up to its end (a resumed run's earlier ones too)
+        "session_wall_seconds": session_wall,
+        "trackers": trackers,
         "train_seconds": progress_state["train_seconds"],
         "images_per_second": images / progress_state["train_seconds"] if progress_state["train_seconds"] else None,
         "peak_memory_mb": peak_memory_mb(accelerator.device),

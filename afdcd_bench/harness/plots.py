@@ -1,8 +1,10 @@
 """`afdcd-bench plot`: figures from run records, for a paper or a README.
 
-Per (benchmark, student): the per-class IoU change of each distilled student over the baseline
-(mean over seeds of the final checkpoint's IoU), and the validation mIoU curves of every method
-over iterations (mean over seeds, shaded min..max), with the teacher's final mIoU as a line.
+Per (benchmark, student, protocol): the per-class IoU change of each distilled student over the
+baseline (mean over seeds of the final checkpoint's IoU, with +-1 standard error of that difference
+over seeds), and the validation mIoU curves of every method over iterations (mean over seeds,
+shaded min..max), with the teacher's final mIoU as a line. The methods come from the records.
+Runs of other protocols (a quick schedule, another crop) get figures of their own.
 """
 from __future__ import annotations
 
@@ -17,8 +19,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from ..config import run_method  # noqa: E402
 from ..engine.records import read_records  # noqa: E402
+from .table import METHOD_ORDER, frame_of  # noqa: E402
 
 CLASS_NAMES: dict[str, list[str]] = {
     "digits": ["background"] + [str(d) for d in range(10)],
@@ -28,18 +30,35 @@ CLASS_NAMES: dict[str, list[str]] = {
     "voc": ["background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow", "dining table",
             "dog", "horse", "motorbike", "person", "potted plant", "sheep", "sofa", "train", "tv/monitor"],
 }
-COLOURS = {"baseline": "#7f7f7f", "kd": "#1f77b4", "afdcd": "#d62728", "teacher": "#2ca02c"}
+COLOURS = {"baseline": "#000000", "kd": "#1f77b4", "afdcd": "#d62728", "teacher": "#2ca02c"}
+OTHER_COLOURS = ["#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22", "#ff7f0e"]
+
+
+def _colour_of(method: str, methods: list[str]) -> str:
+    return COLOURS.get(method) or OTHER_COLOURS[methods.index(method) % len(OTHER_COLOURS)]
+
+
+def _method_order(methods: Any) -> list[str]:
+    return sorted(methods, key=lambda m: (METHOD_ORDER.get(m, 9), m))
 
 
 def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", text)
 
 
-def _mean_iou(recs: list[dict[str, Any]]) -> np.ndarray | None:
+def _ious(recs: list[dict[str, Any]]) -> np.ndarray | None:
+    """(seeds, classes) final per-class IoU in points, or None."""
     ious = [r["final_iou"] for r in recs if r.get("final_iou")]
     if not ious:
         return None
-    return np.nanmean(np.array(ious, dtype=float), axis=0) * 100
+    return np.array(ious, dtype=float) * 100
+
+
+def _sem(table: np.ndarray) -> np.ndarray:
+    """Standard error of the per-class mean over seeds (0 with one seed: no spread is known)."""
+    if table.shape[0] < 2:
+        return np.zeros(table.shape[1])
+    return np.nanstd(table, axis=0, ddof=1) / np.sqrt(table.shape[0])
 
 
 def _save(fig: plt.Figure, ax: plt.Axes, path: Path) -> Path:
@@ -50,32 +69,38 @@ def _save(fig: plt.Figure, ax: plt.Axes, path: Path) -> Path:
     return path
 
 
-def plot_class_deltas(bench: str, student: str, by_method: dict[str, list[dict[str, Any]]], out: Path) -> Path | None:
-    base = _mean_iou(by_method.get("baseline", []))
-    methods = [m for m in ("kd", "afdcd") if _mean_iou(by_method.get(m, [])) is not None]
+def plot_class_deltas(bench: str, student: str, by_method: dict[str, list[dict[str, Any]]], out: Path, slug: str) -> Path | None:
+    base = _ious(by_method.get("baseline", []))
+    methods = [m for m in _method_order(by_method) if m != "baseline" and _ious(by_method[m]) is not None]
     if base is None or not methods:
         return None
-    names = CLASS_NAMES.get(bench, [str(i) for i in range(len(base))])
-    if len(names) != len(base):
-        names = [str(i) for i in range(len(base))]
-    x = np.arange(len(base))
+    k = base.shape[1]
+    names = CLASS_NAMES.get(bench, [str(i) for i in range(k)])
+    if len(names) != k:
+        names = [str(i) for i in range(k)]
+    x = np.arange(k)
     width = 0.8 / len(methods)
-    fig, ax = plt.subplots(figsize=(max(6, 0.45 * len(base) + 2), 3.6))
+    fig, ax = plt.subplots(figsize=(max(6, 0.45 * k + 2), 3.6))
     for i, m in enumerate(methods):
-        delta = _mean_iou(by_method[m]) - base
-        n = len(by_method[m])
-        ax.bar(x + (i - (len(methods) - 1) / 2) * width, delta, width, label=f"{m} (n={n})", color=COLOURS.get(m))
+        table = _ious(by_method[m])
+        delta = np.nanmean(table, axis=0) - np.nanmean(base, axis=0)
+        err = np.sqrt(_sem(table) ** 2 + _sem(base) ** 2)
+        ax.bar(x + (i - (len(methods) - 1) / 2) * width, delta, width, yerr=err, capsize=2, error_kw={"lw": 0.8},
+               label=f"{m} (n={table.shape[0]})", color=_colour_of(m, methods))
     ax.axhline(0, color="black", lw=0.8)
-    ax.set_xticks(x, names, rotation=60 if len(base) > 12 else 0, ha="right" if len(base) > 12 else "center")
+    ax.set_xticks(x, names, rotation=60 if k > 12 else 0, ha="right" if k > 12 else "center")
     ax.set_ylabel("IoU change vs baseline (points)")
-    ax.set_title(f"{bench}, {student}: per-class IoU, distilled minus baseline (n={len(by_method['baseline'])})")
-    return _save(fig, ax, out / f"{_slug(bench)}__{_slug(student)}__class_iou_delta.png")
+    ax.set_title(f"{bench}, {student}: per-class IoU, distilled minus baseline (baseline n={base.shape[0]})\n"
+                 "bars: mean over seeds; whiskers: +-1 standard error of the difference", fontsize=9)
+    return _save(fig, ax, out / f"{slug}__class_iou_delta.png")
 
 
-def plot_curves(bench: str, student: str, by_method: dict[str, list[dict[str, Any]]], teacher: list[dict[str, Any]], out: Path) -> Path | None:
+def plot_curves(bench: str, student: str, by_method: dict[str, list[dict[str, Any]]], teacher: list[dict[str, Any]], out: Path,
+                slug: str) -> Path | None:
     fig, ax = plt.subplots(figsize=(6, 3.6))
     drawn = False
-    for m in ("baseline", "kd", "afdcd"):
+    methods = _method_order(by_method)
+    for m in methods:
         runs = [r["history"] for r in by_method.get(m, []) if r.get("history")]
         if not runs:
             continue
@@ -85,38 +110,52 @@ def plot_curves(bench: str, student: str, by_method: dict[str, list[dict[str, An
             for h in run:
                 table[i, steps.index(h["step"])] = 100 * h["miou"]
         mean = np.nanmean(table, axis=0)
-        ax.plot(steps, mean, marker="o", ms=3, label=f"{m} (n={len(runs)})", color=COLOURS.get(m))
+        colour = _colour_of(m, methods)
+        # the baseline is the reference: drawn dashed and on top, so the others cannot hide it
+        style = dict(ls="--", lw=2.0, zorder=5) if m == "baseline" else dict(lw=1.4, zorder=3)
+        ax.plot(steps, mean, marker="o", ms=3, label=f"{m} (n={len(runs)})", color=colour, **style)
         if len(runs) > 1:
-            ax.fill_between(steps, np.nanmin(table, axis=0), np.nanmax(table, axis=0), alpha=0.15, color=COLOURS.get(m))
+            ax.fill_between(steps, np.nanmin(table, axis=0), np.nanmax(table, axis=0), alpha=0.12, color=colour, zorder=1)
         drawn = True
     if not drawn:
         plt.close(fig)
         return None
     finals = [100 * r["final_miou"] for r in teacher if r.get("final_miou") is not None]
     if finals:
-        ax.axhline(float(np.mean(finals)), ls="--", color=COLOURS["teacher"], label=f"teacher ({teacher[0]['student']})")
+        ax.axhline(float(np.mean(finals)), ls=":", color=COLOURS["teacher"], label=f"teacher ({teacher[0]['student']})")
     ax.set_xlabel("iteration")
     ax.set_ylabel("val mIoU (%)")
     ax.set_title(f"{bench}, {student}: validation mIoU")
-    return _save(fig, ax, out / f"{_slug(bench)}__{_slug(student)}__val_miou.png")
+    return _save(fig, ax, out / f"{slug}__val_miou.png")
 
 
-def plot_results(results_dir: str | Path, out_dir: str | Path | None = None) -> list[Path]:
+def plot_results(results_dir: str | Path, out_dir: str | Path | None = None, qualitative: bool = False,
+                 problems: list[str] | None = None) -> list[Path]:
     """Write the figures under out_dir (default RESULTS_DIR/figures); returns their paths."""
-    records = read_records(Path(results_dir))
+    records = read_records(Path(results_dir), problems)
+    by_path = {r["_path"]: r for r in records}
     out = Path(out_dir) if out_dir else Path(results_dir) / "figures"
-    out.mkdir(parents=True, exist_ok=True)
-    groups: dict[tuple[str, str], dict[str, list[dict[str, Any]]]] = defaultdict(lambda: defaultdict(list))
+    groups: dict[tuple[str, str, str], dict[str, list[dict[str, Any]]]] = defaultdict(lambda: defaultdict(list))
     teachers: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    for r in records:
-        method = run_method(r["recipe"], r["method"])
-        if method == "teacher":
-            teachers[r["benchmark"]].append(r)
+    for row in frame_of(records, Path(results_dir)).itertuples():
+        rec = by_path[row.path]
+        if row.method == "teacher":
+            teachers[row.benchmark].append(rec)
         else:
-            groups[(r["benchmark"], r["student"])][method].append(r)
+            groups[(row.benchmark, row.student, row.protocol)][row.method].append(rec)
+    protocols = defaultdict(set)
+    for bench, student, protocol in groups:
+        protocols[(bench, student)].add(protocol)
     paths = []
-    for (bench, student), by_method in sorted(groups.items()):
-        for p in (plot_class_deltas(bench, student, by_method, out), plot_curves(bench, student, by_method, teachers[bench], out)):
-            if p is not None:
-                paths.append(p)
+    if groups:
+        out.mkdir(parents=True, exist_ok=True)
+    for (bench, student, protocol), by_method in sorted(groups.items()):
+        slug = f"{_slug(bench)}__{_slug(student)}" + (f"__{protocol}" if len(protocols[(bench, student)]) > 1 else "")
+        figures = [plot_class_deltas(bench, student, by_method, out, slug), plot_curves(bench, student, by_method, teachers[bench], out, slug)]
+        if qualitative:
+            from .qualitative import plot_qualitative
+
+            figures.append(plot_qualitative(bench, student, dict(sorted(by_method.items(), key=lambda kv: METHOD_ORDER.get(kv[0], 9))),
+                                            out, slug))
+        paths += [p for p in figures if p is not None]
     return paths

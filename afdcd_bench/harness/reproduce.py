@@ -5,6 +5,7 @@ where it stopped (and each run itself resumes from its last checkpoint).
 """
 from __future__ import annotations
 
+import datetime
 import subprocess
 import sys
 from pathlib import Path
@@ -12,9 +13,10 @@ from pathlib import Path
 import yaml
 from rich.console import Console
 
-from ..config import is_teacher_recipe, list_recipes, load_recipe, recipes_root
+from ..config import is_teacher_recipe, list_recipes, load_recipe, project_root, recipes_root, settings, settings_diff, to_dict
+from ..config.runs import DEFAULT_OUTPUT_DIR, record_settings
 from ..data import BENCHMARKS, DatasetLayoutError, build_dataset, describe, resolve_root
-from ..engine.records import record_path
+from ..engine.records import RecordError, read_record, record_path
 from .table import expected_runs, records_frame, render, summary, write_tables
 
 STUDENT_METHODS = ("baseline", "kd", "afdcd")
@@ -45,7 +47,7 @@ def check_data(benchmark: str, data_root: str | None) -> None:
     except DatasetLayoutError as exc:
         raise ReproduceError(str(exc)) from None
     except FileNotFoundError as exc:
-        raise ReproduceError(f"{benchmark}: {exc}\n{describe(benchmark)}") from None
+        raise ReproduceError(f"{benchmark}: {exc}\n{describe(benchmark, root)}") from None
 
 
 def run_one(name: str, overrides: list[str], results_dir: Path, launcher: str, console: Console) -> None:
@@ -65,6 +67,39 @@ def run_one(name: str, overrides: list[str], results_dir: Path, launcher: str, c
         raise ReproduceError(f"run {name} failed (command above)")
 
 
+def _existing_record(path: Path, name: str, seed: int, cfg_settings: dict, console: Console) -> bool:
+    """True if a valid record of this exact run exists. A damaged one is moved aside (never deleted)
+    and the run goes again; one written under other settings stops the reproduction."""
+    if not path.is_file():
+        return False
+    try:
+        rec = read_record(path)
+    except RecordError as exc:
+        aside = path.with_name(f"{path.name}.damaged-{datetime.datetime.now():%Y%m%d-%H%M%S}")
+        path.rename(aside)
+        console.log(f"{exc}; moved it to {aside} and running {name} seed {seed} again")
+        return False
+    diff = settings_diff(record_settings(rec["config"]), cfg_settings)
+    if diff:
+        raise ReproduceError(
+            f"{path} was written by a run with other settings ({'; '.join(diff[:6])}): give this reproduction another "
+            f"--results-dir (and --output-dir), or move that record away to run {name} seed {seed} again"
+        )
+    console.log(f"skip {name} seed {seed}: record {path} exists")
+    return True
+
+
+def output_folder(output_dir: str | None, extra: list[str], quick: bool) -> str | None:
+    """The run folder's one home: --output-dir, else an output_dir= override, else the recipes' own
+    (runs/ of the project; runs/quick for --quick, so a quick run never resumes into a full one)."""
+    given = [o.split("=", 1)[1] for o in extra if o.split("=", 1)[0].strip() == "output_dir"]
+    if output_dir is not None:
+        return str(Path(output_dir).resolve())
+    if given:
+        return str(Path(given[-1]).resolve())
+    return str(project_root() / DEFAULT_OUTPUT_DIR / "quick") if quick else None
+
+
 def reproduce(
     benchmark: str,
     seeds: int = 1,
@@ -72,7 +107,7 @@ def reproduce(
     teacher: str | None = None,
     quick: bool = False,
     results_dir: str | None = None,
-    output_dir: str = "runs",
+    output_dir: str | None = None,
     launcher: str | None = None,
     extra: list[str] | None = None,
     console: Console | None = None,
@@ -82,6 +117,8 @@ def reproduce(
     console = console or Console(width=max(Console().width, 150))
     if benchmark != "demo" and benchmark not in BENCHMARKS:
         raise ReproduceError(f"unknown benchmark {benchmark!r}; expected demo or one of {sorted(BENCHMARKS)}")
+    if seeds < 1:
+        raise ReproduceError(f"--seeds must be at least 1, got {seeds}")
     check_data(benchmark, data_root)
     names = plan(benchmark)
     if only:
@@ -95,12 +132,14 @@ def reproduce(
             raise ReproduceError(f"--quick needs {quick_file}")
         quick_overrides = yaml.safe_load(quick_file.read_text()) or {}
         seeds = 1
-    out = Path(results_dir or f"results/{benchmark}{'-quick' if quick else ''}")
+    out = Path(results_dir or f"results/{benchmark}{'-quick' if quick else ''}").resolve()
     launcher = launcher or ("inprocess" if benchmark == "demo" else "accelerate")
-    common = [f"output_dir={output_dir}", *(extra or [])]
+    extra = list(extra or [])
+    runs = output_folder(output_dir, extra, quick)
+    rest = [o for o in extra if o.split("=", 1)[0].strip() != "output_dir"]
+    common = [*([f"output_dir={runs}"] if runs else []), *rest]
     if data_root:
-        common.append(f"data.root={data_root}")
-    teacher_ckpt = teacher
+        common.append(f"data.root={Path(data_root).resolve()}")
     for name in names:
         is_teacher = is_teacher_recipe(name)
         if is_teacher and teacher:
@@ -108,20 +147,15 @@ def reproduce(
             continue
         for seed in [0] if is_teacher else range(seeds):
             overrides = [*common, *quick_overrides.get(name, []), f"train.seed={seed}"]
-            if not is_teacher:
-                cfg_probe = load_recipe(name, overrides)
-                if cfg_probe.teacher is not None:
-                    ckpt = teacher_ckpt or str(Path(output_dir) / (cfg_probe.teacher.recipe or "") / "seed0" / "best.safetensors")
-                    overrides.append(f"teacher.checkpoint={ckpt}")
+            if teacher and not is_teacher:
+                overrides.append(f"teacher.checkpoint={Path(teacher).resolve()}")
             cfg = load_recipe(name, overrides)
-            rec = record_path(out, cfg.name, seed)
-            if rec.is_file():
-                console.log(f"skip {name} seed {seed}: record {rec} exists")
+            if _existing_record(record_path(out, cfg.name, seed), name, seed, settings(to_dict(cfg)), console):
                 continue
             console.rule(f"{name} (seed {seed})")
             run_one(name, overrides, out, launcher, console)
     planned = {n: [*common, *quick_overrides.get(n, [])] for n in names if not (teacher and is_teacher_recipe(n))}
-    table = summary(records_frame(out), expected_runs(planned))
+    table = summary(records_frame(out), expected_runs(planned, with_settings=True))
     render(table, console)
     for p in write_tables(table, out):
         console.log(f"wrote {p}")

@@ -24,6 +24,30 @@ def sha256_file(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
+def load_safetensors(path: str | os.PathLike, device: str = "cpu") -> dict[str, torch.Tensor]:
+    """safetensors.load_file with a message that names the file when it is damaged."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path), device=device)
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise WeightsMismatch(f"{path} is not a readable safetensors file (truncated or damaged: {exc})") from None
+
+
+def load_torch_file(path: Path) -> object:
+    """torch.load restricted to tensors; a refusal or a damaged file becomes one sentence."""
+    import pickle
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        # torch's own message suggests weights_only=False: wrong advice for a file that may execute code
+        raise WeightsMismatch(f"{path} holds objects other than tensors and was not loaded (nothing in it was run)") from None
+    except Exception as exc:  # the legacy and zip readers fail on garbage in many ways (KeyError, RuntimeError, ...)
+        raise WeightsMismatch(f"{path} is truncated or not a torch file (torch.load: {type(exc).__name__})") from None
+
+
 def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """Tensors of a safetensors file or a torch pickle; pickles are read with weights_only=True.
 
@@ -32,15 +56,7 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"weights file {path} not found")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        obj = load_file(str(path))
-    else:
-        try:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:
-            raise WeightsMismatch(f"{path} is not a torch file of plain tensors ({type(exc).__name__}: {exc})") from exc
+    obj = load_safetensors(path) if path.suffix == ".safetensors" else load_torch_file(path)
     for wrapper in ("state_dict", "model"):
         if isinstance(obj, dict) and isinstance(obj.get(wrapper), dict):
             obj = obj[wrapper]

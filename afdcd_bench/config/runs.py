@@ -1,0 +1,96 @@
+"""Where runs live, in one place: the run folder, the teacher's checkpoint, and relative paths.
+
+A run's folder is `<output_dir>/<recipe name>/seed<seed>`. A student's teacher checkpoint,
+unless a recipe or the command line names one, is the best checkpoint of its teacher recipe's
+run under the same output folder, so overriding `output_dir` moves teacher and students together.
+Relative paths written in recipe files are relative to the project (the folder that holds
+`recipes/`), whatever the working directory; relative paths given on the command line are
+relative to the working directory, as a shell user expects. Both become absolute when loaded.
+"""
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+from typing import Any
+
+# Dotted keys holding filesystem paths.
+PATH_KEYS = ("output_dir", "data.root", "student.pretrained", "teacher.pretrained", "teacher.checkpoint")
+# Keys that say where things are or how a run reports, not what it computes: a stopped run may
+# resume, and a record may stand for a planned run, whatever their values.
+LOCATION_KEYS = PATH_KEYS + ("name", "data.num_workers", "train.log_interval", "train.checkpoint_interval",
+                             "train.tensorboard", "train.trackers", "eval.batch_size", "published")
+DEFAULT_OUTPUT_DIR = "runs"
+
+
+def _get(data: dict[str, Any], dotted: str) -> Any:
+    node: Any = data
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
+def _set(data: dict[str, Any], dotted: str, value: Any) -> None:
+    *parents, last = dotted.split(".")
+    node = data
+    for part in parents:
+        node = node[part]
+    node[last] = value
+
+
+def absolute_paths(data: dict[str, Any], base: Path, keys: tuple[str, ...] = PATH_KEYS) -> None:
+    """Make the relative path values of `keys` absolute against `base`, in place."""
+    for key in keys:
+        value = _get(data, key)
+        if isinstance(value, str) and value and not os.path.isabs(os.path.expanduser(value)):
+            _set(data, key, str((base / value).resolve()))
+        elif isinstance(value, str) and value:
+            _set(data, key, str(Path(os.path.expanduser(value)).resolve()))
+
+
+def run_dir(output_dir: str | os.PathLike, recipe: str, seed: int) -> Path:
+    return Path(output_dir) / recipe / f"seed{seed}"
+
+
+def teacher_checkpoint(output_dir: str | os.PathLike, teacher_recipe: str) -> Path:
+    """The checkpoint a teacher recipe's run leaves: its best validation (the paper's teachers)."""
+    return run_dir(output_dir, teacher_recipe, 0) / "best.safetensors"
+
+
+def settings(config: dict[str, Any]) -> dict[str, Any]:
+    """What a run computes: the resolved config without its locations and reporting options."""
+    out = copy.deepcopy(config)
+    for key in LOCATION_KEYS:
+        *parents, last = key.split(".")
+        node: Any = out
+        for part in parents:
+            node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, dict):
+            node.pop(last, None)
+    return out
+
+
+def record_settings(config: dict[str, Any]) -> dict[str, Any]:
+    """settings() of a config read back from a record: keys added to the schema since the record
+    was written take their defaults, so an older record of the same run still matches."""
+    from .schema import ConfigError, RecipeConfig, from_dict, to_dict
+
+    try:
+        config = to_dict(from_dict(RecipeConfig, config))
+    except ConfigError:
+        pass  # a key since removed: compared as written, and reported as a difference
+    return settings(config)
+
+
+def settings_diff(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
+    """'key: old -> new' for every setting that differs (dotted keys)."""
+    out = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key, "<unset>"), new.get(key, "<unset>")
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += settings_diff(a, b, f"{prefix}{key}.")
+        elif a != b:
+            out.append(f"{prefix}{key}: {a!r} -> {b!r}")
+    return out

@@ -1,0 +1,84 @@
+"""`afdcd-bench plot --qualitative`: fixed validation images, their ground truth, and what the
+baseline and each distilled student of a pair predict, in the benchmark's palette.
+
+Models come from the records' final checkpoints (the checkpoint the table's mIoU is of), the
+lowest seed of each method. The images are evenly spaced over the validation list, so every
+figure of a benchmark shows the same ones.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from ..config.schema import EvalConfig, from_dict  # noqa: E402
+from ..data import build_dataset, resolve_root  # noqa: E402
+from ..engine.inference import predict  # noqa: E402
+from ..engine.predictions import palette  # noqa: E402
+from ..models import load_segmentor  # noqa: E402
+
+
+def pick_indices(length: int, count: int) -> list[int]:
+    return sorted({int(i) for i in np.linspace(0, length - 1, num=min(count, length))})
+
+
+def _colour(label: np.ndarray, pal: np.ndarray) -> np.ndarray:
+    return pal[label.astype(np.uint8)]
+
+
+def _display(image: torch.Tensor, norm: dict[str, Any]) -> np.ndarray:
+    """Undo the model's input normalisation for display (RGB, 0-255)."""
+    mean = torch.tensor(norm["mean"]).view(3, 1, 1)
+    std = torch.tensor(norm["std"]).view(3, 1, 1)
+    x = (image * std + mean) / float(norm.get("scale", 1.0))
+    if norm.get("bgr"):
+        x = x.flip(0)
+    return (x.clamp(0, 1) * 255).byte().permute(1, 2, 0).numpy()
+
+
+def plot_qualitative(bench: str, student: str, by_method: dict[str, list[dict[str, Any]]], out: Path, slug: str,
+                     images: int = 4) -> Path | None:
+    """by_method: records of one pair and protocol, baseline first. None where no checkpoint is found."""
+    chosen = {m: min(recs, key=lambda r: r["seed"]) for m, recs in by_method.items() if recs}
+    missing = [r["checkpoint"] for r in chosen.values() if not Path(r.get("checkpoint") or "").is_file()]
+    if not chosen or missing:
+        if missing:
+            raise FileNotFoundError(f"checkpoint {missing[0]} named by a run record is not there (the run folders were "
+                                    "moved or removed): the qualitative figure needs the runs' final checkpoints")
+        return None
+    cfg = next(iter(chosen.values()))["config"]
+    models = {m: load_segmentor(r["checkpoint"]).eval() for m, r in chosen.items()}
+    norm = next(iter(models.values())).build_args["normalization"]
+    data = cfg["data"]
+    ds = build_dataset(data["name"], resolve_root(data["name"], data.get("root")), data.get("val_split", "val"), normalization=norm)
+    eval_cfg = from_dict(EvalConfig, cfg.get("eval", {}))
+    pal = palette(bench)
+    idx = pick_indices(len(ds), images)
+    cols = 2 + len(models)
+    fig, axes = plt.subplots(len(idx), cols, figsize=(2.2 * cols, 2.2 * len(idx)), squeeze=False)
+    for row, i in enumerate(idx):
+        item = ds[i]
+        panels = [("image", _display(item["image"], norm)), ("ground truth", _colour(item["label"].numpy(), pal))]
+        for m, model in models.items():
+            scores = predict(model, item["image"][None], eval_cfg)
+            panels.append((f"{m} (seed {chosen[m]['seed']})", _colour(scores.argmax(1)[0].numpy(), pal)))
+        for col, (title, img) in enumerate(panels):
+            ax = axes[row][col]
+            ax.imshow(img, interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if row == 0:
+                ax.set_title(title, fontsize=8)
+        axes[row][0].set_ylabel(str(item["name"]), fontsize=6)
+    fig.suptitle(f"{bench}, {student}: validation images (final checkpoints; black = ignored)", fontsize=9)
+    fig.tight_layout()
+    path = out / f"{slug}__qualitative.png"
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
