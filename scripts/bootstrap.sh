@@ -14,21 +14,42 @@ if ! "$py" -c 'import sys; sys.exit(sys.version_info < (3, 10))'; then
   echo "afdcd-bench: Python >= 3.10 is needed, found $("$py" --version 2>&1)." >&2
   exit 1
 fi
-stamp="$venv/.afdcd-installed${extras:+-$extras}"
-want=$(cat "$root/pyproject.toml" | sha256sum | cut -c1-16)
-if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && "$venv/bin/python" -c 'import afdcd_bench' 2>/dev/null; then
+# One stamp: the pyproject.toml hash, then every extra installed so far. A request whose extras
+# are all installed already (e.g. none after `dev`) installs nothing.
+stamp="$venv/.afdcd-installed"
+want=$(sha256sum "$root/pyproject.toml" | cut -c1-16)
+have_hash="" have_extras=""
+[ -f "$stamp" ] && read -r have_hash have_extras < "$stamp" || true
+[ "$have_hash" = "$want" ] || have_extras=""
+union=$(printf '%s\n' ${have_extras//,/ } ${extras//,/ } | sort -u | paste -sd, -)
+installed_here() {
+  # Asked from another folder: from the repository root `import afdcd_bench` finds the working
+  # tree even when the environment's own install points at a folder that no longer exists.
+  (cd / && "$venv/bin/python" -c 'import os, sys, afdcd_bench
+sys.exit(os.path.dirname(os.path.dirname(os.path.realpath(afdcd_bench.__file__))) != os.path.realpath(sys.argv[1]))' "$root") 2>/dev/null
+}
+if [ -n "$have_hash" ] && [ "$union" = "$have_extras" ] && installed_here; then
   exit 0
 fi
 if [ ! -x "$venv/bin/python" ]; then
   echo "afdcd-bench: creating $venv" >&2
   "$py" -m venv "$venv" || { echo "afdcd-bench: could not create a virtual environment (install python3-venv)." >&2; exit 1; }
 fi
-echo "afdcd-bench: installing dependencies into .venv (first run takes a few minutes)" >&2
+echo "afdcd-bench: installing dependencies into .venv${union:+ (extras: $union)} (first run takes a few minutes)" >&2
 target="$root"
-[ -n "$extras" ] && target="$root[$extras]"
-if ! "$venv/bin/python" -m pip install -q -e "$target" >"$venv/.install.log" 2>&1; then
+[ -n "$union" ] && target="$root[$union]"
+"$venv/bin/python" -m pip install -q -e "$target" >"$venv/.install.log" 2>&1 &
+pip_pid=$!
+started=$SECONDS
+# a line every 30 s, so a log or CI shows the install is alive
+while kill -0 "$pip_pid" 2>/dev/null; do
+  for _ in $(seq 30); do kill -0 "$pip_pid" 2>/dev/null && sleep 1; done
+  kill -0 "$pip_pid" 2>/dev/null && echo "afdcd-bench: still installing ($((SECONDS - started)) s)" >&2
+done
+if ! wait "$pip_pid"; then
   tail -n 20 "$venv/.install.log" >&2
   echo "afdcd-bench: pip install failed; full log in $venv/.install.log" >&2
   exit 1
 fi
-echo "$want" > "$stamp"
+echo "$want $union" > "$stamp"
+rm -f "$venv"/.afdcd-installed-* 2>/dev/null || true

@@ -34,18 +34,31 @@ def test_recipes_listing(capsys):
     assert "demo/afdcd" in out and "demo/teacher" in out
 
 
-def test_demo_chain_end_to_end(tmp_path, capsys):
+def test_demo_chain_end_to_end(tmp_path, capsys, monkeypatch):
+    """From another working directory, with the run folder moved by a dotted output_dir override:
+    the students find the teacher under it, and the qualitative figure finds every checkpoint."""
     from afdcd_bench.harness.reproduce import reproduce
 
+    monkeypatch.chdir(tmp_path)
     tiny = ["data.crop_size=[32, 32]", "train.iterations=2", "train.effective_batch=2", "train.val_interval=2",
-            "train.checkpoint_interval=2", "eval.batch_size=100", "student.backbone=resnet10t", "teacher.backbone=resnet10t"]
-    out = reproduce("demo", seeds=1, results_dir=str(tmp_path / "res"), output_dir=str(tmp_path / "runs"), extra=tiny)
+            "train.checkpoint_interval=2", "eval.batch_size=100", "student.backbone=resnet10t", "teacher.backbone=resnet10t",
+            "output_dir=elsewhere/runs"]
+    out = reproduce("demo", seeds=1, results_dir="res", extra=tiny)
     text = capsys.readouterr().out
     for method in ("teacher", "baseline", "kd", "afdcd"):
         assert method in text
+    assert out == tmp_path / "res"
     csv = (out / "table.csv").read_text()
     assert csv.count("\n") == 5  # header + 4 methods
     assert len(list(out.glob("*.json"))) == 4
+    assert (tmp_path / "elsewhere/runs/demo/teacher/seed0/best.safetensors").is_file()
+    import json
+
+    kd = json.loads((out / "demo__kd__seed0.json").read_text())
+    assert kd["teacher_checkpoint"] == str(tmp_path / "elsewhere/runs/demo/teacher/seed0/best.safetensors")  # outside the project: absolute
+    assert main(["plot", "res", "--qualitative"]) == 0
+    figure = out / "figures" / "digits__deeplabv3-resnet10t__qualitative.png"
+    assert figure.read_bytes()[:4] == b"\x89PNG"
 
 
 def _fake_cityscapes(root):

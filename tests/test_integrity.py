@@ -314,3 +314,14 @@ def test_teacher_checkpoint_of_another_architecture_is_refused(tmp_path):
     with pytest.raises(ValueError, match="is a deeplabv3-resnet10t, but the recipe says teacher.arch=deeplabv3 teacher.backbone=resnet34"):
         train(cfg, show_progress=False)
     _reset()
+
+
+def test_records_store_project_paths_relative_so_committed_records_work_in_any_clone(tmp_path):
+    from afdcd_bench.config import project_root
+    from afdcd_bench.config.runs import recorded_path, resolve_recorded
+
+    inside = recorded_path(project_root() / "runs/demo/kd/seed0/final.safetensors", project_root())
+    assert inside == "runs/demo/kd/seed0/final.safetensors"
+    assert resolve_recorded(inside, tmp_path) == tmp_path / inside
+    outside = recorded_path(tmp_path / "x.safetensors", project_root())
+    assert outside == str(tmp_path / "x.safetensors") and resolve_recorded(outside, project_root()) == tmp_path / "x.safetensors"

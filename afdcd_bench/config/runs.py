@@ -50,6 +50,21 @@ def absolute_paths(data: dict[str, Any], base: Path, keys: tuple[str, ...] = PAT
             _set(data, key, str(Path(os.path.expanduser(value)).resolve()))
 
 
+def recorded_path(path: str | os.PathLike, project: Path) -> str:
+    """A path as a record stores it: relative to the project when inside it (committed records
+    stay valid in any clone), absolute otherwise."""
+    p = Path(path).resolve()
+    try:
+        return p.relative_to(project.resolve()).as_posix()
+    except ValueError:
+        return str(p)
+
+
+def resolve_recorded(path: str | os.PathLike, project: Path) -> Path:
+    p = Path(path)
+    return p if p.is_absolute() else project / p
+
+
 def run_dir(output_dir: str | os.PathLike, recipe: str, seed: int) -> Path:
     return Path(output_dir) / recipe / f"seed{seed}"
 

@@ -14,7 +14,8 @@ from accelerate.utils import set_seed
 from accelerate.utils import broadcast_object_list
 from torch.utils.data import DataLoader
 
-from ..config import RecipeConfig, config_hash, run_dir as run_folder, settings, to_dict
+from ..config import RecipeConfig, config_hash, project_root, run_dir as run_folder, settings, to_dict
+from ..config.runs import recorded_path
 from ..data import build_dataset, resolve_root
 from ..methods import METHODS, build_method
 from ..models import Segmentor, build_segmentor, load_segmentor, save_segmentor
@@ -379,7 +380,7 @@ def _train(cfg: RecipeConfig, accelerator: Accelerator, run_dir: Path, state: Pa
         "method": cfg.method.name,
         "student": f"{cfg.student.arch}-{cfg.student.backbone}",
         "teacher": f"{teacher.build_args['arch']}-{teacher.build_args['backbone']}" if teacher is not None else None,
-        "teacher_checkpoint": cfg.teacher.checkpoint if teacher is not None else None,
+        "teacher_checkpoint": recorded_path(cfg.teacher.checkpoint, project_root()) if teacher is not None else None,
         "seed": tc.seed,
         "config": to_dict(cfg),
         "config_hash": config_hash(cfg),
@@ -408,8 +409,8 @@ def _train(cfg: RecipeConfig, accelerator: Accelerator, run_dir: Path, state: Pa
         "history": progress_state["history"],
         "teacher_miou": (progress_state["teacher"] or {}).get("miou"),
         "published_miou": cfg.published.miou,
-        "checkpoint": str(run_dir / "final.safetensors"),
-        "best_checkpoint": str(run_dir / "best.safetensors"),
+        "checkpoint": recorded_path(run_dir / "final.safetensors", project_root()),  # config/runs.py
+        "best_checkpoint": recorded_path(run_dir / "best.safetensors", project_root()),
     }
     if accelerator.is_main_process and results_dir is not None:
         record["record_path"] = str(write_record(record_path(Path(results_dir), cfg.name, tc.seed), record))

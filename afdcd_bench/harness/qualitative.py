@@ -17,6 +17,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from ..config import project_root  # noqa: E402
+from ..config.runs import resolve_recorded  # noqa: E402
 from ..config.schema import EvalConfig, from_dict  # noqa: E402
 from ..data import build_dataset, resolve_root  # noqa: E402
 from ..engine.inference import predict  # noqa: E402
@@ -46,19 +48,21 @@ def plot_qualitative(bench: str, student: str, by_method: dict[str, list[dict[st
                      images: int = 4) -> Path | None:
     """by_method: records of one pair and protocol, baseline first. None where no checkpoint is found."""
     chosen = {m: min(recs, key=lambda r: r["seed"]) for m, recs in by_method.items() if recs}
-    missing = [r["checkpoint"] for r in chosen.values() if not Path(r.get("checkpoint") or "").is_file()]
+    checkpoints = {m: resolve_recorded(r.get("checkpoint") or "", project_root()) for m, r in chosen.items()}
+    missing = [str(c) for c in checkpoints.values() if not c.is_file()]
     if not chosen or missing:
         if missing:
             raise FileNotFoundError(f"checkpoint {missing[0]} named by a run record is not there (the run folders were "
                                     "moved or removed): the qualitative figure needs the runs' final checkpoints")
         return None
     cfg = next(iter(chosen.values()))["config"]
-    models = {m: load_segmentor(r["checkpoint"]).eval() for m, r in chosen.items()}
+    models = {m: load_segmentor(c).eval() for m, c in checkpoints.items()}
     norm = next(iter(models.values())).build_args["normalization"]
     data = cfg["data"]
     ds = build_dataset(data["name"], resolve_root(data["name"], data.get("root")), data.get("val_split", "val"), normalization=norm)
     eval_cfg = from_dict(EvalConfig, cfg.get("eval", {}))
-    pal = palette(bench)
+    pal = palette(bench).copy()
+    pal[255] = (255, 255, 255)  # ignored pixels white: class 0 is black in most palettes
     idx = pick_indices(len(ds), images)
     cols = 2 + len(models)
     fig, axes = plt.subplots(len(idx), cols, figsize=(2.2 * cols, 2.2 * len(idx)), squeeze=False)
@@ -76,7 +80,7 @@ def plot_qualitative(bench: str, student: str, by_method: dict[str, list[dict[st
             if row == 0:
                 ax.set_title(title, fontsize=8)
         axes[row][0].set_ylabel(str(item["name"]), fontsize=6)
-    fig.suptitle(f"{bench}, {student}: validation images (final checkpoints; black = ignored)", fontsize=9)
+    fig.suptitle(f"{bench}, {student}: validation images (final checkpoints; white = ignored)", fontsize=9)
     fig.tight_layout()
     path = out / f"{slug}__qualitative.png"
     fig.savefig(path, dpi=120)
