@@ -63,8 +63,14 @@ def _cmd_table(args: argparse.Namespace) -> int:
     frame = records_frame(folder, problems)
     for line in problems:
         print(f"afdcd-bench: warning: skipped {line}", file=sys.stderr)
-    benchmarks = sorted({r.split("/")[0] for r in frame["recipe"]})  # recipes/<folder>/ of the runs found
-    table = summary(frame, expected_runs([n for b in benchmarks for n in list_recipes(b)]))
+    from .harness.reproduce import plan
+
+    # the recipes of the benchmarks found, so runs not made yet show as missing (ablations only
+    # where some ablation was run)
+    with_ablations = bool(frame["ablation_of"].notna().any())
+    expected = [n for b in sorted({r.split("/")[0] for r in frame["recipe"]}) if list_recipes(b)
+                for n in plan(b, ablations=with_ablations)]
+    table = summary(frame, expected_runs(expected))
     render(table)
     out = args.out or (folder if args.results_dir_given else None)
     if out is not None and not table.empty:
@@ -109,7 +115,7 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
 
     reproduce(args.benchmark, seeds=args.seeds, data_root=args.data_root, teacher=args.teacher, quick=args.quick,
               results_dir=args.results_dir, output_dir=args.output_dir, launcher=args.launcher, extra=args.overrides,
-              only=args.only)
+              only=args.only, ablations=args.ablations)
     return 0
 
 
@@ -119,7 +125,7 @@ def _cmd_import_released(args: argparse.Namespace) -> int:
     rep = import_released(args.src, args.dst, backbone=args.backbone, arch=args.arch)
     print(f"imported {rep.kind} {rep.backbone} from {rep.source} ({rep.tensors} tensors, sha256 {rep.sha256})")
     if rep.ignored:
-        print(f"dropped the ImageNet classifier: {', '.join(rep.ignored)}")
+        print(f"dropped the ImageNet classification head ({len(rep.ignored)} tensors): {', '.join(rep.ignored)}")
     if rep.kind == "segmentor":
         print(f"wrote {args.dst}: {rep.build_args['arch']}-{rep.backbone}, {rep.build_args['num_classes']} classes, "
               f"head width {rep.build_args['head_width']}, aux {rep.build_args['aux']}; use it as teacher.checkpoint={args.dst}")
@@ -250,6 +256,9 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--launcher", choices=("inprocess", "accelerate"), default=None,
                     help="run each training in this process or through `accelerate launch` (default: inprocess for demo)")
     rp.add_argument("--only", default=None, help="the teacher and only the student recipes whose name contains this")
+    rp.add_argument("--ablations", action="store_true",
+                    help="also run the variants and ablations of a main recipe (e.g. cityscapes: projector/mask readings, "
+                         "FD or contrast only, spatial/channel contrasting, L2)")
     rp.set_defaults(func=_cmd_reproduce)
     ir = sub.add_parser("import-released", help="convert a released backbone or teacher/student .pth into our checkpoint format")
     ir.add_argument("src")

@@ -1,4 +1,4 @@
-"""The contrastive term against a deliberately plain oracle written from METHOD.md."""
+"""The contrastive term against a deliberately plain oracle written from docs/method.md."""
 import itertools
 import math
 

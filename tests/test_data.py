@@ -1,4 +1,5 @@
 import numpy as np
+import torch
 import pytest
 from PIL import Image
 
@@ -96,8 +97,9 @@ def test_augmentation_keeps_alignment_and_pads_with_ignore():
     label[:10, 15:], label[10:, :15], label[10:, 15:] = 1, 2, 3  # four large blocks
     image = np.repeat((label * 30).astype(np.uint8)[..., None], 3, axis=2)  # image encodes its label
     for _ in range(20):
-        img, lab = train_augment(image, label.astype(np.uint8), (32, 32), (0.5, 2.0), rng)
-        assert img.shape == (32, 32, 3) and lab.shape == (32, 32)
+        img, lab, pad = train_augment(image, label.astype(np.uint8), (32, 32), (0.5, 2.0), rng)
+        assert img.shape == (32, 32, 3) and lab.shape == (32, 32) and pad.shape == (32, 32)
+        assert np.all(lab[pad] == 255)
         valid = lab != 255
         # wherever a label is kept, the image pixel at the same place came from that label
         # (bilinear may blend at class borders, so compare interiors via exact matches ratio)
@@ -136,8 +138,37 @@ def test_augmentation_without_flip_or_scale_is_the_identity():
     rng = np.random.default_rng(0)
     image, label = _rgb(16, 16), np.arange(256, dtype=np.uint8).reshape(16, 16) % 11
     for _ in range(5):
-        img, lab = train_augment(image, label, (16, 16), (1.0, 1.0), rng, flip=False)
-        assert np.array_equal(img, image) and np.array_equal(lab, label)
+        img, lab, pad = train_augment(image, label, (16, 16), (1.0, 1.0), rng, flip=False)
+        assert np.array_equal(img, image) and np.array_equal(lab, label) and not pad.any()
+
+
+def test_scales_are_the_sixteen_released_values_by_step():
+    from afdcd_bench.data.transforms import draw_scale
+
+    rng = np.random.default_rng(0)
+    drawn = {round(draw_scale(rng, (0.5, 2.0), 0.1), 6) for _ in range(2000)}
+    assert drawn == {round(0.5 + k / 10, 6) for k in range(16)}
+    assert len({draw_scale(rng, (0.5, 2.0), None) for _ in range(50)}) == 50  # uniform: no repeats
+
+
+@pytest.mark.parametrize("norm", [None, {"mean": [104.00698793, 116.66876762, 122.67891434], "std": [1.0, 1.0, 1.0],
+                                          "bgr": True, "scale": 255.0}])
+def test_padding_is_zero_after_normalisation_the_mean_colour(norm):
+    """Released: normalise, then pad with 0; so a padded pixel is the mean colour whatever the convention."""
+    from afdcd_bench.data.base import SegmentationDataset
+
+    class Small(SegmentationDataset):
+        def __len__(self):
+            return 1
+
+        def load(self, index):
+            return _rgb(20, 20), np.ones((20, 20), np.uint8), "x"
+
+    ds = Small(train=True, crop_size=(40, 40), scale_range=(0.5, 0.5), normalization=norm, flip=False)
+    item = ds[0]
+    pad = item["label"] == 255
+    assert pad.sum() == 40 * 40 - 10 * 10
+    assert torch.all(item["image"][:, pad] == 0) and item["image"][:, ~pad].abs().sum() > 0
 
 
 @pytest.mark.parametrize("name", sorted(CASES))

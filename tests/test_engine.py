@@ -185,3 +185,14 @@ def test_bf16_mixed_precision_trains_on_cpu(tmp_path):
     rec = train(cfg, show_progress=False)
     _reset()
     assert rec["mixed_precision"] == "bf16" and math.isfinite(rec["final_miou"])
+
+
+def test_a_test_split_is_scored_at_every_validation_and_selection_stays_on_val(tmp_path):
+    """Here test = val, so the reported test scores must equal the val ones step for step."""
+    cfg = load_recipe("demo/baseline", TINY + [f"output_dir={tmp_path}", "data.test_split=val"])
+    rec = train(cfg, show_progress=False)
+    _reset()
+    assert rec["test_split"] == "val" and [h["step"] for h in rec["test_history"]] == [2, 4]
+    assert rec["test_history"] == rec["history"]
+    assert rec["test_miou_at_best"] == rec["best_miou"] and rec["final_test_miou"] == rec["final_miou"]
+    assert rec["best_test_miou"] == max(h["miou"] for h in rec["history"])

@@ -86,10 +86,10 @@ def test_table_keeps_runs_of_other_settings_apart(tmp_path):
     _record(tmp_path / "demo-quick", "demo/kd", 0, 0.09, ["train.iterations=60"])
     t = summary(records_frame(tmp_path))
     base = t[t.method == "baseline"].set_index("folder")
-    assert base.loc["demo", "n"] == 3 and base.loc["demo", "miou_mean"] == pytest.approx(22.0)
-    assert base.loc["demo-quick", "n"] == 1 and base.loc["demo-quick", "miou_mean"] == pytest.approx(5.0)
+    assert base.loc["demo", "n"] == 3 and base.loc["demo", "final_mean"] == pytest.approx(22.0)
+    assert base.loc["demo-quick", "n"] == 1 and base.loc["demo-quick", "final_mean"] == pytest.approx(5.0)
     kd = t[t.method == "kd"].set_index("folder")
-    assert kd.loc["demo", "delta"] == pytest.approx(1.0) and kd.loc["demo-quick", "delta"] == pytest.approx(4.0)
+    assert kd.loc["demo", "delta_final"] == pytest.approx(1.0) and kd.loc["demo-quick", "delta_final"] == pytest.approx(4.0)
 
 
 def test_table_without_a_folder_prints_and_writes_nothing(tmp_path, monkeypatch, capsys):

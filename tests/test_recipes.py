@@ -1,4 +1,4 @@
-"""Every published pair has its recipes, with METHOD.md's settings (issue 7)."""
+"""Every published pair has its recipes, with the published settings of docs/method.md (issue 7)."""
 import csv
 import json
 from pathlib import Path
@@ -8,7 +8,7 @@ import pytest
 from afdcd_bench.cli import main
 from afdcd_bench.config import list_recipes, load_recipe, recipes_root
 
-# METHOD.md's table: classes, crop, iterations, lambda_kd, lambda_fd, lambda_ctr
+# docs/method.md table: classes, crop, iterations, lambda_kd, lambda_fd, lambda_ctr
 METHOD = {
     "cityscapes": (19, [512, 1024], 40000, 1.0, 2e-6, 0.005),
     "voc": (21, [512, 512], 40000, 1.0, 1e-6, 0.005),
@@ -31,6 +31,8 @@ def recipe_table():
     out = {}
     for name in list_recipes():
         cfg = load_recipe(name)
+        if cfg.ablation_of:
+            continue  # variants of a main recipe, run with --ablations
         method = "teacher" if name.endswith("/teacher") else cfg.method.name
         out[(cfg.benchmark, f"{cfg.student.arch}-{cfg.student.backbone}", method)] = cfg
     return out
@@ -69,20 +71,48 @@ def test_recipes_carry_the_papers_settings(bench):
     assert names
     for name in names:
         cfg = load_recipe(name)
-        assert cfg.num_classes == classes and cfg.data.crop_size == crop and cfg.data.scale_range == [0.5, 2.0] and cfg.data.flip
+        d = cfg.data
+        assert cfg.num_classes == classes and d.crop_size == crop and d.scale_range == [0.5, 2.0] and d.scale_step == 0.1 and d.flip
         t = cfg.train
-        if name.endswith("/teacher"):
-            assert (t.iterations, t.effective_batch) == (80000, 8)  # CIRKD's teacher schedule
-            continue
+        # teachers too: CIRKD v1's defaults, 40k (COCO-Stuff 80k) at batch 16, lr 0.02
         assert (t.iterations, t.effective_batch, t.lr, t.momentum, t.weight_decay, t.poly_power, t.optimizer) == (iters, 16, 0.02, 0.9, 1e-4, 0.9, "sgd")
+        if name.endswith("/teacher") or cfg.ablation_of:
+            continue
         m = cfg.method
-        assert (m.lambda_kd, m.lambda_fd, m.lambda_ctr, m.temperature, m.aux_weight, m.clip_grad_norm) == (lkd, lfd, lctr, 1.0, 0.4, 15.0)
+        kd_only_row = name.endswith("/kd") and bench in ("ade20k", "coco_stuff_164k")  # published from CIRKD's KD run
+        assert (m.lambda_kd, m.lambda_fd, m.lambda_ctr, m.temperature, m.aux_weight, m.clip_grad_norm) == (
+            1.0 if kd_only_row else lkd, lfd, lctr, 1.0, 0.4, 15.0)
         a = m.afdcd
         assert (a.mode, a.groups, a.patch, a.tau, a.distance, a.mask, a.mask_ratio, a.projector) == ("omni", 16, [4, 4], 0.07, "l1", "random", 0.75, "basic")
         assert a.pool == (0 if bench == "camvid" else 4)
         assert cfg.teacher.backbone == "resnet101_deepstem" and cfg.teacher.recipe == f"{bench}/teacher"
+        # CamVid: selected on val, reported on test; the Af-DCD rows were published selecting on test
+        assert (d.val_split, d.test_split) == (("val", "test") if bench == "camvid" else ("val", None))
+        assert cfg.published.selected_on == ("test" if bench == "camvid" and m.name == "afdcd" else "val")
     assert load_recipe(names[0]).eval.all_slots == (bench == "coco_stuff_164k")
-    assert load_recipe(names[0]).data.val_split == ("test" if bench == "camvid" else "val")
+
+
+def test_cityscapes_r18_variants_and_ablations_differ_from_the_main_recipe_in_one_named_way():
+    from afdcd_bench.config import settings, settings_diff, to_dict
+    from afdcd_bench.harness.reproduce import plan
+
+    main_name = "cityscapes/deeplabv3_resnet18/afdcd"
+    main = settings(to_dict(load_recipe(main_name)))
+    expected = {
+        "afdcd_enhanced": ["method.afdcd.projector: 'basic' -> 'enhanced'"],
+        "afdcd_center_enhanced": ["method.afdcd.mask: 'random' -> 'center'", "method.afdcd.projector: 'basic' -> 'enhanced'"],
+        "ablations/fd_only": ["method.lambda_ctr: 0.005 -> 0.0"],
+        "ablations/contrast_only": ["method.lambda_fd: 2e-06 -> 0.0"],
+        "ablations/spatial": ["method.afdcd.mode: 'omni' -> 'spatial'"],
+        "ablations/channel": ["method.afdcd.mode: 'omni' -> 'channel'"],
+        "ablations/l2": ["method.afdcd.distance: 'l1' -> 'l2'"],
+    }
+    for variant, diff in expected.items():
+        cfg = load_recipe(f"cityscapes/deeplabv3_resnet18/{variant}")
+        assert cfg.ablation_of == main_name and cfg.published.miou is None
+        assert settings_diff(main, settings(to_dict(cfg))) == diff, variant
+    assert not any("ablations" in n or "_enhanced" in n for n in plan("cityscapes"))
+    assert set(plan("cityscapes", ablations=True)) - set(plan("cityscapes")) == {f"cityscapes/deeplabv3_resnet18/{v}" for v in expected}
 
 
 def test_recipes_json_names_benchmark_pair_and_method(capsys):

@@ -163,3 +163,23 @@ def test_models_command_lists_recipe_models(capsys):
     rows = json.loads(capsys.readouterr().out)
     assert {r["role"] for r in rows} == {"teacher", "student"}
     assert all(r["gmacs"] > 0 and r["gmacs_printed_style"] >= r["gmacs"] for r in rows)
+
+
+def test_public_mobilenetv2_imagenet_file_drops_exactly_its_classification_head(tmp_path, capsys):
+    """Public MobileNetV2 files of the released layout carry features.18 (1x1 conv to 1280 + BN) and the classifier."""
+    from afdcd_bench.models.backbones import create_backbone
+
+    net = randomise(create_backbone("mobilenetv2_100"))
+    state = {f"features.{i * 18 // len(net.state_dict())}.t{i}": v for i, v in enumerate(net.state_dict().values())}  # features.0-17
+    head = {"features.18.0.weight": torch.randn(1280, 320, 1, 1), "features.18.1.weight": torch.ones(1280),
+            "features.18.1.bias": torch.zeros(1280), "features.18.1.running_mean": torch.zeros(1280),
+            "features.18.1.running_var": torch.ones(1280), "features.18.1.num_batches_tracked": torch.tensor(0),
+            "classifier.1.weight": torch.randn(1000, 1280), "classifier.1.bias": torch.zeros(1000)}
+    torch.save({**state, **head}, tmp_path / "mobilenet_v2-imagenet.pth")
+    assert main(["import-released", str(tmp_path / "mobilenet_v2-imagenet.pth"), str(tmp_path / "mbv2.safetensors")]) == 0
+    out = capsys.readouterr().out
+    assert "dropped the ImageNet classification head (8 tensors)" in out and "features.18.0.weight" in out
+    assert sorted(read_meta(tmp_path / "mbv2.safetensors")["ignored"]) == sorted(head)
+    loaded = create_backbone("mobilenetv2_100", pretrained=str(tmp_path / "mbv2.safetensors"))
+    for (k, a), b in zip(net.state_dict().items(), loaded.state_dict().values()):
+        assert torch.equal(a, b), k

@@ -10,12 +10,12 @@ from afdcd_bench.engine.records import record_path, write_record
 from afdcd_bench.harness.table import expected_runs, records_frame, summary, write_tables
 
 
-def rec(tmp, recipe, method, student, seed, miou, best=None, published=None, bench="cityscapes", overrides=()):
+def rec(tmp, recipe, method, student, seed, miou, best=None, published=None, bench="cityscapes", overrides=(), **extra):
     write_record(record_path(tmp, recipe, seed), {
         "config": to_dict(load_recipe(recipe, [f"train.seed={seed}", *overrides])),
         "kind": "afdcd-bench-run", "recipe": recipe, "benchmark": bench, "method": method, "student": student,
         "seed": seed, "final_miou": miou, "best_miou": best if best is not None else miou, "wall_seconds": 10.0,
-        "published_miou": published, "history": [{"step": 1, "miou": miou}], "final_iou": [miou, miou],
+        "published_miou": published, "history": [{"step": 1, "miou": miou}], "final_iou": [miou, miou], **extra,
     })
 
 
@@ -34,12 +34,14 @@ def records(tmp_path):
 def test_summary_means_stds_deltas_and_published(records):
     t = summary(records_frame(records)).set_index("method")
     assert list(t.index) == ["teacher", "baseline", "afdcd"]
-    assert t.loc["baseline", "miou_mean"] == pytest.approx(72.0) and t.loc["baseline", "miou_std"] == pytest.approx(2.0)
+    assert t.loc["baseline", "final_mean"] == pytest.approx(72.0) and t.loc["baseline", "final_std"] == pytest.approx(2.0)
     assert t.loc["baseline", "n"] == 3 and t.loc["afdcd", "n"] == 2
-    assert t.loc["afdcd", "miou_mean"] == pytest.approx(76.0) and t.loc["afdcd", "best_mean"] == pytest.approx(77.0)
-    assert t.loc["afdcd", "delta"] == pytest.approx(4.0)
-    assert t.loc["afdcd", "diff_published"] == pytest.approx(76.0 - 77.03)
-    assert math.isnan(t.loc["teacher", "delta"]) and math.isnan(t.loc["teacher", "miou_std"])  # one seed: no std
+    assert t.loc["afdcd", "final_mean"] == pytest.approx(76.0) and t.loc["afdcd", "best_mean"] == pytest.approx(77.0)
+    assert t.loc["afdcd", "delta_final"] == pytest.approx(4.0) and t.loc["afdcd", "delta_best"] == pytest.approx(5.0)
+    # published numbers are best-of-validations: compared with the best, not the final checkpoint
+    assert t.loc["afdcd", "diff_published"] == pytest.approx(77.0 - 77.03)
+    assert t.loc["afdcd", "precision"] == "bf16"  # the recipes' precision, shown beside the numbers
+    assert math.isnan(t.loc["teacher", "delta_best"]) and math.isnan(t.loc["teacher", "final_std"])  # one seed: no std
 
 
 def test_missing_runs_show_as_missing_never_zero(records):
@@ -48,13 +50,13 @@ def test_missing_runs_show_as_missing_never_zero(records):
 
     t = summary(frame, expected_runs(list_recipes("cityscapes")))
     kd = t[(t.student == "deeplabv3-resnet18_deepstem") & (t.method == "kd")].iloc[0]
-    assert kd.n == 0 and math.isnan(kd.miou_mean) and math.isnan(kd.delta)
+    assert kd.n == 0 and math.isnan(kd.final_mean) and math.isnan(kd.delta_best)
     mbv2 = t[t.student == "deeplabv3-mobilenetv2_100"]
     assert set(mbv2.method) == {"baseline", "kd", "afdcd"} and (mbv2.n == 0).all()
     assert mbv2.set_index("method").loc["afdcd", "published"] == 76.38
     paths = write_tables(t, records / "out")
     csv = pd.read_csv(paths[0])
-    assert csv.loc[(csv.method == "kd") & (csv.student == "deeplabv3-resnet18_deepstem"), "miou_mean"].isna().all()
+    assert csv.loc[(csv.method == "kd") & (csv.student == "deeplabv3-resnet18_deepstem"), "final_mean"].isna().all()
     md, tex = paths[1].read_text(), paths[2].read_text()
     assert "\\toprule" in tex and "missing" in tex and "72.00 $\\pm$ 2.00" in tex
     assert "| kd " in md
@@ -63,7 +65,7 @@ def test_missing_runs_show_as_missing_never_zero(records):
 def test_table_command(records, capsys):
     assert main(["table", str(records)]) == 0
     out = capsys.readouterr().out
-    assert "missing" in out and "72.00 +- 2.00" in out and "+4.00" in out
+    assert "missing" in out and "72.00 +- 2.00" in out and "+4.00" in out and "+5.00" in out
     assert (records / "table.tex").is_file()
 
 
@@ -75,3 +77,31 @@ def test_plot_writes_class_delta_and_curve_figures(records, capsys):
     assert main(["plot", str(records / "absent")]) == 2
     (records / "empty").mkdir()
     assert main(["plot", str(records / "empty")]) == 1
+
+
+def test_camvid_reports_test_at_the_val_selected_checkpoint_and_compares_test_selected_rows_like_for_like(tmp_path):
+    s = "deeplabv3-resnet18_deepstem"
+    test = dict(test_split="test")
+    rec(tmp_path, "camvid/deeplabv3_resnet18/baseline", "baseline", s, 0, 0.60, best=0.61, published=66.92, bench="camvid",
+        test_miou_at_best=0.66, final_test_miou=0.65, best_test_miou=0.67, **test)
+    rec(tmp_path, "camvid/deeplabv3_resnet18/afdcd", "afdcd", s, 0, 0.62, best=0.63, published=69.27, bench="camvid",
+        test_miou_at_best=0.68, final_test_miou=0.675, best_test_miou=0.695, **test)
+    t = summary(records_frame(tmp_path)).set_index("method")
+    assert t.loc["baseline", "best_mean"] == pytest.approx(66.0) and t.loc["baseline", "final_mean"] == pytest.approx(65.0)
+    assert t.loc["afdcd", "delta_best"] == pytest.approx(2.0) and t.loc["afdcd", "best_on_test"] == pytest.approx(69.5)
+    assert t.loc["baseline", "diff_published"] == pytest.approx(66.0 - 66.92)  # published baseline: selected on val
+    assert t.loc["afdcd", "diff_published"] == pytest.approx(69.5 - 69.27)  # published Af-DCD: selected on test
+    assert (t["split"] == "test").all()
+
+
+def test_ablations_are_shown_against_their_main_recipe(tmp_path, capsys):
+    s = "deeplabv3-resnet18_deepstem"
+    rec(tmp_path, "cityscapes/deeplabv3_resnet18/baseline", "baseline", s, 0, 0.70)
+    rec(tmp_path, "cityscapes/deeplabv3_resnet18/afdcd", "afdcd", s, 0, 0.76, published=77.03)
+    rec(tmp_path, "cityscapes/deeplabv3_resnet18/ablations/fd_only", "afdcd", s, 0, 0.73)
+    t = summary(records_frame(tmp_path)).set_index("method")
+    assert t.loc["afdcd (fd_only)", "vs_main"] == pytest.approx(-3.0) and t.loc["afdcd (fd_only)", "delta_best"] == pytest.approx(3.0)
+    assert math.isnan(t.loc["afdcd", "vs_main"]) and math.isnan(t.loc["afdcd (fd_only)", "published"])
+    assert main(["table", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "vs main" in out and "afdcd (spatial)" in out  # ablations not run yet show as missing

@@ -27,6 +27,11 @@ def check_ranges(cfg: RecipeConfig) -> None:
     _pair(d.crop_size, "data.crop_size")
     if len(d.scale_range) != 2 or not 0 < d.scale_range[0] <= d.scale_range[1]:
         raise ConfigError(f"data.scale_range must be [low, high] with 0 < low <= high, got {d.scale_range!r}")
+    if d.scale_step is not None:
+        _positive(d.scale_step, "data.scale_step")
+        steps = (d.scale_range[1] - d.scale_range[0]) / d.scale_step
+        if abs(steps - round(steps)) > 1e-6:
+            raise ConfigError(f"data.scale_step {d.scale_step} does not divide data.scale_range {d.scale_range} into whole steps")
     _positive(d.num_workers, "data.num_workers", strict=False)
     for key in ("iterations", "effective_batch", "val_interval", "checkpoint_interval", "log_interval"):
         _positive(getattr(t, key), f"train.{key}")
@@ -39,6 +44,10 @@ def check_ranges(cfg: RecipeConfig) -> None:
     for i, name in enumerate(t.trackers):
         if name not in TRACKERS:
             raise ConfigError(f"train.trackers[{i}]: unknown tracker {name!r}; Accelerate supports {', '.join(TRACKERS)}")
+    if cfg.published.selected_on not in ("val", "test"):
+        raise ConfigError(f"published.selected_on must be val or test, got {cfg.published.selected_on!r}")
+    if cfg.published.selected_on == "test" and not d.test_split:
+        raise ConfigError("published.selected_on: test needs data.test_split (the split the published number selected on)")
     _positive(e.batch_size, "eval.batch_size")
     if not e.scales:
         raise ConfigError("eval.scales must list at least one scale, e.g. [1.0]")

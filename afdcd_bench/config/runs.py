@@ -19,7 +19,7 @@ PATH_KEYS = ("output_dir", "data.root", "student.pretrained", "teacher.pretraine
 # Keys that say where things are or how a run reports, not what it computes: a stopped run may
 # resume, and a record may stand for a planned run, whatever their values.
 LOCATION_KEYS = PATH_KEYS + ("name", "data.num_workers", "train.log_interval", "train.checkpoint_interval",
-                             "train.tensorboard", "train.trackers", "eval.batch_size", "published")
+                             "train.tensorboard", "train.trackers", "eval.batch_size", "published", "ablation_of")
 DEFAULT_OUTPUT_DIR = "runs"
 
 

@@ -15,9 +15,13 @@ class DataConfig:
     root: Optional[str] = None
     crop_size: list[int] = field(default_factory=lambda: [512, 1024])
     scale_range: list[float] = field(default_factory=lambda: [0.5, 2.0])
+    # Random scales drawn from low, low + step, ..., high (the release: 0.1, 16 values for 0.5..2.0);
+    # null draws uniformly from the range.
+    scale_step: Optional[float] = None
     flip: bool = True  # random horizontal flip in training
     num_workers: int = 0
-    val_split: str = "val"
+    val_split: str = "val"  # the split the best checkpoint is selected on
+    test_split: Optional[str] = None  # also scored at each validation; then the reported number (docs/method.md)
 
 
 @dataclass
@@ -96,6 +100,9 @@ class EvalConfig:
 class PublishedConfig:
     miou: Optional[float] = None
     source: Optional[str] = None
+    # the split the published number's checkpoint was selected on: "val", or "test" where the
+    # release selected on the reported split itself (CamVid's Af-DCD rows)
+    selected_on: str = "val"
 
 
 @dataclass
@@ -110,6 +117,7 @@ class RecipeConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     published: PublishedConfig = field(default_factory=PublishedConfig)
+    ablation_of: Optional[str] = None  # the main recipe this one varies; run by `reproduce --ablations`
     output_dir: str = "runs"  # run folders: <output_dir>/<name>/seed<seed> (config/runs.py)
 
 

@@ -36,8 +36,10 @@ def build_dataset(
     normalization: dict[str, Any] | None = None,
     seed: int = 0,
     flip: bool = True,
+    scale_step: float | None = None,
 ) -> SegmentationDataset:
-    kwargs = dict(train=train, crop_size=crop_size, scale_range=scale_range, normalization=normalization, seed=seed, flip=flip)
+    kwargs = dict(train=train, crop_size=crop_size, scale_range=scale_range, normalization=normalization, seed=seed, flip=flip,
+                  scale_step=scale_step)
     if name == "digits":
         return DigitsDataset(str(root) if root else None, split, **kwargs)
     if name not in BENCHMARKS:

@@ -22,6 +22,7 @@ class SegmentationDataset(Dataset):
         normalization: dict[str, Any] | None = None,
         seed: int = 0,
         flip: bool = True,
+        scale_step: float | None = None,
     ):
         if train and crop_size is None:
             raise ValueError("a training dataset needs crop_size (h, w)")
@@ -31,6 +32,7 @@ class SegmentationDataset(Dataset):
         self.normalization = normalization
         self.seed = int(seed)
         self.flip = bool(flip)
+        self.scale_step = scale_step
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -46,10 +48,15 @@ class SegmentationDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         image, label, name = self.load(index)
+        pad = None
         if self.train:
-            image, label = train_augment(image, label, self.crop_size, self.scale_range, self.rng(index), self.flip)
+            image, label, pad = train_augment(image, label, self.crop_size, self.scale_range, self.rng(index), self.flip,
+                                              self.scale_step)
+        x = normalize(image, self.normalization)
+        if pad is not None and pad.any():
+            x[:, torch.from_numpy(pad)] = 0.0  # the mean colour, as the release pads after normalising
         return {
-            "image": normalize(image, self.normalization),
+            "image": x,
             "label": torch.from_numpy(np.ascontiguousarray(label)).long(),
             "name": name,
         }

@@ -62,7 +62,8 @@ def write_record(path: Path, record: dict[str, Any]) -> Path:
 
 # What the table, the plots and reproduce read from a record, with the types they need.
 REQUIRED = {"kind": str, "recipe": str, "benchmark": str, "method": str, "student": str, "seed": int, "config": dict}
-NUMBERS = ("final_miou", "best_miou", "wall_seconds", "published_miou", "teacher_miou")  # each a number or null
+NUMBERS = ("final_miou", "best_miou", "wall_seconds", "published_miou", "teacher_miou", "test_miou_at_best", "final_test_miou",
+           "best_test_miou")  # each a number or null
 
 
 class RecordError(ValueError):

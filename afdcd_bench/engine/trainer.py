@@ -255,7 +255,7 @@ def _train(cfg: RecipeConfig, accelerator: Accelerator, run_dir: Path, state: Pa
     root = resolve_root(cfg.data.name, cfg.data.root)
     train_ds = build_dataset(cfg.data.name, root, "train", train=True, crop_size=tuple(cfg.data.crop_size),
                              scale_range=tuple(cfg.data.scale_range), normalization=norm, seed=tc.seed,
-                             flip=cfg.data.flip)
+                             flip=cfg.data.flip, scale_step=cfg.data.scale_step)
     val_ds = build_dataset(cfg.data.name, root, cfg.data.val_split, normalization=norm)
     if len(train_ds) < per_device * accelerator.num_processes:
         raise ValueError(f"training set has {len(train_ds)} images, fewer than one global micro-batch")
@@ -263,6 +263,10 @@ def _train(cfg: RecipeConfig, accelerator: Accelerator, run_dir: Path, state: Pa
     train_loader = DataLoader(train_ds, batch_size=per_device, shuffle=True, drop_last=True, num_workers=workers,
                               generator=torch.Generator().manual_seed(tc.seed))
     val_loader = DataLoader(val_ds, batch_size=cfg.eval.batch_size, shuffle=False, num_workers=workers)
+    test_loader = None
+    if cfg.data.test_split:  # selected on val, reported on test (docs/method.md, "Evaluation")
+        test_ds = build_dataset(cfg.data.name, root, cfg.data.test_split, normalization=norm)
+        test_loader = DataLoader(test_ds, batch_size=cfg.eval.batch_size, shuffle=False, num_workers=workers)
 
     params = [p for p in step_module.parameters() if p.requires_grad]
     optimizer = build_optimizer(params, tc)
@@ -271,6 +275,8 @@ def _train(cfg: RecipeConfig, accelerator: Accelerator, run_dir: Path, state: Pa
     check_deepspeed_clip(accelerator, clip_params, cfg.method.clip_grad_norm)
     full_student = FullWeights(accelerator, student)
     step_module, optimizer, train_loader, val_loader = accelerator.prepare(step_module, optimizer, train_loader, val_loader)
+    if test_loader is not None:
+        test_loader = accelerator.prepare(test_loader)
     if teacher is not None:
         teacher = teacher.to(accelerator.device).eval().requires_grad_(False)
 
@@ -279,6 +285,7 @@ def _train(cfg: RecipeConfig, accelerator: Accelerator, run_dir: Path, state: Pa
     if state is not None:
         progress_state = load_training_state(accelerator, state)
     progress_state["settings"] = current
+    progress_state.setdefault("test_history", [])
     resumed_from = progress_state["step"] if state is not None else None
     wall_before = progress_state.get("wall_seconds", 0.0)  # earlier sessions of this run, up to their last checkpoint
     show = show_progress and accelerator.is_main_process
@@ -345,14 +352,23 @@ def _train(cfg: RecipeConfig, accelerator: Accelerator, run_dir: Path, state: Pa
                         current = full_student.current()
                         scores = evaluate(current, val_loader, num_classes, accelerator, cfg.eval, progress if show else None)
                         progress_state["history"].append({"step": step, "miou": scores["miou"]})
+                        tested = None
+                        if test_loader is not None:
+                            tested = evaluate(current, test_loader, num_classes, accelerator, cfg.eval, progress if show else None)
+                            progress_state["test_history"].append({"step": step, "miou": tested["miou"]})
+                            progress_state["final_test"] = tested
+                            accelerator.log({"test/miou": tested["miou"]}, step=step)
                         if progress_state["best_miou"] is None or scores["miou"] > progress_state["best_miou"]:
                             progress_state["best_miou"], progress_state["best_step"] = scores["miou"], step
                             progress_state["best_scores"] = scores
+                            progress_state["test_at_best"] = tested
                             if accelerator.is_main_process:
                                 save_segmentor(current, run_dir / "best.safetensors", {"step": step, "miou": scores["miou"]})
                         progress_state["final_scores"] = scores
                         accelerator.log({"val/miou": scores["miou"], "val/pixel_acc": scores["pixel_acc"]}, step=step)
-                        log(f"step {step}: val mIoU {100 * scores['miou']:.2f} (best {100 * progress_state['best_miou']:.2f} @ {progress_state['best_step']})")
+                        on_test = f"; {cfg.data.test_split} mIoU {100 * tested['miou']:.2f}" if tested else ""
+                        log(f"step {step}: val mIoU {100 * scores['miou']:.2f} (best {100 * progress_state['best_miou']:.2f} "
+                            f"@ {progress_state['best_step']}){on_test}")
                     if step % tc.checkpoint_interval == 0 or step == tc.iterations:
                         progress_state["step"] = step
                         progress_state["train_seconds"] += time.perf_counter() - t_train
@@ -407,6 +423,12 @@ def _train(cfg: RecipeConfig, accelerator: Accelerator, run_dir: Path, state: Pa
         "best_iou": best.get("iou"),
         "final_pixel_acc": final.get("pixel_acc"),
         "history": progress_state["history"],
+        # with data.test_split: scores of that split; the selected checkpoint is still chosen on val_split
+        "test_split": cfg.data.test_split,
+        "test_miou_at_best": (progress_state.get("test_at_best") or {}).get("miou"),
+        "final_test_miou": (progress_state.get("final_test") or {}).get("miou"),
+        "best_test_miou": max((h["miou"] for h in progress_state["test_history"]), default=None),
+        "test_history": progress_state["test_history"],
         "teacher_miou": (progress_state["teacher"] or {}).get("miou"),
         "published_miou": cfg.published.miou,
         "checkpoint": recorded_path(run_dir / "final.safetensors", project_root()),  # config/runs.py

@@ -26,14 +26,18 @@ class ReproduceError(RuntimeError):
     pass
 
 
-def plan(benchmark: str) -> list[str]:
-    """Recipe names in run order: the teacher first, then each student's methods."""
+def plan(benchmark: str, ablations: bool = False) -> list[str]:
+    """Recipe names in run order: the teacher first, then each student's methods; recipes that are
+    ablations of another (`ablation_of`) only when asked for."""
     runnable = list_recipes(benchmark)
     if not runnable:
         raise ReproduceError(f"no recipes for {benchmark!r} under {recipes_root() / benchmark}")
+    configs = {n: load_recipe(n) for n in runnable}
+    runnable = [n for n in runnable if ablations or configs[n].ablation_of is None]
     order = {m: i for i, m in enumerate(STUDENT_METHODS)}
     teachers = [n for n in runnable if is_teacher_recipe(n)]
-    students = sorted((n for n in runnable if n not in teachers), key=lambda n: (order.get(load_recipe(n).method.name, 9), n))
+    students = sorted((n for n in runnable if n not in teachers),
+                      key=lambda n: (configs[n].ablation_of is not None, order.get(configs[n].method.name, 9), n))
     return teachers + students
 
 
@@ -112,15 +116,19 @@ def reproduce(
     extra: list[str] | None = None,
     console: Console | None = None,
     only: str | None = None,
+    ablations: bool = False,
 ) -> Path:
-    """only: keep the teacher and the student recipes whose name contains this text."""
+    """only: keep the teacher and the student recipes whose name contains this text; ablations: also
+    run the recipes that vary a main recipe (`ablation_of`: variants and the paper's ablation axes)."""
     console = console or Console(width=max(Console().width, 150))
     if benchmark != "demo" and benchmark not in BENCHMARKS:
         raise ReproduceError(f"unknown benchmark {benchmark!r}; expected demo or one of {sorted(BENCHMARKS)}")
     if seeds < 1:
         raise ReproduceError(f"--seeds must be at least 1, got {seeds}")
     check_data(benchmark, data_root)
-    names = plan(benchmark)
+    names = plan(benchmark, ablations)
+    if ablations and not any(load_recipe(n).ablation_of for n in names):
+        raise ReproduceError(f"{benchmark} has no ablation recipes (recipes with ablation_of)")
     if only:
         names = [n for n in names if is_teacher_recipe(n) or only in n]
         if len(names) <= 1:

@@ -29,8 +29,8 @@ def _settings_ids(config: dict[str, Any]) -> tuple[str, str]:
     return digest(body), digest(protocol)
 
 
-FRAME_COLUMNS = ["benchmark", "recipe", "student", "method", "seed", "miou", "best_miou", "wall_s", "published", "settings",
-                 "protocol", "folder", "path"]
+FRAME_COLUMNS = ["benchmark", "recipe", "student", "method", "base_method", "seed", "best", "final", "best_on_test", "wall_s",
+                 "published", "selected_on", "precision", "split", "ablation_of", "settings", "protocol", "folder", "path"]
 
 
 def records_frame(results_dir: str | Path, problems: list[str] | None = None) -> pd.DataFrame:
@@ -39,20 +39,41 @@ def records_frame(results_dir: str | Path, problems: list[str] | None = None) ->
     return frame_of(read_records(Path(results_dir), problems), Path(results_dir))
 
 
+def method_label(recipe: str, method: str) -> str:
+    """"afdcd" for the main recipe of a method, "afdcd (fd_only)" for a variant or an ablation."""
+    base = run_method(recipe, method)
+    variant = recipe.rsplit("/", 1)[-1]
+    return base if variant in (base, "teacher") else f"{base} ({variant})"
+
+
+def _points(value: Any) -> float | None:
+    return None if value is None else 100 * value
+
+
 def frame_of(records: list[dict[str, Any]], root: Path) -> pd.DataFrame:
+    """best/final: the reported split's scores (test where a record has a test split, selected on
+    val), best_on_test: the best test score over validations (a selection on test itself)."""
     rows = []
     for rec in records:
         sid, pid = _settings_ids(rec["config"])
+        tested = rec.get("test_split") is not None
+        cfg = rec["config"]
         rows.append({
             "benchmark": rec["benchmark"],
             "recipe": rec["recipe"],
             "student": rec["student"],
-            "method": run_method(rec["recipe"], rec["method"]),
+            "method": method_label(rec["recipe"], rec["method"]),
+            "base_method": run_method(rec["recipe"], rec["method"]),
             "seed": rec["seed"],
-            "miou": None if rec.get("final_miou") is None else 100 * rec["final_miou"],
-            "best_miou": None if rec.get("best_miou") is None else 100 * rec["best_miou"],
+            "best": _points(rec.get("test_miou_at_best") if tested else rec.get("best_miou")),
+            "final": _points(rec.get("final_test_miou") if tested else rec.get("final_miou")),
+            "best_on_test": _points(rec.get("best_test_miou")),
             "wall_s": rec.get("wall_seconds"),
             "published": rec.get("published_miou"),
+            "selected_on": (cfg.get("published") or {}).get("selected_on", "val"),
+            "precision": {"no": "fp32"}.get((cfg.get("train") or {}).get("mixed_precision"), (cfg.get("train") or {}).get("mixed_precision")),
+            "split": rec.get("test_split") or (cfg.get("data") or {}).get("val_split"),
+            "ablation_of": cfg.get("ablation_of"),
             "settings": sid,
             "protocol": pid,
             "folder": Path(rec["_path"]).parent.relative_to(root).as_posix(),
@@ -61,17 +82,23 @@ def frame_of(records: list[dict[str, Any]], root: Path) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=FRAME_COLUMNS)
 
 
-COLUMNS = ["benchmark", "student", "method", "miou_mean", "miou_std", "n", "best_mean", "delta", "published", "diff_published",
-           "wall_s", "settings", "folder"]
+COLUMNS = ["benchmark", "student", "method", "best_mean", "best_std", "final_mean", "final_std", "n", "delta_best", "delta_final",
+           "vs_main", "best_on_test", "published", "selected_on", "diff_published", "precision", "split", "wall_s", "settings",
+           "folder", "recipe"]
 KEY = ["benchmark", "student", "method", "settings"]
 
 
-def summary(frame: pd.DataFrame, expected: list[tuple[str, str, str, float | None, str | None]] | None = None) -> pd.DataFrame:
-    """One row per experiment (benchmark, student, method and settings): mean, std, n over seeds;
-    delta vs the baseline run under the same protocol. Runs that differ in any setting (a quick
-    schedule, another lr) are separate rows, never averaged together.
+def _order(method: str) -> int:
+    return METHOD_ORDER.get(method.split(" ")[0], 9)
 
-    expected: (benchmark, student, method, published, settings id or None) of runs that should
+
+def summary(frame: pd.DataFrame, expected: list[tuple[str, str, str, float | None, str | None]] | None = None) -> pd.DataFrame:
+    """One row per experiment (benchmark, student, method and settings): mean, std, n over seeds of
+    the best-of-validations score (what papers publish) and of the final checkpoint's; deltas vs the
+    baseline under the same protocol; an ablation's change vs its main recipe. Runs that differ in
+    any setting (a quick schedule, another lr) are separate rows, never averaged together.
+
+    expected: (benchmark, student, method label, published, settings id or None) of runs that should
     exist; those without a record appear with n = 0 and no mIoU, never as 0. Without a settings id
     an entry counts as present when any run of its (benchmark, student, method) is.
     """
@@ -80,9 +107,11 @@ def summary(frame: pd.DataFrame, expected: list[tuple[str, str, str, float | Non
     out = pd.DataFrame(columns=[*KEY, "protocol"])
     if not frame.empty:
         g = frame.groupby(KEY, dropna=False)
-        out = g.agg(miou_mean=("miou", "mean"), miou_std=("miou", "std"), n=("miou", "count"), best_mean=("best_miou", "mean"),
-                    wall_s=("wall_s", "mean"), published=("published", "first"), protocol=("protocol", "first"),
-                    folder=("folder", lambda f: ", ".join(sorted(set(f))))).reset_index()
+        out = g.agg(best_mean=("best", "mean"), best_std=("best", "std"), final_mean=("final", "mean"), final_std=("final", "std"),
+                    n=("final", "count"), best_on_test=("best_on_test", "mean"), wall_s=("wall_s", "mean"),
+                    published=("published", "first"), selected_on=("selected_on", "first"), precision=("precision", "first"),
+                    split=("split", "first"), ablation_of=("ablation_of", "first"), recipe=("recipe", "first"),
+                    protocol=("protocol", "first"), folder=("folder", lambda f: ", ".join(sorted(set(f))))).reset_index()
     have = set(zip(out["benchmark"], out["student"], out["method"], out["settings"]))
     triples = {k[:3] for k in have}
     missing = [dict(benchmark=b, student=st, method=m, n=0, published=p, settings=sid) for b, st, m, p, sid in (expected or [])
@@ -90,24 +119,32 @@ def summary(frame: pd.DataFrame, expected: list[tuple[str, str, str, float | Non
     if missing:
         out = pd.concat([out, pd.DataFrame(missing)], ignore_index=True) if not out.empty else pd.DataFrame(missing)
         out["n"] = out["n"].astype(int)
-    for col in [*COLUMNS, "protocol"]:
+    for col in [*COLUMNS, "protocol", "ablation_of"]:
         if col not in out:
             out[col] = math.nan
-    baselines = out[(out["method"] == "baseline") & (out["n"] > 0)].groupby(["benchmark", "student", "protocol"])["miou_mean"]
-    base = baselines.first()[baselines.count() == 1]  # two baselines under one protocol: no delta rather than a guess
-    out["delta"] = [
-        (r.miou_mean - base.get((r.benchmark, r.student, r.protocol), math.nan)) if r.method not in ("baseline", "teacher") else math.nan
-        for r in out.itertuples()
-    ]
-    out["diff_published"] = out["miou_mean"] - out["published"]
-    out["order"] = out["method"].map(lambda m: METHOD_ORDER.get(m, 9))
+    present = out[out["n"] > 0]
+    base = present[present["method"] == "baseline"].groupby(["benchmark", "student", "protocol"])
+    one = base["final_mean"].count() == 1  # two baselines under one protocol: no delta rather than a guess
+    base_best, base_final = base["best_mean"].first()[one], base["final_mean"].first()[one]
+    mains = {(r.recipe, r.protocol): r.best_mean for r in present.itertuples()}
+    deltas_best, deltas_final, vs_main = [], [], []
+    for r in out.itertuples():
+        key = (r.benchmark, r.student, r.protocol)
+        distilled = r.method not in ("baseline", "teacher")
+        deltas_best.append(r.best_mean - base_best.get(key, math.nan) if distilled else math.nan)
+        deltas_final.append(r.final_mean - base_final.get(key, math.nan) if distilled else math.nan)
+        vs_main.append(r.best_mean - mains.get((r.ablation_of, r.protocol), math.nan) if isinstance(r.ablation_of, str) else math.nan)
+    out["delta_best"], out["delta_final"], out["vs_main"] = deltas_best, deltas_final, vs_main
+    reference = [t if s == "test" else b for b, t, s in zip(out["best_mean"], out["best_on_test"], out["selected_on"])]
+    out["diff_published"] = pd.Series(reference, index=out.index, dtype=float) - out["published"].astype(float)
+    out["order"] = out["method"].map(_order)
     out["is_teacher"] = out["method"] != "teacher"
-    out = out.sort_values(["benchmark", "is_teacher", "student", "order", "settings"]).drop(columns=["order", "is_teacher"]).reset_index(drop=True)
+    out = out.sort_values(["benchmark", "is_teacher", "student", "order", "method", "settings"]).reset_index(drop=True)
     return out[COLUMNS]
 
 
 def expected_runs(recipes: list[str] | dict[str, list[str]], with_settings: bool = False) -> list[tuple[str, str, str, float | None, str | None]]:
-    """(benchmark, student, method, published, settings id) that these recipes produce, to mark missing runs.
+    """(benchmark, student, method label, published, settings id) these recipes produce, to mark missing runs.
 
     A dict maps each recipe to the overrides its runs use (they may change the student);
     with_settings: match records by their settings too (reproduce knows exactly what it ran).
@@ -118,7 +155,7 @@ def expected_runs(recipes: list[str] | dict[str, list[str]], with_settings: bool
     for name, extra in overrides.items():
         cfg = load_recipe(name, extra)
         sid = _settings_ids(to_dict(cfg))[0] if with_settings else None
-        out.append((cfg.benchmark, f"{cfg.student.arch}-{cfg.student.backbone}", run_method(name, cfg.method.name), cfg.published.miou, sid))
+        out.append((cfg.benchmark, f"{cfg.student.arch}-{cfg.student.backbone}", method_label(name, cfg.method.name), cfg.published.miou, sid))
     return out
 
 
@@ -128,43 +165,84 @@ def _fmt(v: Any, spec: str = ".2f", signed: bool = False) -> str:
     return f"{v:+{spec}}" if signed else f"{v:{spec}}"
 
 
+def _mean_std(mean: Any, std: Any, n: int) -> str:
+    return "missing" if n == 0 else f"{_fmt(mean)} +- {_fmt(std)}"
+
+
+def _present(part: pd.DataFrame, col: str) -> bool:
+    return bool(part[col].notna().any())
+
+
 def render(table: pd.DataFrame, console: Console | None = None) -> None:
+    """One rich table per benchmark and student (the student in the title keeps the columns narrow)."""
     console = console or Console(width=max(Console().width, 150))
     if table.empty:
         console.print("[yellow]no run records found[/yellow]")
         return
-    for bench, part in table.groupby("benchmark", sort=False):
-        # several experiments of one method (other settings): say which rows are which
-        split = part.duplicated(["student", "method"], keep=False).any()
-        t = Table(title=f"{bench}: val mIoU (%) measured by this code (final checkpoint; best of the periodic validations beside it)")
-        cols = ["student", "method", "mIoU (mean +- std)", "n", "best", "delta vs baseline", "published", "diff vs published", "wall time (s)"]
-        for col in cols + (["settings", "folder"] if split else []):
-            t.add_column(col, justify="left" if col in ("student", "method", "settings", "folder") else "right", no_wrap=True)
-        for r in part.itertuples():
-            miou = "missing" if r.n == 0 else f"{r.miou_mean:.2f} +- {_fmt(r.miou_std)}"
-            row = [r.student, r.method, miou, str(r.n), _fmt(r.best_mean), _fmt(r.delta, signed=True), _fmt(r.published),
-                   _fmt(r.diff_published, signed=True), _fmt(r.wall_s, ".0f")]
-            t.add_row(*row, *([str(r.settings), "" if not isinstance(r.folder, str) else r.folder] if split else []))
-        console.print(t)
-        if split:
-            console.print("[yellow]rows of one method with other settings are separate experiments (settings = a hash of the "
-                          "resolved config without seed and locations)[/yellow]")
+    for bench, by_bench in table.groupby("benchmark", sort=False):
+        splits = ", ".join(sorted({str(s) for s in by_bench["split"].dropna()})) or "val"
+        console.print(f"[bold]{bench}[/bold]: mIoU (%) on {splits}, measured by this code. best = best of the periodic "
+                      "validations (what papers publish; compared with the published number), final = the last checkpoint "
+                      "(unselected); mean +- std over seeds; deltas vs the baseline of the same protocol.", soft_wrap=True)
+        notes = set()
+        for student, part in by_bench.groupby("student", sort=False):
+            split = part.duplicated(["method"], keep=False).any()  # several experiments of one method: say which is which
+            cols = [("method", "method"), ("best", None), ("final", None), ("n", None), ("d best", "delta_best"), ("d final", "delta_final")]
+            if _present(part, "vs_main"):
+                cols.append(("vs main", "vs_main"))
+                notes.add("vs main: best minus the best of the recipe it varies (ablations and variants; none were published)")
+            if _present(part, "best_on_test"):
+                cols.append(("best on test", "best_on_test"))
+                notes.add("best on test: the best test score over the validations, the selection the released Af-DCD CamVid "
+                          "script made; published numbers marked * were selected that way and are compared with it")
+            cols += [("published", "published"), ("best-pub", "diff_published"), ("prec", "precision"), ("wall s", "wall_s")]
+            if split:
+                cols += [("settings", "settings"), ("folder", "folder")]
+                notes.add("rows of one method with other settings are separate experiments (settings: a hash of the resolved "
+                          "config without seed and locations)")
+            t = Table(title=f"{bench}, {student}", title_justify="left")
+            for title, _ in cols:
+                t.add_column(title, justify="left" if title in ("method", "settings", "folder", "prec") else "right", no_wrap=True)
+            for r in part.to_dict("records"):
+                cells = []
+                for title, key in cols:
+                    if title == "best":
+                        cells.append(_mean_std(r["best_mean"], r["best_std"], r["n"]))
+                    elif title == "final":
+                        cells.append(_mean_std(r["final_mean"], r["final_std"], r["n"]))
+                    elif title == "n":
+                        cells.append(str(r["n"]))
+                    elif key in ("delta_best", "delta_final", "vs_main", "diff_published"):
+                        cells.append(_fmt(r[key], signed=True))
+                    elif key == "wall_s":
+                        cells.append(_fmt(r[key], ".0f"))
+                    elif key in ("published", "best_on_test"):
+                        cells.append(_fmt(r[key]) + ("*" if key == "published" and r["selected_on"] == "test" else ""))
+                    else:
+                        cells.append("" if not isinstance(r[key], str) else r[key])
+                t.add_row(*cells)
+            console.print(t)
+        for note in sorted(notes):
+            console.print(f"[yellow]{note}[/yellow]", soft_wrap=True)
 
 
 def _latex(table: pd.DataFrame) -> str:
-    cols = {"benchmark": "Benchmark", "student": "Student", "method": "Method", "miou": "mIoU (\\%)", "n": "$n$",
-            "delta": "$\\Delta$ baseline", "published": "Published", "diff_published": "$\\Delta$ published"}
+    cols = {"benchmark": "Benchmark", "student": "Student", "method": "Method", "best": "Best (\\%)", "final": "Final (\\%)",
+            "n": "$n$", "delta": "$\\Delta$ baseline", "published": "Published", "diff_published": "$\\Delta$ published",
+            "precision": "Precision"}
     rows = pd.DataFrame({
         "benchmark": table["benchmark"].str.replace("_", "\\_"),
         "student": table["student"].str.replace("_", "\\_"),
-        "method": table["method"],
-        "miou": ["missing" if n == 0 else f"{m:.2f} $\\pm$ {_fmt(sd)}" for m, sd, n in zip(table["miou_mean"], table["miou_std"], table["n"])],
+        "method": table["method"].str.replace("_", "\\_"),
+        "best": ["missing" if n == 0 else f"{_fmt(m)} $\\pm$ {_fmt(sd)}" for m, sd, n in zip(table["best_mean"], table["best_std"], table["n"])],
+        "final": ["missing" if n == 0 else f"{_fmt(m)} $\\pm$ {_fmt(sd)}" for m, sd, n in zip(table["final_mean"], table["final_std"], table["n"])],
         "n": table["n"].astype(int).astype(str),
-        "delta": [_fmt(v, signed=True) for v in table["delta"]],
+        "delta": [_fmt(v, signed=True) for v in table["delta_best"]],
         "published": [_fmt(v) for v in table["published"]],
         "diff_published": [_fmt(v, signed=True) for v in table["diff_published"]],
+        "precision": ["" if not isinstance(v, str) else v for v in table["precision"]],
     }).rename(columns=cols)
-    return rows.style.hide(axis="index").to_latex(hrules=True, column_format="lllrrrrr")
+    return rows.style.hide(axis="index").to_latex(hrules=True, column_format="lllllrrrrl")
 
 
 def write_tables(table: pd.DataFrame, out_dir: str | Path) -> list[Path]:

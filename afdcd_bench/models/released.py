@@ -1,7 +1,7 @@
 """Import of the authors' released weights (ImageNet backbones and Af-DCD/CIRKD checkpoints).
 
 The released files are plain torch pickles of tensors, read with torch.load(weights_only=True)
-so nothing but tensors is ever unpickled. Key layout (METHOD.md): backbone under `pretrained.`
+so nothing but tensors is ever unpickled. Key layout (docs/method.md): backbone under `pretrained.`
 with the deep stem named conv1/bn1, conv2/bn2, conv3/bn3; heads under `head.` and `auxlayer.`
 with the module names of heads.py. timm's deep stem is one Sequential, hence STEM_RENAMES;
 MobileNetV2's names differ throughout but its tensors come in timm's order and shapes, so it is
@@ -23,6 +23,10 @@ from .segmentor import build_segmentor
 from .weights import CLASSIFIER_PREFIXES, WeightsMismatch, fit_state_dict, is_bn_counter, read_state_dict, sha256_file
 
 STEM_RENAMES = {"conv1": "conv1.0", "bn1": "conv1.1", "conv2": "conv1.3", "bn2": "conv1.4", "conv3": "conv1.6", "bn3": "bn1"}
+# Public MobileNetV2 ImageNet files in the released layout also hold the classification head the
+# segmentation net does not have: a 1x1 conv to 1280 channels with its BN (features.18) and the
+# Linear classifier. The release's loader keeps only its net's keys; the import drops exactly these.
+MOBILENET_HEAD_PREFIXES = ("features.18.", "classifier.")
 # (blocks in layer3, bottleneck blocks) -> ResNet depth
 RESNET_DEPTHS = {(2, False): 18, (6, False): 34, (6, True): 50, (23, True): 101, (36, True): 152}
 
@@ -50,7 +54,7 @@ def infer_backbone(state: dict[str, torch.Tensor]) -> str:
         if depth not in (18, 101):
             raise WeightsMismatch(f"deep-stem ResNet-{depth}: only the deep-stem ResNet-18 and -101 are supported")
         return f"resnet{depth}_deepstem"
-    count = sum(1 for k, v in state.items() if not _counter(k, v) and not k.startswith(CLASSIFIER_PREFIXES))
+    count = sum(1 for k, v in state.items() if not _counter(k, v) and not k.startswith(CLASSIFIER_PREFIXES + MOBILENET_HEAD_PREFIXES))
     target = sum(1 for k in create_backbone("mobilenetv2_100").state_dict() if not is_bn_counter(k))
     if count == target:
         return "mobilenetv2_100"
@@ -73,7 +77,7 @@ def to_timm_names(state: dict[str, torch.Tensor], backbone: str) -> dict[str, to
         return {_rename_stem(k): v for k, v in state.items()}
     if backbone.startswith("resnet"):
         return dict(state)
-    kept = {k: v for k, v in state.items() if not k.startswith(CLASSIFIER_PREFIXES)}
+    kept = {k: v for k, v in state.items() if not k.startswith(CLASSIFIER_PREFIXES + MOBILENET_HEAD_PREFIXES)}
     src = [k for k, v in kept.items() if not _counter(k, v)]
     dst = [k for k in create_backbone(backbone).state_dict() if not is_bn_counter(k)]
     if len(src) != len(dst):
@@ -103,7 +107,9 @@ def import_released(src: str | os.PathLike, dst: str | os.PathLike, backbone: st
     if not is_segmentor:
         backbone = backbone or infer_backbone(released)
         net = create_backbone(backbone)
-        ignored = fit_state_dict(net, to_timm_names(released, backbone), f"{src} does not fit backbone {backbone}")
+        head = sorted(k for k in released if k.startswith(MOBILENET_HEAD_PREFIXES)) if backbone.startswith("mobilenet") else []
+        renamed = {k: v for k, v in to_timm_names(released, backbone).items() if k not in head}
+        ignored = sorted(set(head) | set(fit_state_dict(net, renamed, f"{src} does not fit backbone {backbone}")))
         build_args = {"backbone": backbone, "normalization": dict(CAFFE_NORMALIZATION)}
         save_state_dict(net.state_dict(), dst, build_args, {"kind": "backbone", **meta, "ignored": ignored})
         return ImportReport("backbone", backbone, os.fspath(src), digest, len(released), ignored, build_args)
