@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # ./reproduce.sh demo [--quick]              the whole chain offline on the embedded benchmark
-# ./reproduce.sh BENCHMARK [--seeds N] [--data-root PATH] [--teacher PATH]
+# ./reproduce.sh BENCHMARK [--seeds N] [--data-root PATH] [--teacher PATH] [--ablations] [key=value ...]
 #     BENCHMARK: cityscapes | voc | camvid | ade20k | coco_stuff_164k
-# Installs what it needs into .venv/ on first use.
+# Installs what it needs into .venv/ on first use. All options: .venv/bin/afdcd-bench reproduce --help
 set -euo pipefail
 cd "$(dirname "$0")"
 if [ $# -lt 1 ] || [ "$1" = "-h" ] || [ "$1" = "--help" ]; then
-  sed -n '2,6p' "$0" | sed 's/^# \{0,1\}//'
+  sed -n '2,5p' "$0" | sed 's/^# \{0,1\}//'
   exit $([ $# -lt 1 ] && echo 2 || echo 0)
 fi
 scripts/bootstrap.sh
