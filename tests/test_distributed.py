@@ -1,4 +1,4 @@
-"""Multi-process training on CPU: the same result as one process (issue 6).
+"""Multi-process training on CPU: the same result as one process.
 
 Two-process runs go through tests/distributed_helpers.py (accelerate.debug_launcher, forked gloo
 processes, in a fresh interpreter) and one through the real `accelerate launch`. Dropout is

@@ -1,4 +1,4 @@
-"""Every published pair has its recipes, with the published settings of docs/method.md (issue 7)."""
+"""Every published pair has its recipes, with the published settings of docs/method.md."""
 import csv
 import json
 from pathlib import Path
@@ -124,3 +124,10 @@ def test_recipes_json_names_benchmark_pair_and_method(capsys):
         "cityscapes", "afdcd", "deeplabv3-resnet18_deepstem", "deeplabv3-resnet101_deepstem", 77.03)
     assert r["config"]["method"]["lambda_fd"] == 2e-6
     assert by_name["cityscapes/teacher"]["method"] == "teacher"
+
+
+def test_ablations_of_a_benchmark_without_any_are_refused():
+    from afdcd_bench.harness.reproduce import ReproduceError, plan
+
+    with pytest.raises(ReproduceError, match="voc has no ablation recipes"):
+        plan("voc", ablations=True)

@@ -1,4 +1,4 @@
-"""Import of released weights, local weight files and the size figures (issue 4)."""
+"""Import of released weights, local weight files and the size figures."""
 import json
 import pickle
 

@@ -33,6 +33,8 @@ def plan(benchmark: str, ablations: bool = False) -> list[str]:
     if not runnable:
         raise ReproduceError(f"no recipes for {benchmark!r} under {recipes_root() / benchmark}")
     configs = {n: load_recipe(n) for n in runnable}
+    if ablations and not any(c.ablation_of for c in configs.values()):
+        raise ReproduceError(f"{benchmark} has no ablation recipes (recipes with ablation_of)")
     runnable = [n for n in runnable if ablations or configs[n].ablation_of is None]
     order = {m: i for i, m in enumerate(STUDENT_METHODS)}
     teachers = [n for n in runnable if is_teacher_recipe(n)]
@@ -127,8 +129,6 @@ def reproduce(
         raise ReproduceError(f"--seeds must be at least 1, got {seeds}")
     check_data(benchmark, data_root)
     names = plan(benchmark, ablations)
-    if ablations and not any(load_recipe(n).ablation_of for n in names):
-        raise ReproduceError(f"{benchmark} has no ablation recipes (recipes with ablation_of)")
     if only:
         names = [n for n in names if is_teacher_recipe(n) or only in n]
         if len(names) <= 1:
