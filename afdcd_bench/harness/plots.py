@@ -20,7 +20,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from ..engine.records import read_records  # noqa: E402
-from .table import METHOD_ORDER, frame_of  # noqa: E402
+from .table import frame_of, method_rank  # noqa: E402
 
 CLASS_NAMES: dict[str, list[str]] = {
     "digits": ["background"] + [str(d) for d in range(10)],
@@ -39,7 +39,7 @@ def _colour_of(method: str, methods: list[str]) -> str:
 
 
 def _method_order(methods: Any) -> list[str]:
-    return sorted(methods, key=lambda m: (METHOD_ORDER.get(m, 9), m))
+    return sorted(methods, key=method_rank)
 
 
 def _slug(text: str) -> str:
@@ -155,7 +155,7 @@ def plot_results(results_dir: str | Path, out_dir: str | Path | None = None, qua
         if qualitative:
             from .qualitative import plot_qualitative
 
-            figures.append(plot_qualitative(bench, student, dict(sorted(by_method.items(), key=lambda kv: METHOD_ORDER.get(kv[0], 9))),
+            figures.append(plot_qualitative(bench, student, {m: by_method[m] for m in _method_order(by_method)},
                                             out, slug))
         paths += [p for p in figures if p is not None]
     return paths

@@ -50,6 +50,10 @@ def _points(value: Any) -> float | None:
     return None if value is None else 100 * value
 
 
+def _precision(mixed_precision: str | None) -> str | None:
+    return "fp32" if mixed_precision == "no" else mixed_precision
+
+
 def frame_of(records: list[dict[str, Any]], root: Path) -> pd.DataFrame:
     """best/final: the reported split's scores (test where a record has a test split, selected on
     val), best_on_test: the best test score over validations (a selection on test itself)."""
@@ -71,7 +75,7 @@ def frame_of(records: list[dict[str, Any]], root: Path) -> pd.DataFrame:
             "wall_s": rec.get("wall_seconds"),
             "published": rec.get("published_miou"),
             "selected_on": (cfg.get("published") or {}).get("selected_on", "val"),
-            "precision": {"no": "fp32"}.get((cfg.get("train") or {}).get("mixed_precision"), (cfg.get("train") or {}).get("mixed_precision")),
+            "precision": _precision((cfg.get("train") or {}).get("mixed_precision")),
             "split": rec.get("test_split") or (cfg.get("data") or {}).get("val_split"),
             "ablation_of": cfg.get("ablation_of"),
             "settings": sid,
@@ -88,8 +92,9 @@ COLUMNS = ["benchmark", "student", "method", "best_mean", "best_std", "final_mea
 KEY = ["benchmark", "student", "method", "settings"]
 
 
-def _order(method: str) -> int:
-    return METHOD_ORDER.get(method.split(" ")[0], 9)
+def method_rank(method: str) -> tuple[int, str]:
+    """Where a method label sorts: teacher, baseline, kd, afdcd, others; a variant beside its method."""
+    return METHOD_ORDER.get(method.split(" ")[0], 9), method
 
 
 def summary(frame: pd.DataFrame, expected: list[tuple[str, str, str, float | None, str | None]] | None = None) -> pd.DataFrame:
@@ -137,7 +142,7 @@ def summary(frame: pd.DataFrame, expected: list[tuple[str, str, str, float | Non
     out["delta_best"], out["delta_final"], out["vs_main"] = deltas_best, deltas_final, vs_main
     reference = [t if s == "test" else b for b, t, s in zip(out["best_mean"], out["best_on_test"], out["selected_on"])]
     out["diff_published"] = pd.Series(reference, index=out.index, dtype=float) - out["published"].astype(float)
-    out["order"] = out["method"].map(_order)
+    out["order"] = out["method"].map(lambda m: method_rank(m)[0])
     out["is_teacher"] = out["method"] != "teacher"
     out = out.sort_values(["benchmark", "is_teacher", "student", "order", "method", "settings"]).reset_index(drop=True)
     return out[COLUMNS]
