@@ -13,11 +13,11 @@ def test_demo_recipes_resolve_with_inheritance():
 
 
 def test_overrides_and_hash():
-    a = load_recipe("demo/kd")
-    b = load_recipe("demo/kd", ["train.lr=0.01", "method.afdcd.patch=[2, 2]"])
+    a = load_recipe("demo/afdcd")
+    b = load_recipe("demo/afdcd", ["train.lr=0.01", "method.afdcd.patch=[2, 2]"])
     assert b.train.lr == 0.01 and b.method.afdcd.patch == [2, 2]
     assert config_hash(a) != config_hash(b)
-    assert config_hash(a) == config_hash(load_recipe("demo/kd"))
+    assert config_hash(a) == config_hash(load_recipe("demo/afdcd"))
 
 
 @pytest.mark.parametrize(

@@ -185,7 +185,7 @@ def test_deepspeed_clips_the_projector_as_ddp_does(tmp_path, deepspeed_available
     ckpt = tmp_path / "demo/teacher/seed0/final.safetensors"
     # a clip far below the projector's gradient norm, so that clipping acts on every step, and
     # feature terms heavy enough that the projector's updates show in the student by step 3
-    common = TINY + [f"teacher.checkpoint={ckpt}", "teacher.backbone=resnet10t", "method.lambda_fd=0.01", "method.lambda_ctr=0.1"]
+    common = TINY + [f"teacher.checkpoint={ckpt}", "teacher.backbone=resnet10t", "method.afdcd.lambda_fd=0.01", "method.afdcd.lambda_ctr=0.1"]
     afdcd = common + ["method.clip_grad_norm=0.001"]
     _two_processes(afdcd + [f"output_dir={tmp_path / 'ddp'}"], recipe="demo/afdcd")
     _two_processes(afdcd + [f"output_dir={tmp_path / 'zero'}"], "--zero", "2", recipe="demo/afdcd")

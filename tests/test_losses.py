@@ -65,17 +65,18 @@ def test_enhanced_projector_and_options_by_name():
 
 def test_recipe_backend_reaches_the_loss_and_gives_the_same_terms():
     from afdcd_bench.config import load_recipe
-    from afdcd_bench.methods import build_method
+    from afdcd_bench.methods import BuildContext, build_method
 
     cfg = load_recipe("demo/afdcd", ["method.afdcd.backend=compiled"])
-    method = build_method(cfg.method, 32, 64)
-    assert method.feature_loss.backend == "compiled"
+    method = build_method(cfg.method, BuildContext({"logits": 11, "features": 32}, {"logits": 11, "features": 64}, 11))
+    loss = method.parts["afdcd"].feature_loss
+    assert loss.backend == "compiled"
     g = torch.Generator().manual_seed(2)
     s, t = torch.randn(2, 32, 8, 8, generator=g), torch.randn(2, 64, 8, 8, generator=g)
-    mask = method.feature_loss.make_mask(t)
-    compiled = method.feature_loss(s, t, mask)
-    method.feature_loss.backend = "eager"
-    eager = method.feature_loss(s, t, mask)
+    mask = loss.make_mask(t)
+    compiled = loss(s, t, mask)
+    loss.backend = "eager"
+    eager = loss(s, t, mask)
     assert torch.equal(compiled.fd, eager.fd)
     assert compiled.ctr.item() == pytest.approx(eager.ctr.item(), rel=1e-5)
 

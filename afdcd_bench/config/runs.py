@@ -87,13 +87,33 @@ def settings(config: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def upgrade_method_keys(config: dict[str, Any]) -> dict[str, Any]:
+    """A record of the single-method schema (method.lambda_kd, .temperature, .lambda_fd, .lambda_ctr)
+    in the per-method form: KD's under method.kd, Af-DCD's under method.afdcd."""
+    method = config.get("method")
+    old = ("lambda_kd", "temperature", "lambda_fd", "lambda_ctr")
+    if not isinstance(method, dict) or not any(k in method for k in old):
+        return config
+    config = copy.deepcopy(config)
+    method = config["method"]
+    moved = {k: method.pop(k) for k in old if k in method}
+    names = str(method.get("name", "")).split("+")
+    if "kd" in names:
+        method["kd"] = {"weight": moved.get("lambda_kd", 1.0), "temperature": moved.get("temperature", 1.0)}
+    if "afdcd" in names:
+        method["afdcd"] = {**(method.get("afdcd") or {}), **moved}
+    else:
+        method.pop("afdcd", None)
+    return config
+
+
 def record_settings(config: dict[str, Any]) -> dict[str, Any]:
     """settings() of a config read back from a record: keys added to the schema since the record
     was written take their defaults, so an older record of the same run still matches."""
     from .schema import ConfigError, RecipeConfig, from_dict, to_dict
 
     try:
-        config = to_dict(from_dict(RecipeConfig, config))
+        config = to_dict(from_dict(RecipeConfig, upgrade_method_keys(config)))
     except ConfigError:
         pass  # a key since removed: compared as written, and reported as a difference
     return settings(config)

@@ -40,29 +40,28 @@ class TeacherConfig(ModelConfig):
 
 
 @dataclass
-class AfDCDConfig:
-    mode: str = "omni"
-    groups: int = 16
-    patch: list[int] = field(default_factory=lambda: [4, 4])
-    pool: int = 4
-    tau: float = 0.07
-    distance: str = "l1"
-    mask: str = "random"
-    mask_ratio: float = 0.75
-    projector: str = "basic"
-    backend: str = "eager"  # contrastive term: eager (torch.cdist) or compiled (torch.compile, same numbers)
-
-
-@dataclass
 class MethodConfig:
+    """The loss of a run: the task loss plus the terms of each named method.
+
+    name joins registered methods with "+" ("cwd+kd+adv", "kd+fd"); each one's typed options sit
+    under its own name (method.cwd.tau) and are declared beside it in afdcd_bench/methods/.
+    """
+
     name: str = "baseline"
     aux_weight: float = 0.4
-    lambda_kd: float = 1.0
-    temperature: float = 1.0
-    lambda_fd: float = 2e-6
-    lambda_ctr: float = 0.005
-    clip_grad_norm: float = 15.0  # on the loss module's align/projector, as released
-    afdcd: AfDCDConfig = field(default_factory=AfDCDConfig)
+    clip_grad_norm: float = 15.0  # on the methods' align/projector parameters (Af-DCD, as released)
+    options: dict[str, Any] = field(default_factory=dict)  # method -> its options dataclass
+
+    @property
+    def components(self) -> list[str]:
+        return self.name.split("+")
+
+    def __getattr__(self, name: str) -> Any:
+        """cfg.method.afdcd: the options of a method of this run."""
+        options = self.__dict__.get("options") or {}
+        if name in options:
+            return options[name]
+        raise AttributeError(f"method {self.__dict__.get('name')!r} has no option section or setting {name!r}")
 
 
 @dataclass
@@ -179,7 +178,49 @@ def _coerce(value: Any, tp: Any, path: str) -> Any:
     return value
 
 
+# Keys of the single-method schema, now options of a method; named in the error.
+MOVED_METHOD_KEYS = {"lambda_kd": "method.kd.weight or method.afdcd.lambda_kd",
+                     "temperature": "method.kd.temperature or method.afdcd.temperature",
+                     "lambda_fd": "method.afdcd.lambda_fd or method.fd.weight", "lambda_ctr": "method.afdcd.lambda_ctr"}
+
+
+def _method_from_dict(data: dict[str, Any], path: str) -> MethodConfig:
+    """Common keys typed as usual; every other key must be a registered method's options. Sections
+    of methods the run does not use are checked too, then left out (a base file may hold them)."""
+    from ..methods import option_types  # declared beside each method; found by name
+
+    types = option_types()
+    common = {f.name for f in dataclasses.fields(MethodConfig)} - {"options"}
+    moved = sorted(set(data) & set(MOVED_METHOD_KEYS))
+    if moved:
+        raise ConfigError("; ".join(f"{path}.{k} is now {MOVED_METHOD_KEYS[k]}" for k in moved))
+    unknown = sorted(set(data) - common - set(types))
+    if unknown:
+        raise ConfigError(f"unknown recipe key(s): {', '.join(f'{path}.{k}' for k in unknown)} "
+                          f"(allowed: {sorted(common)} and the options of a method: {sorted(types)})")
+    cfg = _plain_from_dict(MethodConfig, {k: v for k, v in data.items() if k in common}, path)
+    names = cfg.components
+    bad = [n for n in names if n not in types]
+    if bad or len(set(names)) != len(names):
+        raise ConfigError(f"{path}.name: {cfg.name!r} must join distinct registered methods with '+' "
+                          f"({', '.join(bad) or 'a method repeats'}); registered: {sorted(types)}")
+    options = {}
+    for key in sorted(set(data) & set(types)):
+        section = data[key]
+        if section is not None and not isinstance(section, dict) and not dataclasses.is_dataclass(section):
+            raise ConfigError(f"{path}.{key}: expected a mapping of options, got {section!r}")
+        options[key] = _coerce(section or {}, types[key], f"{path}.{key}")
+    cfg.options = {n: options.get(n) or types[n]() for n in names}
+    return cfg
+
+
 def from_dict(cls: type, data: dict[str, Any], path: str = "") -> Any:
+    if cls is MethodConfig:
+        return _method_from_dict(data, path or "method")
+    return _plain_from_dict(cls, data, path)
+
+
+def _plain_from_dict(cls: type, data: dict[str, Any], path: str) -> Any:
     hints = get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - names)
@@ -191,4 +232,11 @@ def from_dict(cls: type, data: dict[str, Any], path: str = "") -> Any:
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:
-    return dataclasses.asdict(cfg)
+    """Plain data, with each method's options under the method's name as a recipe writes them."""
+    out = dataclasses.asdict(cfg)
+    method = out.get("method") if isinstance(cfg, RecipeConfig) else out if isinstance(cfg, MethodConfig) else None
+    if isinstance(method, dict) and "options" in method:
+        options = method.pop("options")
+        kept = getattr(cfg, "method", cfg).options  # sections of methods without options are left out
+        method.update({k: v for k, v in options.items() if dataclasses.fields(kept[k])})
+    return out

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -17,7 +18,8 @@ from torch.utils.data import DataLoader
 from ..config import RecipeConfig, config_hash, project_root, run_dir as run_folder, settings, to_dict
 from ..config.runs import recorded_path
 from ..data import build_dataset, resolve_root
-from ..methods import METHODS, build_method
+from ..losses import IGNORE_INDEX
+from ..methods import BuildContext, OwnPartsState, build_method, needs_teacher
 from ..models import Segmentor, build_segmentor, load_segmentor, save_segmentor
 from .checkpointing import latest_state, load_training_state, save_training_state
 from .evaluate import evaluate
@@ -25,7 +27,7 @@ from .full_weights import FullWeights
 from .progress import Heartbeat, make_progress
 from .run_folder import RunFolderError, RunLock, check_resumable, check_writable, read_progress_settings, set_aside
 from .records import device_kind, git_commit, package_versions, peak_memory_mb, record_path, write_record
-from .stepping import backward_and_step, check_deepspeed_clip, disable_global_clip
+from .stepping import backward_and_step, check_deepspeed_clip, disable_global_clip, uses_deepspeed
 
 
 class TrainingDiverged(RuntimeError):
@@ -38,6 +40,15 @@ class LaunchMismatch(RuntimeError):
 
 class TrainingInterrupted(KeyboardInterrupt):
     """Ctrl-C during training; the message says from which step the same command resumes."""
+
+
+@dataclass
+class TrainHooks:
+    """Points where a caller (tests, a sweep) may step into the loop without patching it."""
+
+    adapt_student: Callable[[nn.Module], nn.Module] | None = None  # right after the student is built
+    after_checkpoint: Callable[[int], None] | None = None  # after each saved training state (the step)
+    before_update: Callable[[int], None] | None = None  # before each backward and optimiser step (micro-batch count)
 
 
 class DistillStep(nn.Module):
@@ -189,6 +200,7 @@ def train(
     convert_sync_bn: Callable[[nn.Module], nn.Module] | None = None,
     resume: bool = True,
     show_progress: bool = True,
+    hooks: TrainHooks | None = None,
 ) -> dict[str, Any]:
     """Train one recipe; returns (and writes to results_dir) its run record."""
     tc = cfg.train
@@ -213,7 +225,7 @@ def train(
                                              resume, current)
     try:
         return _train(cfg, accelerator, run_dir, state, aside, current, trackers, per_device, accum, results_dir,
-                      convert_sync_bn, show_progress)
+                      convert_sync_bn, show_progress, hooks or TrainHooks())
     finally:
         if lock is not None:
             lock.release()
@@ -222,7 +234,7 @@ def train(
 def _train(cfg: RecipeConfig, accelerator: Accelerator, run_dir: Path, state: Path | None, aside: Path | None,
            current: dict[str, Any], trackers: list[str], per_device: int, accum: int,
            results_dir: str | os.PathLike | None, convert_sync_bn: Callable[[nn.Module], nn.Module] | None,
-           show_progress: bool) -> dict[str, Any]:
+           show_progress: bool, hooks: TrainHooks) -> dict[str, Any]:
     tc = cfg.train
     set_seed(tc.seed)
     if trackers:
@@ -230,10 +242,10 @@ def _train(cfg: RecipeConfig, accelerator: Accelerator, run_dir: Path, state: Pa
     num_classes = cfg.num_classes
 
     student = build_student(cfg, num_classes)
+    if hooks.adapt_student is not None:
+        student = hooks.adapt_student(student)
     teacher = None
-    if cfg.method.name not in METHODS:
-        raise ValueError(f"unknown method {cfg.method.name!r}; registered: {sorted(METHODS)}")
-    if METHODS[cfg.method.name].needs_teacher:
+    if needs_teacher(cfg.method.name):
         teacher = load_teacher(cfg)
         if teacher.num_classes != num_classes:
             raise ValueError(f"teacher predicts {teacher.num_classes} classes, the recipe {num_classes}")
@@ -243,12 +255,25 @@ def _train(cfg: RecipeConfig, accelerator: Accelerator, run_dir: Path, state: Pa
                 f"({teacher.build_args['normalization']} vs {student.build_args['normalization']}); "
                 "use weights with one convention for both"
             )
-    method = build_method(cfg.method, student.feature_channels, teacher.feature_channels if teacher else None)
-    if accelerator.num_processes > 1:
-        if convert_sync_bn is not None:
-            student = convert_sync_bn(student)
-        elif accelerator.device.type == "cuda":
-            student = nn.SyncBatchNorm.convert_sync_batchnorm(student)
+    method = build_method(cfg.method, BuildContext(
+        student=student.output_channels, teacher=teacher.output_channels if teacher is not None else None,
+        num_classes=num_classes, ignore_index=IGNORE_INDEX, crop_size=tuple(cfg.data.crop_size),
+        num_processes=accelerator.num_processes, gather=accelerator.gather,
+        reduce_mean=lambda t: accelerator.reduce(t, reduction="mean")))
+    sync_bn = convert_sync_bn or (nn.SyncBatchNorm.convert_sync_batchnorm if accelerator.device.type == "cuda" else None)
+    if accelerator.num_processes > 1 and sync_bn is not None:
+        student = sync_bn(student)
+    own_parts = method.own_parts()
+    if own_parts and uses_deepspeed(accelerator):
+        raise ValueError(f"method {cfg.method.name!r} trains {', '.join(own_parts)} with its own optimizer, which this "
+                         "harness does not run under DeepSpeed: launch it without a DeepSpeed config (plain DDP)")
+    for part in own_parts.values():  # outside the student's wrapper: its own device move, SyncBN and optimizer
+        if accelerator.num_processes > 1 and sync_bn is not None:
+            part.module = sync_bn(part.module)
+        part.module.to(accelerator.device)
+        part.optimizer = part.make_optimizer([p for p in part.module.parameters() if p.requires_grad])
+    if own_parts:
+        accelerator.register_for_checkpointing(OwnPartsState(own_parts))
     step_module = DistillStep(student, method)
 
     norm = student.build_args["normalization"]
@@ -322,6 +347,8 @@ def _train(cfg: RecipeConfig, accelerator: Accelerator, run_dir: Path, state: Pa
                     lr = poly_lr(tc.lr, step, tc.iterations, tc.poly_power)
                     for group in optimizer.param_groups:
                         group["lr"] = lr
+                    if hooks.before_update is not None:
+                        hooks.before_update(micro)
                     with accelerator.accumulate(step_module):
                         teacher_out = None
                         if teacher is not None:
@@ -342,12 +369,14 @@ def _train(cfg: RecipeConfig, accelerator: Accelerator, run_dir: Path, state: Pa
                     last = {k: float(v.detach()) for k, v in terms.items()}
                     if not accelerator.sync_gradients:
                         continue
+                    own_terms = method.after_step()  # parts with their own optimizer (a discriminator)
                     step += 1
                     progress.update(task, advance=1, info=f"loss {sum(last.values()):.3f} lr {lr:.2e}")
                     heartbeat.step(step, f"loss {sum(last.values()):.3f}")
                     if step % tc.log_interval == 0 or step == tc.iterations:
-                        accelerator.log({**{f"train/{k}": v for k, v in last.items()}, "train/lr": lr}, step=step)
-                        log(f"step {step}/{tc.iterations} " + " ".join(f"{k} {v:.4f}" for k, v in last.items()))
+                        shown = {**last, **own_terms}
+                        accelerator.log({**{f"train/{k}": v for k, v in shown.items()}, "train/lr": lr}, step=step)
+                        log(f"step {step}/{tc.iterations} " + " ".join(f"{k} {v:.4f}" for k, v in shown.items()))
                     if step % tc.val_interval == 0 or step == tc.iterations:
                         current = full_student.current()
                         scores = evaluate(current, val_loader, num_classes, accelerator, cfg.eval, progress if show else None)
@@ -376,6 +405,8 @@ def _train(cfg: RecipeConfig, accelerator: Accelerator, run_dir: Path, state: Pa
                         progress_state["wall_seconds"] = wall_before + (time.perf_counter() - t_start)
                         save_training_state(accelerator, run_dir, progress_state)
                         saved_step = step
+                        if hooks.after_checkpoint is not None:
+                            hooks.after_checkpoint(step)
                     if step >= tc.iterations:
                         break
         except KeyboardInterrupt:
@@ -394,6 +425,9 @@ def _train(cfg: RecipeConfig, accelerator: Accelerator, run_dir: Path, state: Pa
         "recipe": cfg.name,
         "benchmark": cfg.benchmark,
         "method": cfg.method.name,
+        "method_terms": method.weights(),  # every loss term the run trained with, and its weight
+        "method_parameters": sum(p.numel() for p in method.parameters()),  # trained with the student
+        "own_parts": {k: sum(p.numel() for p in part.module.parameters()) for k, part in own_parts.items()},
         "student": f"{cfg.student.arch}-{cfg.student.backbone}",
         "teacher": f"{teacher.build_args['arch']}-{teacher.build_args['backbone']}" if teacher is not None else None,
         "teacher_checkpoint": recorded_path(cfg.teacher.checkpoint, project_root()) if teacher is not None else None,

@@ -1,16 +1,27 @@
 """Pure, reusable losses: nothing here knows about models, data or the training loop."""
 from .afdcd import AfDCDLoss, AfDCDTerms, center_mask, random_mask
 from .contrastive import contrastive_loss
+from .cwd import cwd_loss
+from .dist import dist_loss
+from .ifvd import ifvd_loss
 from .kd import kd_loss
+from .skd import Discriminator, discriminator_hinge, generator_hinge, pairwise_loss
 from .task import IGNORE_INDEX, segmentation_ce, task_loss, upsample_to
 
 __all__ = [
     "AfDCDLoss",
     "AfDCDTerms",
+    "Discriminator",
     "IGNORE_INDEX",
     "center_mask",
     "contrastive_loss",
+    "cwd_loss",
+    "discriminator_hinge",
+    "dist_loss",
+    "generator_hinge",
+    "ifvd_loss",
     "kd_loss",
+    "pairwise_loss",
     "random_mask",
     "segmentation_ce",
     "task_loss",

@@ -125,7 +125,9 @@ class AfDCDLoss(nn.Module):
             return center_mask(b, h, w, feat.device)
         return random_mask(b, h, w, self.mask_ratio, feat.device)
 
-    def forward(self, student_feat: torch.Tensor, teacher_feat: torch.Tensor, mask: torch.Tensor | None = None) -> AfDCDTerms:
+    def mimic(self, student_feat: torch.Tensor, teacher_feat: torch.Tensor,
+              mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(L_fd, the projected masked student map): the masked-mimicking term alone."""
         teacher_feat = teacher_feat.detach()
         aligned = self.align(student_feat)
         if aligned.shape != teacher_feat.shape:
@@ -137,9 +139,12 @@ class AfDCDLoss(nn.Module):
         elif mask.shape != (aligned.shape[0], 1, *aligned.shape[2:]):
             raise ValueError(f"mask must be (B, 1, H, W) = {(aligned.shape[0], 1, *aligned.shape[2:])}, got {tuple(mask.shape)}")
         projected = self.projector(aligned * mask.to(aligned.dtype))
-        batch = teacher_feat.shape[0]
-        fd = (projected - teacher_feat).pow(2).sum() / batch
+        fd = (projected - teacher_feat).pow(2).sum() / teacher_feat.shape[0]
+        return fd, projected
 
+    def forward(self, student_feat: torch.Tensor, teacher_feat: torch.Tensor, mask: torch.Tensor | None = None) -> AfDCDTerms:
+        teacher_feat = teacher_feat.detach()
+        fd, projected = self.mimic(student_feat, teacher_feat, mask)
         p, t = projected, teacher_feat
         if self.pool:
             p, t = F.max_pool2d(p, self.pool), F.max_pool2d(t, self.pool)

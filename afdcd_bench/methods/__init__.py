@@ -1,93 +1,120 @@
-"""Distillation methods: each pairs losses with the network outputs they need.
+"""Distillation methods: every module of this package is one method, found by name.
 
-The training loop knows only this interface: a Method is an nn.Module (its own trainable
-parts, such as the Af-DCD projector, are its parameters) whose forward returns the weighted
-loss terms of one step. New methods register with @register("name").
+The training loop knows only `Method`: the task loss plus the terms of the recipe's methods
+("cwd+kd+adv" sums three), their trained parameters, and the parts with their own optimizer.
 """
 from __future__ import annotations
 
-from typing import Callable
+import importlib
+import pkgutil
+from typing import Any
 
 import torch
 import torch.nn as nn
 
-from ..config.schema import MethodConfig
-from ..losses import AfDCDLoss, kd_loss, task_loss
+from ..losses import task_loss
 from ..models import SegmentorOutput
+from .base import METHODS, BuildContext, Component, OwnPart, check_reads, register
 
-METHODS: dict[str, type["Method"]] = {}
+_SKIP = {"base"}
 
 
-def register(name: str) -> Callable[[type["Method"]], type["Method"]]:
-    def deco(cls: type["Method"]) -> type["Method"]:
-        METHODS[name] = cls
-        cls.name = name
-        return cls
+def _discover() -> None:
+    for info in pkgutil.iter_modules(__path__):
+        if info.name not in _SKIP and not info.name.startswith("_"):
+            importlib.import_module(f"{__name__}.{info.name}")
 
-    return deco
+
+_discover()
+
+
+def option_types() -> dict[str, type]:
+    """Each registered method's options dataclass, by name (the schema types recipes with them)."""
+    return {name: cls.Options for name, cls in METHODS.items()}
+
+
+def needs_teacher(name: str) -> bool:
+    return any(METHODS[n].needs_teacher for n in name.split("+"))
 
 
 class Method(nn.Module):
-    name = "method"
-    needs_teacher = True
+    """Task loss + the terms of each component; its modules are trained with the student."""
 
-    def __init__(self, cfg: MethodConfig, student_channels: int, teacher_channels: int | None):
+    def __init__(self, cfg: Any, ctx: BuildContext):
         super().__init__()
-        self.cfg = cfg
+        self.aux_weight = cfg.aux_weight
+        self.ignore_index = ctx.ignore_index
+        parts = {}
+        seen: dict[str, str] = {}
+        for name in cfg.components:
+            cls = METHODS[name]
+            check_reads(cls, ctx)
+            for term in cls.terms:
+                if term in seen or term == "task":
+                    raise ValueError(f"method.name {cfg.name!r}: {name} and {seen.get(term, 'the task loss')} both "
+                                     f"compute the {term!r} term; keep one of them")
+                seen[term] = name
+            options = cfg.options.get(name) or cls.Options()
+            parts[name] = cls(options, ctx)
+        self.parts = nn.ModuleDict(parts)
+
+    @property
+    def components(self) -> list[Component]:
+        return list(self.parts.values())
+
+    def weights(self) -> dict[str, float]:
+        out = {"task": 1.0, "task_aux": self.aux_weight}
+        for c in self.components:
+            out.update(c.weights())
+        return out
 
     def clip_parameters(self) -> list[nn.Parameter]:
-        """Parameters whose gradient norm is clipped at cfg.clip_grad_norm."""
-        return []
+        return [p for c in self.components for p in c.clip_parameters()]
+
+    def own_parts(self) -> dict[str, OwnPart]:
+        return {f"{c.name}.{k}": part for c in self.components for k, part in c.own_parts().items()}
+
+    def after_step(self) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for c in self.components:
+            out.update(c.after_step())
+        return out
 
     def forward(self, student: SegmentorOutput, teacher: SegmentorOutput | None, labels: torch.Tensor) -> dict[str, torch.Tensor]:
-        return {"task": task_loss(student.logits, labels, student.aux_logits, self.cfg.aux_weight)}
-
-
-@register("baseline")
-class Baseline(Method):
-    """Individually trained student: task loss only, no teacher."""
-
-    needs_teacher = False
-
-
-@register("kd")
-class LogitKD(Method):
-    def forward(self, student, teacher, labels):
-        terms = super().forward(student, teacher, labels)
-        terms["kd"] = self.cfg.lambda_kd * kd_loss(student.logits, teacher.logits, self.cfg.temperature)
+        terms = {"task": task_loss(student.logits, labels, student.aux_logits, self.aux_weight, self.ignore_index)}
+        for c in self.components:
+            terms.update(c(student, teacher, labels))
         return terms
 
 
-@register("afdcd")
-class AfDCD(Method):
-    """Task + logit KD + lambda_fd * masked mimicking + lambda_ctr * dense contrast."""
+class OwnPartsState:
+    """The own parts' weights and optimiser states, for Accelerate's checkpoint (register_for_checkpointing)."""
 
-    def __init__(self, cfg: MethodConfig, student_channels: int, teacher_channels: int | None):
-        super().__init__(cfg, student_channels, teacher_channels)
-        a = cfg.afdcd
-        self.feature_loss = AfDCDLoss(
-            student_channels, teacher_channels, mode=a.mode, groups=a.groups, patch=tuple(a.patch), pool=a.pool,
-            tau=a.tau, distance=a.distance, mask=a.mask, mask_ratio=a.mask_ratio, projector=a.projector,
-            backend=a.backend,
-        )
+    def __init__(self, parts: dict[str, OwnPart]):
+        self.parts = parts
 
-    def clip_parameters(self):
-        return list(self.feature_loss.parameters())
+    def state_dict(self) -> dict[str, Any]:
+        return {k: {"module": p.module.state_dict(), "optimizer": p.optimizer.state_dict() if p.optimizer else None}
+                for k, p in self.parts.items()}
 
-    def forward(self, student, teacher, labels):
-        terms = super().forward(student, teacher, labels)
-        if self.cfg.lambda_kd:
-            terms["kd"] = self.cfg.lambda_kd * kd_loss(student.logits, teacher.logits, self.cfg.temperature)
-        fd, ctr = self.feature_loss(student.features.float(), teacher.features.float())
-        terms["fd"] = self.cfg.lambda_fd * fd
-        terms["ctr"] = self.cfg.lambda_ctr * ctr
-        return terms
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if set(state) != set(self.parts):
+            raise ValueError(f"checkpoint holds own parts {sorted(state)}, this method {sorted(self.parts)}")
+        for k, p in self.parts.items():
+            p.module.load_state_dict(state[k]["module"])
+            if p.optimizer is not None and state[k]["optimizer"] is not None:
+                p.optimizer.load_state_dict(state[k]["optimizer"])
 
 
-def build_method(cfg: MethodConfig, student_channels: int, teacher_channels: int | None) -> Method:
-    if cfg.name not in METHODS:
-        raise ValueError(f"unknown method {cfg.name!r}; registered: {sorted(METHODS)}")
-    cls = METHODS[cfg.name]
-    if cls.needs_teacher and teacher_channels is None:
+def build_method(cfg: Any, ctx: BuildContext) -> Method:
+    """cfg: the recipe's MethodConfig."""
+    unknown = [n for n in cfg.components if n not in METHODS]
+    if unknown:
+        raise ValueError(f"unknown method {', '.join(unknown)!s} in method.name {cfg.name!r}; registered: {sorted(METHODS)}")
+    if needs_teacher(cfg.name) and ctx.teacher is None:
         raise ValueError(f"method {cfg.name!r} needs a teacher: set teacher.checkpoint (or teacher.recipe)")
-    return cls(cfg, student_channels, teacher_channels)
+    return Method(cfg, ctx)
+
+
+__all__ = ["METHODS", "BuildContext", "Component", "Method", "OwnPart", "OwnPartsState", "build_method", "needs_teacher",
+           "option_types", "register"]

@@ -62,8 +62,10 @@ class DeepLabV3Head(nn.Module):
         self.aspp = ASPP(cin, width)
         self.block = nn.Sequential(*conv_bn_relu(width, width, 3), nn.Dropout(0.1), nn.Conv2d(width, num_classes, 1))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.block(self.aspp(x))
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logits, the feature before the 1x1 classifier, after its dropout as released)."""
+        feature = self.block[:-1](self.aspp(x))
+        return self.block[-1](feature), feature
 
 
 class PyramidPooling(nn.Module):
@@ -88,8 +90,10 @@ class PSPHead(nn.Module):
         self.block = nn.Sequential(*conv_bn_relu(2 * cin, width, 3), nn.Dropout(0.1))
         self.classifier = nn.Conv2d(width, num_classes, 1)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.block(self.psp(x)))
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logits, the feature before the 1x1 classifier, after its dropout as released)."""
+        feature = self.block(self.psp(x))
+        return self.classifier(feature), feature
 
 
 class FCNHead(nn.Module):

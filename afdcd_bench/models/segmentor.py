@@ -11,9 +11,16 @@ from .heads import HEADS, FCNHead, default_head_width
 
 
 class SegmentorOutput(NamedTuple):
+    """The outputs a method may read (methods/base.py names them in `reads`)."""
+
     logits: torch.Tensor  # (B, K, H/8, W/8)
     aux_logits: torch.Tensor | None  # (B, K, H/8, W/8) or None
-    features: torch.Tensor  # last backbone stage, the distilled map
+    features: torch.Tensor  # C4, the last backbone stage: the map Af-DCD distills
+    c3: torch.Tensor | None = None  # the stage before (the aux head's input)
+    head: torch.Tensor | None = None  # the head's feature before its 1x1 classifier (SKD, IFVD, CWD)
+
+
+OUTPUTS = ("logits", "aux_logits", "features", "c3", "head")
 
 
 class Segmentor(nn.Module):
@@ -40,6 +47,10 @@ class Segmentor(nn.Module):
         self.head = HEADS[arch](c4, num_classes, width)
         self.auxlayer = FCNHead(c3, num_classes) if aux else None
         self.feature_channels = c4
+        self.output_channels: dict[str, int | None] = {
+            "logits": int(num_classes), "aux_logits": int(num_classes) if aux else None, "features": c4, "c3": c3,
+            "head": int(width),
+        }
         self.num_classes = int(num_classes)
         # Everything needed to rebuild the net (weights come from the checkpoint, not the hub).
         self.build_args: dict[str, Any] = {
@@ -54,7 +65,8 @@ class Segmentor(nn.Module):
     def forward(self, x: torch.Tensor) -> SegmentorOutput:
         c3, c4 = self.backbone(x)
         aux = self.auxlayer(c3) if self.auxlayer is not None else None
-        return SegmentorOutput(self.head(c4), aux, c4)
+        logits, head = self.head(c4)
+        return SegmentorOutput(logits, aux, c4, c3, head)
 
 
 def build_segmentor(

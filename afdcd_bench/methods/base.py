@@ -1,0 +1,134 @@
+"""The contract between a distillation method and the one training loop.
+
+A method is one file in this package: a `Component` subclass registered by name. It declares
+its typed options (a dataclass: recipe keys under `method.<name>`), the network outputs it reads,
+the loss terms it returns (already weighted), the parameters it trains with the student, and any
+parts trained by their own optimizer (`own_parts`, stepped by `after_step`). Recipes compose
+methods with "+": the loop sums the task loss and every method's terms (docs/methods.md).
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable, ClassVar
+
+import torch
+import torch.nn as nn
+
+from ..config.checks import positive
+from ..losses import IGNORE_INDEX
+from ..models.segmentor import OUTPUTS, SegmentorOutput
+
+if TYPE_CHECKING:
+    from ..config.schema import RecipeConfig
+
+METHODS: dict[str, type["Component"]] = {}
+
+
+def register(name: str) -> Callable[[type["Component"]], type["Component"]]:
+    def deco(cls: type["Component"]) -> type["Component"]:
+        if name in METHODS:
+            raise ValueError(f"method {name!r} is registered twice ({METHODS[name].__module__}, {cls.__module__})")
+        if "+" in name:
+            raise ValueError(f"method name {name!r} may not contain '+' (it joins methods in recipes)")
+        cls.name = name
+        METHODS[name] = cls
+        return cls
+
+    return deco
+
+
+def _same(x: torch.Tensor) -> torch.Tensor:
+    return x
+
+
+@dataclass
+class BuildContext:
+    """What a method may need to build itself."""
+
+    student: dict[str, int | None]  # channels of each output (models/segmentor.py OUTPUTS); None: absent
+    teacher: dict[str, int | None] | None
+    num_classes: int
+    ignore_index: int = IGNORE_INDEX
+    crop_size: tuple[int, int] = (512, 1024)
+    num_processes: int = 1
+    gather: Callable[[torch.Tensor], torch.Tensor] = _same  # concatenation over processes along dim 0
+    reduce_mean: Callable[[torch.Tensor], torch.Tensor] = _same  # mean over processes
+
+
+@dataclass
+class NoOptions:
+    pass
+
+
+@dataclass
+class OwnPart:
+    """A part trained by its own optimizer, apart from the student's (a discriminator). It is not a
+    submodule of its method, so the student's optimizer, DDP and DeepSpeed never see it."""
+
+    module: nn.Module
+    make_optimizer: Callable[[list[nn.Parameter]], torch.optim.Optimizer]
+    optimizer: torch.optim.Optimizer | None = None
+
+
+def check_option_ranges(options: Any, path: str) -> None:
+    """Shared rules: weights (`*weight*`, `lambda_*`) >= 0; temperatures, taus and lrs > 0."""
+    for f in dataclasses.fields(options):
+        value = getattr(options, f.name)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue
+        if "weight" in f.name or f.name.startswith("lambda"):
+            positive(value, f"{path}.{f.name}", strict=False)
+        elif f.name in ("temperature", "tau", "lr") or f.name.endswith("_temperature"):
+            positive(value, f"{path}.{f.name}")
+
+
+class Component(nn.Module):
+    """One method's loss terms. Subclasses set the class attributes and implement forward."""
+
+    name: ClassVar[str] = ""
+    Options: ClassVar[type] = NoOptions
+    reads: ClassVar[tuple[str, ...]] = ()  # outputs read from student and teacher (OUTPUTS)
+    terms: ClassVar[tuple[str, ...]] = ()  # names of the terms forward returns
+    needs_teacher: ClassVar[bool] = True
+
+    def __init__(self, options: Any, ctx: BuildContext):
+        super().__init__()
+        self.options = options
+        self.ctx = ctx
+        self._own: dict[str, OwnPart] = {}  # a plain dict: own parts stay outside the student's modules
+
+    @classmethod
+    def check_recipe(cls, options: Any, cfg: "RecipeConfig", path: str) -> None:
+        """Refuse bad options at recipe load, naming the dotted key (ConfigError)."""
+        check_option_ranges(options, path)
+
+    def weights(self) -> dict[str, float]:
+        """The weight of each term, for the run record."""
+        return {}
+
+    def clip_parameters(self) -> list[nn.Parameter]:
+        """Parameters whose gradient norm is clipped at method.clip_grad_norm."""
+        return []
+
+    def own_parts(self) -> dict[str, OwnPart]:
+        return self._own
+
+    def after_step(self) -> dict[str, float]:
+        """After each student optimiser step: train the own parts; returns terms to log."""
+        return {}
+
+    def forward(self, student: SegmentorOutput, teacher: SegmentorOutput | None,
+                labels: torch.Tensor) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+
+def check_reads(cls: type[Component], ctx: BuildContext) -> None:
+    for side, channels in (("student", ctx.student), ("teacher", ctx.teacher)):
+        if side == "teacher" and not cls.needs_teacher:
+            continue
+        for out in cls.reads:
+            if out not in OUTPUTS:
+                raise ValueError(f"method {cls.name!r} reads {out!r}, not an output of the networks ({OUTPUTS})")
+            if channels is not None and channels.get(out) is None:
+                raise ValueError(f"method {cls.name!r} reads the {side}'s {out}, which this {side} network does not have")
