@@ -54,29 +54,33 @@ def strip(module: nn.Module, kinds: tuple[type, ...]) -> nn.Module:
 
 
 def _worker(recipe: str, overrides: list[str], results_dir: str | None, sync_bn: bool, env: dict[str, str],
-            stop_after_saves: int = 0, per_device_batch: int | None = None) -> None:
+            stop_after_saves: int = 0, per_device_batch: int | None = None, strip_kinds: tuple = (), many: str = "") -> None:
+    import json
     import os
 
-    import afdcd_bench.engine.trainer as trainer
+    from accelerate.state import AcceleratorState
+
     from afdcd_bench.config import load_recipe
-    from afdcd_bench.engine import train
+    from afdcd_bench.engine import TrainHooks, train
 
-    if stop_after_saves:  # a killed run: every rank dies right after its N-th checkpoint
-        orig, saves = trainer.save_training_state, []
+    saves = []
 
-        def save_then_die(*args, **kwargs):
-            orig(*args, **kwargs)
-            saves.append(1)
-            if len(saves) == stop_after_saves:
-                os._exit(3)
+    def die_after_saves(step: int) -> None:  # a killed run: every rank dies right after its N-th checkpoint
+        saves.append(step)
+        if len(saves) == stop_after_saves:
+            os._exit(3)
 
-        trainer.save_training_state = save_then_die
+    hooks = TrainHooks(adapt_student=(lambda m: strip(m, strip_kinds)) if strip_kinds else None,
+                       after_checkpoint=die_after_saves if stop_after_saves else None)
     os.environ.update(env)
     if "ACCELERATE_USE_DEEPSPEED" in env:
         os.environ.pop("ACCELERATE_USE_CPU", None)  # set by debug_launcher; it would turn DeepSpeed off
         os.environ.setdefault("LOCAL_RANK", os.environ.get("RANK", "0"))  # DeepSpeed asserts on it
-    train(load_recipe(recipe, overrides), results_dir=results_dir, show_progress=False,
-          convert_sync_bn=convert_gloo_sync_bn if sync_bn else None, per_device_batch=per_device_batch)
+    runs = json.loads(many) if many else [[recipe, overrides]]
+    for name, extra in runs:  # several runs, one after another, in the same two processes
+        train(load_recipe(name, extra), results_dir=results_dir, show_progress=False,
+              convert_sync_bn=convert_gloo_sync_bn if sync_bn else None, per_device_batch=per_device_batch, hooks=hooks)
+        AcceleratorState._reset_state(reset_partial_state=True)
 
 
 def _buffers_worker() -> None:
@@ -104,8 +108,6 @@ def main() -> None:
 
     from accelerate import debug_launcher
 
-    import afdcd_bench.engine.trainer as trainer
-
     p = argparse.ArgumentParser()
     p.add_argument("recipe")
     p.add_argument("overrides", nargs="*")
@@ -116,17 +118,16 @@ def main() -> None:
     p.add_argument("--per-device-batch", type=int, default=None)
     p.add_argument("--stop-after-saves", type=int, default=0, help="exit every rank after its N-th checkpoint")
     p.add_argument("--check-buffers", action="store_true", help="only check broadcast_buffers on 2 processes")
+    p.add_argument("--many", default="", help="JSON list of [recipe, overrides] trained one after another")
     a = p.parse_args()
     if a.check_buffers:
         debug_launcher(_buffers_worker, num_processes=2)
         return
     kinds = (nn.Dropout, nn.Dropout2d) + ((nn.BatchNorm2d,) if a.strip == "dropout+bn" else ())
-    build = trainer.build_student
-    trainer.build_student = lambda cfg, k: strip(build(cfg, k), kinds)
     # No ACCELERATE_GRADIENT_CLIPPING: the trainer itself must turn DeepSpeed's default global clip off.
     env = {"ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_ZERO_STAGE": str(a.zero)} if a.zero else {}
     debug_launcher(functools.partial(_worker, a.recipe, a.overrides, a.results_dir, a.sync_bn, env, a.stop_after_saves,
-                                     a.per_device_batch), num_processes=2)
+                                     a.per_device_batch, kinds, a.many), num_processes=2)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 
 import afdcd_bench.engine.trainer as trainer
 from afdcd_bench.config import load_recipe
-from afdcd_bench.engine import train
+from afdcd_bench.engine import TrainHooks, train
 from distributed_helpers import strip
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -32,12 +32,7 @@ def _reset():
 
 
 def _without(kinds):
-    orig = trainer.build_student
-
-    def build(cfg, num_classes):
-        return strip(orig(cfg, num_classes), kinds)
-
-    return build
+    return TrainHooks(adapt_student=lambda student: strip(student, kinds))
 
 
 def _run(cfg, **kw):
@@ -70,16 +65,15 @@ def _two_processes(overrides, *flags, results_dir=None, recipe="demo/baseline"):
     assert res.returncode == 0, res.stderr[-3000:]
 
 
-def test_two_processes_equal_one_with_the_same_global_batch(tmp_path, monkeypatch):
-    monkeypatch.setattr(trainer, "build_student", _without((nn.Dropout, nn.Dropout2d)))
+def test_two_processes_equal_one_with_the_same_global_batch(tmp_path):
     one = load_recipe("demo/baseline", TINY + [f"output_dir={tmp_path / 'one'}"])
-    _run(one, results_dir=tmp_path / "res1")
+    _run(one, results_dir=tmp_path / "res1", hooks=_without((nn.Dropout, nn.Dropout2d)))
     _two_processes(TINY + [f"output_dir={tmp_path / 'two'}"], "--sync-bn", results_dir=tmp_path / "res2")
     a, b = _final(tmp_path / "one"), _final(tmp_path / "two")
     from accelerate.utils import set_seed
 
     set_seed(one.train.seed)
-    init = trainer.build_student(one, 11).state_dict()
+    init = strip(trainer.build_student(one, 11), (nn.Dropout, nn.Dropout2d)).state_dict()
     assert _max_diff(a, init) > 1e-3  # it trained
     assert _max_diff(a, b) < 1e-5
     r1 = json.loads((tmp_path / "res1/demo__baseline__seed0.json").read_text())
@@ -94,12 +88,12 @@ def test_evaluation_and_saving_use_rank_0_bn_statistics():
     _two_processes([], "--check-buffers")
 
 
-def test_gradient_accumulation_equals_the_large_batch_without_bn(tmp_path, monkeypatch):
-    monkeypatch.setattr(trainer, "build_student", _without((nn.Dropout, nn.Dropout2d, nn.BatchNorm2d)))
+def test_gradient_accumulation_equals_the_large_batch_without_bn(tmp_path):
+    hooks = _without((nn.Dropout, nn.Dropout2d, nn.BatchNorm2d))
     big = load_recipe("demo/baseline", TINY + [f"output_dir={tmp_path / 'big'}"])
-    _run(big)
+    _run(big, hooks=hooks)
     acc = load_recipe("demo/baseline", TINY + [f"output_dir={tmp_path / 'acc'}"])
-    _run(acc, per_device_batch=2, results_dir=tmp_path / "res")
+    _run(acc, per_device_batch=2, results_dir=tmp_path / "res", hooks=hooks)
     assert json.loads((tmp_path / "res/demo__baseline__seed0.json").read_text())["grad_accumulation"] == 4
     assert _max_diff(_final(tmp_path / "big"), _final(tmp_path / "acc")) < 1e-6
 

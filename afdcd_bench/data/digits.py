@@ -20,6 +20,7 @@ The scenes are written once as a `datasets` Arrow dataset under the cache folder
 """
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 from typing import Any
@@ -125,15 +126,27 @@ def load_split(split: str, root: str | os.PathLike | None = None, seed: int = 0)
     return datasets.load_from_disk(str(path)).with_format("numpy")
 
 
+@functools.lru_cache(maxsize=8)
+def _decoded(path: str, stamp: float) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """A split's arrays, read once per process (every run of a demo or a test reads the same ones);
+    read-only so that no dataset can change another's."""
+    import datasets
+
+    table = datasets.load_from_disk(path).with_format("numpy")
+    images = np.asarray(table["image"], dtype=np.uint8)
+    labels = np.asarray(table["label"], dtype=np.uint8)
+    images.flags.writeable = labels.flags.writeable = False
+    return images, labels, [str(n) for n in table["name"]]
+
+
 class DigitsDataset(SegmentationDataset):
     def __init__(self, root: str | None, split: str, **kwargs: Any):
         super().__init__(**kwargs)
         self.split = split
         self.table = load_split(split, root)
+        path = Path(self.table.cache_files[0]["filename"]).parent
         # Small enough (1200 x 12 KB) to hold decoded: avoids Arrow row reads per item.
-        self.images = np.asarray(self.table["image"], dtype=np.uint8)
-        self.labels = np.asarray(self.table["label"], dtype=np.uint8)
-        self.names = list(self.table["name"])
+        self.images, self.labels, self.names = _decoded(str(path), (path / "dataset_info.json").stat().st_mtime)
 
     def __len__(self) -> int:
         return len(self.names)

@@ -63,6 +63,13 @@ class DistillStep(nn.Module):
         return self.method(self.student(images), teacher_out, labels)
 
 
+def differentiable_sum(t: torch.Tensor) -> torch.Tensor:
+    """Sum over processes whose backward sends each process its share of the gradient."""
+    import torch.distributed.nn.functional as dist_fn
+
+    return dist_fn.all_reduce(t)
+
+
 def check_launch(accelerator: Accelerator) -> None:
     """Refuse runs where the launcher started N processes that do not see each other.
 
@@ -259,7 +266,8 @@ def _train(cfg: RecipeConfig, accelerator: Accelerator, run_dir: Path, state: Pa
         student=student.output_channels, teacher=teacher.output_channels if teacher is not None else None,
         num_classes=num_classes, ignore_index=IGNORE_INDEX, crop_size=tuple(cfg.data.crop_size),
         num_processes=accelerator.num_processes, gather=accelerator.gather,
-        reduce_mean=lambda t: accelerator.reduce(t, reduction="mean")))
+        reduce_mean=lambda t: accelerator.reduce(t, reduction="mean"),
+        sum_across=differentiable_sum if accelerator.num_processes > 1 else (lambda t: t)))
     sync_bn = convert_sync_bn or (nn.SyncBatchNorm.convert_sync_batchnorm if accelerator.device.type == "cuda" else None)
     if accelerator.num_processes > 1 and sync_bn is not None:
         student = sync_bn(student)

@@ -4,6 +4,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .task import as_float
+
 
 def cwd_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float = 4.0) -> torch.Tensor:
     """T^2 x mean over batch and channels of KL(softmax_x(t/T) || softmax_x(s/T)), softmax over positions.
@@ -17,7 +19,7 @@ def cwd_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float = 
     if not temperature > 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
     t = float(temperature)
-    log_s = F.log_softmax(student.float().flatten(2) / t, dim=-1)
-    log_t = F.log_softmax(teacher.detach().float().flatten(2) / t, dim=-1)
+    log_s = F.log_softmax(as_float(student).flatten(2) / t, dim=-1)
+    log_t = F.log_softmax(as_float(teacher.detach()).flatten(2) / t, dim=-1)
     kl = (log_t.exp() * (log_t - log_s)).sum(dim=-1)  # (B, C)
     return kl.mean() * t * t

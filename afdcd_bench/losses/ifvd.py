@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .task import IGNORE_INDEX
+from .task import IGNORE_INDEX, as_float
 
 
 def labels_at(labels: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -16,6 +16,7 @@ def labels_at(labels: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 
 def _prototype_similarity(feat: torch.Tensor, onehot: torch.Tensor) -> torch.Tensor:
     """cos(f(x), mean of f over x's class in x's image), per pixel; 0 where no class is given."""
+    onehot = onehot.to(feat.dtype)
     counts = onehot.sum(dim=(2, 3))  # (B, K)
     protos = torch.einsum("bkhw,bchw->bkc", onehot, feat) / (counts[..., None] + 1e-6)
     at_pixel = torch.einsum("bkhw,bkc->bchw", onehot, protos)
@@ -34,10 +35,10 @@ def ifvd_loss(student_feat: torch.Tensor, teacher_feat: torch.Tensor, labels: to
     b, _, h, w = student_feat.shape
     lab = labels_at(labels, (h, w))
     valid = (lab != ignore_index) & (lab >= 0) & (lab < num_classes)
-    onehot = F.one_hot(torch.where(valid, lab, 0), num_classes).permute(0, 3, 1, 2).float()
+    onehot = F.one_hot(torch.where(valid, lab, 0), num_classes).permute(0, 3, 1, 2)
     onehot = onehot * valid[:, None]
-    v_s = _prototype_similarity(student_feat.float(), onehot)
-    v_t = _prototype_similarity(teacher_feat.detach().float(), onehot)
+    v_s = _prototype_similarity(as_float(student_feat), onehot)
+    v_t = _prototype_similarity(as_float(teacher_feat.detach()), onehot)
     err = ((v_s - v_t) ** 2) * valid
     denom = b * h * w if count_ignored else valid.sum().clamp_min(1)
     return err.sum() / denom

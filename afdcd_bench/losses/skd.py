@@ -11,6 +11,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.utils.parametrizations import spectral_norm
 
+from .task import as_float
+
 
 def pairwise_loss(student_feat: torch.Tensor, teacher_feat: torch.Tensor, pool: int = 2) -> torch.Tensor:
     """Mean over images and node pairs of the squared difference of cosine-similarity matrices;
@@ -19,7 +21,7 @@ def pairwise_loss(student_feat: torch.Tensor, teacher_feat: torch.Tensor, pool: 
         raise ValueError(f"pool must be >= 1, got {pool}")
 
     def affinity(f: torch.Tensor) -> torch.Tensor:
-        f = F.max_pool2d(f.float(), kernel_size=pool, stride=pool, ceil_mode=True)
+        f = F.max_pool2d(as_float(f), kernel_size=pool, stride=pool, ceil_mode=True)
         f = F.normalize(f.flatten(2), dim=1)
         return f.transpose(1, 2) @ f  # (B, N, N)
 
@@ -69,7 +71,7 @@ class Discriminator(nn.Module):
         self.last = nn.Conv2d(512, 1, 4)
 
     def forward(self, logits: torch.Tensor) -> torch.Tensor:
-        x = self.block3(self.block2(self.block1(self.norm(logits.float()))))
+        x = self.block3(self.block2(self.block1(self.norm(logits.to(self.norm.weight.dtype)))))
         x = self.attn2(self.block4(self.attn1(x)))
         return self.last(x)
 

@@ -7,6 +7,11 @@ import torch.nn.functional as F
 IGNORE_INDEX = 255
 
 
+def as_float(x: torch.Tensor) -> torch.Tensor:
+    """fp32 for half-precision inputs (losses run in fp32 under autocast); float64 stays float64."""
+    return x if x.dtype in (torch.float32, torch.float64) else x.float()
+
+
 def upsample_to(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """Bilinear with align_corners=True, as the released training and evaluation code."""
     if tuple(logits.shape[-2:]) == tuple(size):

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..config.checks import OUTPUT_STRIDE
+from ..config.checks import OUTPUT_STRIDE, positive
 from ..config.schema import ConfigError
 from ..losses import Discriminator, discriminator_hinge, generator_hinge
 from .base import Component, OwnPart, check_option_ranges, register
@@ -22,6 +22,7 @@ class AdvOptions:
     d_weight: float = 0.1  # lambda_d: scales the discriminator's loss (with Adam, it matters only through eps)
     lr: float = 4e-4
     betas: list[float] = field(default_factory=lambda: [0.9, 0.99])
+    eps: float = 1e-8  # Adam's
 
 
 @register("adv")
@@ -34,12 +35,13 @@ class Adversarial(Component):
         super().__init__(options, ctx)
         betas = tuple(options.betas)
         self._own["discriminator"] = OwnPart(
-            Discriminator(ctx.num_classes), lambda params: torch.optim.Adam(params, lr=options.lr, betas=betas))
+            Discriminator(ctx.num_classes), lambda params: torch.optim.Adam(params, lr=options.lr, betas=betas, eps=options.eps))
         self._pending: list[tuple[torch.Tensor, torch.Tensor]] = []
 
     @classmethod
     def check_recipe(cls, options, cfg, path):
         check_option_ranges(options, path)
+        positive(options.eps, f"{path}.eps")
         if len(options.betas) != 2 or not all(0 <= b < 1 for b in options.betas):
             raise ConfigError(f"{path}.betas must be two numbers in [0, 1), got {options.betas!r}")
         sides = [-(-s // OUTPUT_STRIDE) for s in cfg.data.crop_size]

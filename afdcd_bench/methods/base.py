@@ -54,6 +54,7 @@ class BuildContext:
     num_processes: int = 1
     gather: Callable[[torch.Tensor], torch.Tensor] = _same  # concatenation over processes along dim 0
     reduce_mean: Callable[[torch.Tensor], torch.Tensor] = _same  # mean over processes
+    sum_across: Callable[[torch.Tensor], torch.Tensor] = _same  # sum over processes, differentiable
 
 
 @dataclass

@@ -1,0 +1,133 @@
+"""The competitors' losses against formulas written out here (float64, loops), their gradients and
+invariances, and the discriminator's shapes."""
+import math
+
+import pytest
+import torch
+
+from afdcd_bench.losses import (Discriminator, cwd_loss, discriminator_hinge, dist_loss, generator_hinge, ifvd_loss,
+                                pairwise_loss)
+
+D64 = torch.float64
+
+
+def _rand(*shape, seed=0):
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=D64)
+
+
+def _softmax(values):
+    m = max(values)
+    e = [math.exp(v - m) for v in values]
+    return [x / sum(e) for x in e]
+
+
+def test_cwd_is_the_per_channel_mean_of_spatial_kl_times_t2():
+    s, t, T = _rand(2, 3, 2, 3, seed=1), _rand(2, 3, 2, 3, seed=2), 4.0
+    total = 0.0
+    for b in range(2):
+        for c in range(3):
+            ps = _softmax([v / T for v in s[b, c].flatten().tolist()])
+            pt = _softmax([v / T for v in t[b, c].flatten().tolist()])
+            total += sum(q * (math.log(q) - math.log(p)) for p, q in zip(ps, pt))
+    assert cwd_loss(s, t, T).item() == pytest.approx(T * T * total / 6, rel=1e-12)
+    # a per-channel shift of either map changes no spatial softmax
+    shift = _rand(2, 3, 1, 1, seed=3) * 10
+    assert cwd_loss(s + shift, t - shift, T).item() == pytest.approx(cwd_loss(s, t, T).item(), rel=1e-10)
+    assert cwd_loss(t, t, T).item() == pytest.approx(0.0, abs=1e-12)
+    s.requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda x: cwd_loss(x, t, 2.0), (s,))
+    with pytest.raises(ValueError, match="differ"):
+        cwd_loss(s, t[:, :2], T)
+
+
+def _pearson(a, b):
+    ma, mb = sum(a) / len(a), sum(b) / len(b)
+    num = sum((x - ma) * (y - mb) for x, y in zip(a, b))
+    return num / (math.sqrt(sum((x - ma) ** 2 for x in a)) * math.sqrt(sum((y - mb) ** 2 for y in b)) + 1e-8)
+
+
+def test_dist_is_inter_plus_intra_correlation_loss():
+    s, t = _rand(2, 4, 2, 2, seed=4), _rand(2, 4, 2, 2, seed=5)
+    rows_s = [_softmax(s[b, :, i, j].tolist()) for b in range(2) for i in range(2) for j in range(2)]
+    rows_t = [_softmax(t[b, :, i, j].tolist()) for b in range(2) for i in range(2) for j in range(2)]
+    inter = 1 - sum(_pearson(a, b) for a, b in zip(rows_s, rows_t)) / len(rows_s)
+    intra = 1 - sum(_pearson([r[k] for r in rows_s], [r[k] for r in rows_t]) for k in range(4)) / 4
+    assert dist_loss(s, t).item() == pytest.approx(inter + intra, rel=1e-10)
+    assert dist_loss(s, t, beta=2.0, gamma=0.5).item() == pytest.approx(2 * inter + 0.5 * intra, rel=1e-10)
+    # softmax ignores a per-pixel shift of the logits
+    assert dist_loss(s + _rand(2, 1, 2, 2, seed=6), t).item() == pytest.approx(dist_loss(s, t).item(), rel=1e-10)
+    assert dist_loss(t, t).item() == pytest.approx(0.0, abs=1e-5)  # only the 1e-8 in the denominators
+    s.requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda x: dist_loss(x, t), (s,))
+
+
+def _ifvd_reference(fs, ft, lab, k, count_ignored):
+    """Loops: per image and class, the mean feature; per labelled pixel, cos to its class mean."""
+    b, _, h, w = fs.shape
+    err, n_valid = 0.0, 0
+    for i in range(b):
+        protos = {}
+        for f_name, f in (("s", fs), ("t", ft)):
+            for c in range(k):
+                pix = [(y, x) for y in range(h) for x in range(w) if lab[i, y, x] == c]
+                if pix:
+                    protos[f_name, c] = sum(f[i, :, y, x] for y, x in pix) / (len(pix) + 1e-6)
+        for y in range(h):
+            for x in range(w):
+                c = int(lab[i, y, x])
+                if c == 255:
+                    continue
+                n_valid += 1
+                v = {}
+                for f_name, f in (("s", fs), ("t", ft)):
+                    u, m = f[i, :, y, x], protos[f_name, c]
+                    v[f_name] = float(u @ m / (max(u.norm(), 1e-8) * max(m.norm(), 1e-8)))
+                err += (v["s"] - v["t"]) ** 2
+    return err / (b * h * w if count_ignored else n_valid)
+
+
+def test_ifvd_matches_the_per_class_prototype_formula_with_labels_resized_by_nearest():
+    fs, ft = _rand(2, 3, 3, 4, seed=7), _rand(2, 5, 3, 4, seed=8)  # channels may differ
+    big = torch.randint(0, 3, (2, 6, 8), generator=torch.Generator().manual_seed(9))
+    big[0, :2, :4] = 255
+    small = big[:, ::2, ::2]  # what nearest resizing by 2 picks
+    for count_ignored in (False, True):
+        want = _ifvd_reference(fs, ft, small, 3, count_ignored)
+        assert ifvd_loss(fs, ft, big, 3, count_ignored=count_ignored).item() == pytest.approx(want, rel=1e-9)
+    # cosines: scaling either map changes nothing
+    assert ifvd_loss(3 * fs, ft, big, 3).item() == pytest.approx(ifvd_loss(fs, ft, big, 3).item(), rel=1e-9)
+    fs.requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda x: ifvd_loss(x, ft, big, 3), (fs,))
+    every = torch.full_like(big, 255)
+    assert ifvd_loss(fs, ft, every, 3).item() == 0.0
+
+
+def test_pairwise_is_the_mean_squared_difference_of_node_cosines_with_ceil_pooling():
+    fs, ft = _rand(1, 2, 3, 3, seed=10), _rand(1, 4, 3, 3, seed=11)
+
+    def nodes(f):  # 2x2 max pool, stride 2, ceil mode: a 3x3 map has 2x2 nodes
+        out = []
+        for y0 in (0, 2):
+            for x0 in (0, 2):
+                v = torch.stack([f[0, :, y, x] for y in range(y0, min(y0 + 2, 3)) for x in range(x0, min(x0 + 2, 3))]).max(0).values
+                out.append(v / v.norm())
+        return out
+
+    ns, nt = nodes(fs), nodes(ft)
+    want = sum(float(ns[i] @ ns[j] - nt[i] @ nt[j]) ** 2 for i in range(4) for j in range(4)) / 16
+    assert pairwise_loss(fs, ft, pool=2).item() == pytest.approx(want, rel=1e-10)
+    assert pairwise_loss(2 * fs, ft).item() == pytest.approx(pairwise_loss(fs, ft).item(), rel=1e-10)
+    fs.requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda x: pairwise_loss(x, ft), (fs,))
+
+
+def test_discriminator_scores_and_hinge_losses():
+    d = Discriminator(5)
+    assert d(torch.randn(2, 5, 64, 128)).shape == (2, 1, 1, 5)  # Cityscapes' 64x128 logit map
+    with pytest.raises(RuntimeError):
+        d(torch.randn(1, 5, 32, 32))  # below MIN_SIZE: the last 4x4 convolution has nothing to read
+    spectral = [n for n, _ in d.named_buffers() if n.endswith("_u")]
+    assert len(spectral) == 4  # the four strided convolutions are spectrally normalised
+    real, fake = torch.tensor([2.0, 0.5]), torch.tensor([-2.0, 0.0])
+    assert discriminator_hinge(real, fake).item() == pytest.approx((0 + 0.5) / 2 + (0 + 1) / 2)
+    assert generator_hinge(fake).item() == pytest.approx(1.0)

@@ -1,0 +1,155 @@
+"""One test over every registered method: it builds from its recipe, trains 2 steps on digits,
+resumes exactly after a stop, and 2 gloo processes give what 1 gives (the SyncBN stand-in of
+tests/distributed_helpers.py, dropout removed: its draws differ between 1 and 2 processes).
+Af-DCD's and FD's masks are the fixed centre mask here for the same reason."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn as nn
+from safetensors.torch import load_file
+
+from afdcd_bench.config import ConfigError, load_recipe, recipes_root
+from afdcd_bench.engine import TrainHooks, train
+from afdcd_bench.methods import METHODS
+from distributed_helpers import strip
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["data.crop_size=[32, 32]", "train.optimizer=sgd", "train.lr=0.01", "train.iterations=2", "train.effective_batch=4",
+        "train.val_interval=2", "train.checkpoint_interval=1", "student.backbone=resnet10t", "eval.batch_size=100",
+        "teacher.backbone=resnet10t"]
+PER_METHOD = {
+    # The discriminator needs 64x64 logit maps. Adam's eps at 1: its normalisation would otherwise turn
+    # float-rounding differences of near-zero gradients (summed in another order over 2 processes)
+    # into steps of up to lr, and no tolerance could tell a wrong synchronisation from that; lr 0.5 keeps the steps large.
+    "adv": ["data.crop_size=[512, 512]", "train.effective_batch=2", "method.adv.eps=1.0", "method.adv.lr=0.5"],
+    "afdcd": ["method.afdcd.mask=center"],
+    "fd": ["method.fd.mask=center"],
+    # at the demo's weights (100 and 3 at T=4) two steps at lr 0.01 move the weights so far that float
+    # rounding alone differs by more than 1e-5 between 1 and 2 processes
+    "cwd": ["method.cwd.feature_weight=1.0", "method.cwd.logit_weight=0.03"],
+}
+NO_DROPOUT = TrainHooks(adapt_student=lambda s: strip(s, (nn.Dropout, nn.Dropout2d)))
+
+
+def _reset():
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+
+
+def _runs(teacher):
+    """(label, recipe, overrides) for every registered method and one composition."""
+    out = []
+    for name in [*sorted(METHODS), "kd+fd"]:
+        own = recipes_root() / "demo" / f"{name}.yaml"
+        recipe = f"demo/{name}" if own.is_file() else "demo/kd"
+        extra = [] if own.is_file() else [f"method.name={name}"]
+        for part in name.split("+"):
+            extra += PER_METHOD.get(part, [])
+        out.append((name, recipe, [*TINY, f"teacher.checkpoint={teacher}", *extra]))
+    return out
+
+
+@pytest.fixture(scope="module")
+def teacher(tmp_path_factory):
+    out = tmp_path_factory.mktemp("teacher")
+    cfg = load_recipe("demo/teacher", [*TINY, "train.iterations=1", "train.checkpoint_interval=1", f"output_dir={out}"])
+    train(cfg, show_progress=False)
+    _reset()
+    return out / "demo/teacher/seed0/final.safetensors"
+
+
+def _state(run):
+    """Final student weights and the own parts' state (discriminator and its Adam), if any."""
+    weights = load_file(str(run / "final.safetensors"))
+    own = {p.name: torch.load(p, weights_only=False) for p in sorted((run / "state").glob("custom_checkpoint_*.pkl"))}
+    return weights, own
+
+
+def _equal(a, b, tol=0.0):
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(_equal(a[k], b[k], tol) for k in a)
+    if isinstance(a, (list, tuple)):
+        return len(a) == len(b) and all(_equal(x, y, tol) for x, y in zip(a, b))
+    if isinstance(a, torch.Tensor):
+        if not a.is_floating_point():
+            return torch.equal(a, b)
+        return torch.equal(a, b) if tol == 0 else (a.double() - b.double()).abs().max().item() <= tol
+    return a == b
+
+
+def test_every_method_trains_resumes_exactly_and_two_processes_equal_one(tmp_path, teacher):
+    runs = _runs(teacher)
+    assert {"baseline", "kd", "afdcd", "cwd", "dist", "ifvd", "skd", "adv", "fd"} <= {r[0] for r in runs}
+    for label, recipe, extra in runs:
+        straight = load_recipe(recipe, [*extra, f"output_dir={tmp_path / 'one' / label}"])
+        rec = train(straight, results_dir=tmp_path / "res" / label, show_progress=False, hooks=NO_DROPOUT)
+        _reset()
+        assert set(label.split("+")) <= set(rec["method"].split("+"))
+        parts = rec["method"].split("+")
+        assert set(rec["method_terms"]) >= {"task"} | {t for p in parts for t in METHODS[p].terms} - {"dist_aux"}
+        assert rec["final_miou"] is not None, label
+
+        def stop(step):
+            raise KeyboardInterrupt
+
+        stopped = load_recipe(recipe, [*extra, f"output_dir={tmp_path / 'resumed' / label}"])
+        with pytest.raises(KeyboardInterrupt):
+            train(stopped, show_progress=False, hooks=TrainHooks(adapt_student=NO_DROPOUT.adapt_student, after_checkpoint=stop))
+        _reset()
+        again = train(stopped, show_progress=False, hooks=NO_DROPOUT)
+        _reset()
+        assert again["resumed_from_step"] == 1, label
+        name = straight.name
+        a, b = _state(tmp_path / "one" / label / name / "seed0"), _state(tmp_path / "resumed" / label / name / "seed0")
+        assert _equal(a, b), f"{label}: the resumed run differs from the straight one"
+        if label == "adv":
+            assert rec["own_parts"]["adv.discriminator"] > 0 and a[1], "the discriminator's state is checkpointed"
+
+    many = json.dumps([[recipe, [*extra, f"output_dir={tmp_path / 'two' / label}"]] for label, recipe, extra in runs])
+    cmd = [sys.executable, str(ROOT / "tests/distributed_helpers.py"), "demo/kd", "--sync-bn", "--many", many]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=ROOT)
+    assert res.returncode == 0, res.stderr[-3000:]
+    for label, recipe, extra in runs:
+        name = load_recipe(recipe, extra).name
+        one, two = _state(tmp_path / "one" / label / name / "seed0"), _state(tmp_path / "two" / label / name / "seed0")
+        assert _equal(one[0], two[0], tol=1e-5), f"{label}: 2 processes differ from 1"
+        assert _equal(one[1], two[1], tol=1e-5), f"{label}: own parts differ between 2 processes and 1"
+
+
+@pytest.mark.parametrize("override,match", [
+    ("method.cwd.tau=4", "method.cwd.tau"),
+    ("method.cwd.temperature=four", "method.cwd.temperature"),
+    ("method.cwd.temperature=0", "method.cwd.temperature must be > 0"),
+    ("method.name=dist method.dist.intra_batch=all", "method.dist.intra_batch"),
+    ("method.name=cwd+nosuch", "method.name"),
+    ("method.name=kd+afdcd", None),  # both compute "kd": refused when built
+    ("method.lambda_kd=1", "method.lambda_kd is now method.kd.weight"),
+])
+def test_bad_method_options_name_the_dotted_key(override, match):
+    if match is None:
+        from afdcd_bench.methods import BuildContext, build_method
+
+        cfg = load_recipe("demo/afdcd", [override])
+        ctx = BuildContext({"logits": 11, "features": 8, "head": 4}, {"logits": 11, "features": 8, "head": 4}, 11)
+        with pytest.raises(ValueError, match="both compute the 'kd' term"):
+            build_method(cfg.method, ctx)
+        return
+    with pytest.raises(ConfigError, match=match.replace(".", r"\.")):
+        load_recipe("demo/cwd", override.split(" "))
+
+
+def test_adversarial_term_refuses_maps_too_small_for_its_discriminator():
+    with pytest.raises(ConfigError, match=r"method\.adv: the discriminator needs logit maps of at least 64x64"):
+        load_recipe("demo/kd", ["method.name=kd+adv"])
+
+
+def test_a_method_needing_a_teacher_without_one_names_teacher_checkpoint(tmp_path):
+    cfg = load_recipe("demo/dist", [*TINY, f"output_dir={tmp_path}", "teacher.recipe=null"])
+    with pytest.raises(FileNotFoundError, match="teacher.checkpoint"):
+        train(cfg, show_progress=False)
+    _reset()
