@@ -57,7 +57,7 @@ class SegmentationDataset(Dataset):
             x[:, torch.from_numpy(pad)] = 0.0  # the mean colour, as the release pads after normalising
         return {
             "image": x,
-            "label": torch.from_numpy(np.ascontiguousarray(label)).long(),
+            "label": torch.from_numpy(np.array(label, dtype=np.int64)),  # a copy: the source may be read-only
             "name": name,
         }
 
