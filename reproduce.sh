@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # ./reproduce.sh demo [--quick]              the whole chain offline on the embedded benchmark
-# ./reproduce.sh BENCHMARK [--seeds N] [--data-root PATH] [--teacher PATH] [--ablations] [key=value ...]
+# ./reproduce.sh BENCHMARK [--seeds N] [--data-root PATH] [--teacher PATH] [--methods M1,M2] [--ablations] [key=value ...]
 #     BENCHMARK: cityscapes | voc | camvid | ade20k | coco_stuff_164k
 # Installs what it needs into .venv/ on first use. All options: .venv/bin/afdcd-bench reproduce --help
 set -euo pipefail

@@ -115,7 +115,8 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
 
     reproduce(args.benchmark, seeds=args.seeds, data_root=args.data_root, teacher=args.teacher, quick=args.quick,
               results_dir=args.results_dir, output_dir=args.output_dir, launcher=args.launcher, extra=args.overrides,
-              only=args.only, ablations=args.ablations)
+              only=args.only, ablations=args.ablations,
+              methods=[m for m in (args.methods or "").split(",") if m] or None)
     return 0
 
 
@@ -256,6 +257,9 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--launcher", choices=("inprocess", "accelerate"), default=None,
                     help="run each training in this process or through `accelerate launch` (default: inprocess for demo)")
     rp.add_argument("--only", default=None, help="the teacher and only the student recipes whose name contains this")
+    rp.add_argument("--methods", default=None, metavar="M1,M2",
+                    help="only these methods' recipes (a method of method.name, e.g. cwd, or a recipe's file name, e.g. "
+                         "dist_authors_schedule), with the teacher and the baselines")
     rp.add_argument("--ablations", action="store_true",
                     help="also run the variants and ablations of a main recipe (e.g. cityscapes: projector/mask readings, "
                          "FD or contrast only, spatial/channel contrasting, L2)")

@@ -74,6 +74,8 @@ def test_recipes_carry_the_papers_settings(bench):
         d = cfg.data
         assert cfg.num_classes == classes and d.crop_size == crop and d.scale_range == [0.5, 2.0] and d.scale_step == 0.1 and d.flip
         t = cfg.train
+        if name.endswith("dist_authors_schedule"):  # DIST's published schedule (test below)
+            continue
         # teachers too: CIRKD v1's defaults, 40k (COCO-Stuff 80k) at batch 16, lr 0.02
         assert (t.iterations, t.effective_batch, t.lr, t.momentum, t.weight_decay, t.poly_power, t.optimizer) == (iters, 16, 0.02, 0.9, 1e-4, 0.9, "sgd")
         if name.endswith("/teacher") or cfg.ablation_of:
@@ -134,3 +136,39 @@ def test_ablations_of_a_benchmark_without_any_are_refused():
 
     with pytest.raises(ReproduceError, match="voc has no ablation recipes"):
         plan("voc", ablations=True)
+
+
+def test_every_published_competitor_row_has_a_recipe_on_the_benchmarks_one_teacher():
+    """SKD, IFVD, CWD and DIST rows: a recipe running that method, with the published number, under
+    the benchmark's teacher recipe (so the table compares them with everything else of the pair)."""
+    by_row = {}
+    for name in list_recipes():
+        cfg = load_recipe(name)
+        if cfg.published.miou is not None and cfg.teacher is not None:
+            student = f"{cfg.student.arch}-{cfg.student.backbone.replace('_deepstem', '').replace('_100', '')}"
+            by_row[(cfg.benchmark, student, cfg.method.components[0], cfg.published.miou)] = cfg
+    rows = [r for r in published_rows() if r["method"] in ("skd", "ifvd", "cwd", "dist")]
+    assert len(rows) == 19
+    for r in rows:
+        key = (r["benchmark"], r["student"], r["method"], float(r["miou"]))
+        assert key in by_row, key
+        cfg = by_row[key]
+        assert cfg.teacher.recipe == f"{r['benchmark']}/teacher"
+        if r["method"] in ("skd", "ifvd", "cwd"):  # the released scripts add logit KD (and, where it fits, the discriminator)
+            assert "kd" in cfg.method.components
+            assert ("adv" in cfg.method.components) == (r["benchmark"] != "camvid")
+    dist = load_recipe("cityscapes/deeplabv3_resnet18/dist_authors_schedule")
+    assert (dist.train.weight_decay, dist.train.lr_floor, dist.method.dist.intra_batch) == (5e-4, 1e-4, "device")
+
+
+def test_reproduce_methods_picks_recipes_with_the_teacher_and_the_baselines():
+    from afdcd_bench.harness.reproduce import ReproduceError, plan
+
+    names = plan("cityscapes", methods=["cwd", "dist_authors_schedule"])
+    assert names[0] == "cityscapes/teacher"
+    students = {n.split("/", 1)[1] for n in names[1:]}
+    assert students == {f"{s}/baseline" for s in ("deeplabv3_resnet18", "deeplabv3_mobilenetv2", "pspnet_resnet18")} | {
+        "deeplabv3_resnet18/cwd", "deeplabv3_mobilenetv2/cwd", "deeplabv3_resnet18/dist_authors_schedule"}
+    assert all("baseline" in n for n in names[1:4])  # baselines first: every delta needs them
+    with pytest.raises(ReproduceError, match="--methods maskd: no cityscapes recipe runs it"):
+        plan("cityscapes", methods=["maskd"])

@@ -39,6 +39,8 @@ def check_ranges(cfg: RecipeConfig) -> None:
     positive(t.weight_decay, "train.weight_decay", strict=False)
     positive(t.momentum, "train.momentum", strict=False)
     positive(t.poly_power, "train.poly_power", strict=False)
+    if not 0 <= t.lr_floor < t.lr:
+        raise ConfigError(f"train.lr_floor must be in [0, train.lr {t.lr}), got {t.lr_floor!r}")
     if t.mixed_precision not in PRECISIONS:
         raise ConfigError(f"train.mixed_precision must be one of {PRECISIONS}, got {t.mixed_precision!r}")
     for i, name in enumerate(t.trackers):

@@ -73,6 +73,7 @@ class TrainConfig:
     momentum: float = 0.9
     weight_decay: float = 1e-4
     poly_power: float = 0.9
+    lr_floor: float = 0.0  # poly decays lr to this (DIST's and MasKD's releases: 1e-4)
     seed: int = 0
     val_interval: int = 800
     checkpoint_interval: int = 800

@@ -120,8 +120,8 @@ def flat_hparams(cfg: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def poly_lr(base: float, step: int, total: int, power: float) -> float:
-    return base * (1.0 - step / total) ** power
+def poly_lr(base: float, step: int, total: int, power: float, floor: float = 0.0) -> float:
+    return floor + (base - floor) * (1.0 - step / total) ** power
 
 
 def build_student(cfg: RecipeConfig, num_classes: int) -> Segmentor:
@@ -352,7 +352,7 @@ def _train(cfg: RecipeConfig, accelerator: Accelerator, run_dir: Path, state: Pa
                 train_loader.set_epoch(epoch)
                 batches = accelerator.skip_first_batches(train_loader, skip) if skip else train_loader
                 for batch in batches:
-                    lr = poly_lr(tc.lr, step, tc.iterations, tc.poly_power)
+                    lr = poly_lr(tc.lr, step, tc.iterations, tc.poly_power, tc.lr_floor)
                     for group in optimizer.param_groups:
                         group["lr"] = lr
                     if hooks.before_update is not None:

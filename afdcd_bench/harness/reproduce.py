@@ -19,16 +19,15 @@ from ..data import BENCHMARKS, DatasetLayoutError, build_dataset, describe, reso
 from ..engine.records import RecordError, read_record, record_path
 from .table import expected_runs, records_frame, render, summary, write_tables
 
-STUDENT_METHODS = ("baseline", "kd", "afdcd")
-
-
 class ReproduceError(RuntimeError):
     pass
 
 
-def plan(benchmark: str, ablations: bool = False) -> list[str]:
-    """Recipe names in run order: the teacher first, then each student's methods; recipes that are
-    ablations of another (`ablation_of`) only when asked for."""
+def plan(benchmark: str, ablations: bool = False, methods: list[str] | None = None) -> list[str]:
+    """Recipe names in run order: the teacher first, then the baselines (every delta needs them),
+    then the other students' recipes; recipes that are ablations of another (`ablation_of`) only
+    when asked for. methods: keep only the student recipes of these methods (a method of its
+    method.name, or the recipe's file name), baselines always."""
     runnable = list_recipes(benchmark)
     if not runnable:
         raise ReproduceError(f"no recipes for {benchmark!r} under {recipes_root() / benchmark}")
@@ -36,10 +35,19 @@ def plan(benchmark: str, ablations: bool = False) -> list[str]:
     if ablations and not any(c.ablation_of for c in configs.values()):
         raise ReproduceError(f"{benchmark} has no ablation recipes (recipes with ablation_of)")
     runnable = [n for n in runnable if ablations or configs[n].ablation_of is None]
-    order = {m: i for i, m in enumerate(STUDENT_METHODS)}
+    if methods:
+        def names(n: str) -> set[str]:  # its main method (the first of method.name) and its file name
+            return {configs[n].method.components[0], n.rsplit("/", 1)[-1]}
+
+        known = {m for n in runnable for m in names(n)}
+        unknown = sorted(set(methods) - known)
+        if unknown:
+            raise ReproduceError(f"--methods {','.join(unknown)}: no {benchmark} recipe runs it; known: {', '.join(sorted(known - {'teacher'}))}")
+        runnable = [n for n in runnable if is_teacher_recipe(n) or configs[n].method.name == "baseline"
+                    or set(methods) & names(n)]
     teachers = [n for n in runnable if is_teacher_recipe(n)]
     students = sorted((n for n in runnable if n not in teachers),
-                      key=lambda n: (configs[n].ablation_of is not None, order.get(configs[n].method.name, 9), n))
+                      key=lambda n: (configs[n].ablation_of is not None, configs[n].method.name != "baseline", n))
     return teachers + students
 
 
@@ -119,6 +127,7 @@ def reproduce(
     console: Console | None = None,
     only: str | None = None,
     ablations: bool = False,
+    methods: list[str] | None = None,
 ) -> Path:
     """only: keep the teacher and the student recipes whose name contains this text; ablations: also
     run the recipes that vary a main recipe (`ablation_of`: variants and the paper's ablation axes)."""
@@ -128,7 +137,7 @@ def reproduce(
     if seeds < 1:
         raise ReproduceError(f"--seeds must be at least 1, got {seeds}")
     check_data(benchmark, data_root)
-    names = plan(benchmark, ablations)
+    names = plan(benchmark, ablations, methods)
     if only:
         names = [n for n in names if is_teacher_recipe(n) or only in n]
         if len(names) <= 1:

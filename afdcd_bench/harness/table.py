@@ -15,7 +15,9 @@ from ..config import load_recipe, run_method, to_dict
 from ..config.runs import record_settings
 from ..engine.records import read_records
 
-METHOD_ORDER = {"teacher": 0, "baseline": 1, "kd": 2, "afdcd": 3}
+# Rows: the teacher, the baseline, then every other method by name, the suite's own (Af-DCD) last as
+# in the paper's tables. Methods come from the records; none is left out for its name.
+METHOD_ORDER = {"teacher": 0, "baseline": 1, "afdcd": 3}
 
 
 def _settings_ids(config: dict[str, Any]) -> tuple[str, str]:
@@ -30,6 +32,7 @@ def _settings_ids(config: dict[str, Any]) -> tuple[str, str]:
 
 
 FRAME_COLUMNS = ["benchmark", "recipe", "student", "method", "base_method", "seed", "best", "final", "best_on_test", "wall_s",
+                 "img_s", "peak_mb", "device",
                  "published", "selected_on", "precision", "split", "ablation_of", "settings", "protocol", "folder", "path"]
 
 
@@ -43,7 +46,7 @@ def method_label(recipe: str, method: str) -> str:
     """"afdcd" for the main recipe of a method, "afdcd (fd_only)" for a variant or an ablation."""
     base = run_method(recipe, method)
     variant = recipe.rsplit("/", 1)[-1]
-    return base if variant in (base, "teacher") else f"{base} ({variant})"
+    return base if variant in (base, base.split("+")[0], "teacher") else f"{base} ({variant})"
 
 
 def _points(value: Any) -> float | None:
@@ -73,6 +76,9 @@ def frame_of(records: list[dict[str, Any]], root: Path) -> pd.DataFrame:
             "final": _points(rec.get("final_test_miou") if tested else rec.get("final_miou")),
             "best_on_test": _points(rec.get("best_test_miou")),
             "wall_s": rec.get("wall_seconds"),
+            "img_s": rec.get("images_per_second"),  # training images per second, evaluations excluded
+            "peak_mb": rec.get("peak_memory_mb"),
+            "device": rec.get("device"),
             "published": rec.get("published_miou"),
             "selected_on": (cfg.get("published") or {}).get("selected_on", "val"),
             "precision": _precision((cfg.get("train") or {}).get("mixed_precision")),
@@ -87,14 +93,15 @@ def frame_of(records: list[dict[str, Any]], root: Path) -> pd.DataFrame:
 
 
 COLUMNS = ["benchmark", "student", "method", "best_mean", "best_std", "final_mean", "final_std", "n", "delta_best", "delta_final",
-           "vs_main", "best_on_test", "published", "selected_on", "diff_published", "precision", "split", "wall_s", "settings",
+           "vs_main", "best_on_test", "published", "selected_on", "diff_published", "precision", "split", "wall_s", "img_s",
+           "peak_mb", "device", "settings",
            "folder", "recipe"]
 KEY = ["benchmark", "student", "method", "settings"]
 
 
 def method_rank(method: str) -> tuple[int, str]:
-    """Where a method label sorts: teacher, baseline, kd, afdcd, others; a variant beside its method."""
-    return METHOD_ORDER.get(method.split(" ")[0], 9), method
+    """Where a method label sorts: teacher, baseline, others by name, afdcd; a variant beside its method."""
+    return METHOD_ORDER.get(method.split(" ")[0], 2), method
 
 
 def summary(frame: pd.DataFrame, expected: list[tuple[str, str, str, float | None, str | None]] | None = None) -> pd.DataFrame:
@@ -114,6 +121,7 @@ def summary(frame: pd.DataFrame, expected: list[tuple[str, str, str, float | Non
         g = frame.groupby(KEY, dropna=False)
         out = g.agg(best_mean=("best", "mean"), best_std=("best", "std"), final_mean=("final", "mean"), final_std=("final", "std"),
                     n=("final", "count"), best_on_test=("best_on_test", "mean"), wall_s=("wall_s", "mean"),
+                    img_s=("img_s", "mean"), peak_mb=("peak_mb", "max"), device=("device", lambda d: ", ".join(sorted({str(x) for x in d if x}))),
                     published=("published", "first"), selected_on=("selected_on", "first"), precision=("precision", "first"),
                     split=("split", "first"), ablation_of=("ablation_of", "first"), recipe=("recipe", "first"),
                     protocol=("protocol", "first"), folder=("folder", lambda f: ", ".join(sorted(set(f))))).reset_index()
@@ -200,7 +208,12 @@ def render(table: pd.DataFrame, console: Console | None = None) -> None:
                 cols.append(("best on test", "best_on_test"))
                 notes.add("best on test: the best test score over the validations, the selection the released Af-DCD CamVid "
                           "script made; published numbers marked * were selected that way and are compared with it")
-            cols += [("published", "published"), ("best-pub", "diff_published"), ("prec", "precision"), ("wall s", "wall_s")]
+            cols += [("published", "published"), ("best-pub", "diff_published"), ("prec", "precision"), ("wall s", "wall_s"),
+                     ("img/s", "img_s")]
+            if _present(part, "peak_mb"):
+                cols.append(("peak MB", "peak_mb"))
+            notes.add("cost as measured: wall s = the whole run, img/s = training images per second without evaluations, "
+                      "peak MB = the accelerator's peak memory (absent on CPU); compare costs only between runs on one device")
             if split:
                 cols += [("settings", "settings"), ("folder", "folder")]
                 notes.add("rows of one method with other settings are separate experiments (settings: a hash of the resolved "
@@ -219,8 +232,10 @@ def render(table: pd.DataFrame, console: Console | None = None) -> None:
                         cells.append(str(r["n"]))
                     elif key in ("delta_best", "delta_final", "vs_main", "diff_published"):
                         cells.append(_fmt(r[key], signed=True))
-                    elif key == "wall_s":
+                    elif key in ("wall_s", "peak_mb"):
                         cells.append(_fmt(r[key], ".0f"))
+                    elif key == "img_s":
+                        cells.append(_fmt(r[key], ".1f"))
                     elif key in ("published", "best_on_test"):
                         cells.append(_fmt(r[key]) + ("*" if key == "published" and r["selected_on"] == "test" else ""))
                     else:
