@@ -42,10 +42,10 @@ def test_demo_chain_end_to_end(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     tiny = ["data.crop_size=[32, 32]", "train.iterations=2", "train.effective_batch=2", "train.val_interval=2",
             "train.checkpoint_interval=2", "eval.batch_size=100", "student.backbone=resnet10t", "teacher.backbone=resnet10t",
-            "output_dir=elsewhere/runs"]
+            "output_dir=elsewhere/runs", "student.pretrained=false"]
     out = reproduce("demo", seeds=1, results_dir="res", extra=tiny)
     text = capsys.readouterr().out
-    for method in ("teacher", "baseline", "kd", "afdcd"):
+    for method in ("teacher", "baseline", "kd", "afdcd", "cwd+kd", "dist"):
         assert method in text
     assert out == tmp_path / "res"
     csv = (out / "table.csv").read_text()
@@ -89,6 +89,7 @@ def test_reproduce_cityscapes_on_a_tiny_fake_tree(tmp_path):
             "train.effective_batch=2", "train.val_interval=2", "train.checkpoint_interval=2", "train.mixed_precision=no"]
     res = subprocess.run(
         [str(ROOT / "reproduce.sh"), "cityscapes", "--data-root", str(root), "--seeds", "1", "--only", "deeplabv3_resnet18",
+         "--methods", "kd,afdcd",
          "--results-dir", str(tmp_path / "res"), "--output-dir", str(tmp_path / "runs"), *tiny],
         capture_output=True, text=True, timeout=600, cwd=tmp_path,
     )

@@ -22,7 +22,8 @@ from distributed_helpers import strip
 ROOT = Path(__file__).resolve().parents[1]
 # digits without augmentation has no ignore pixels, so every process's mean CE weighs alike
 TINY = ["data.crop_size=[32, 32]", "train.optimizer=sgd", "train.lr=0.01", "train.iterations=3", "train.effective_batch=8",
-        "train.val_interval=3", "train.checkpoint_interval=3", "student.backbone=resnet10t", "eval.batch_size=30"]
+        "train.val_interval=3", "train.checkpoint_interval=3", "student.backbone=resnet10t", "eval.batch_size=30",
+        "student.pretrained=false"]
 
 
 def _reset():
@@ -235,3 +236,16 @@ def test_deepspeed_fp16_with_a_projector_clip_is_refused(deepspeed_available):
     check_deepspeed_clip(acc, params, 0.0)  # no clip: fine
     check_deepspeed_clip(SimpleNamespace(distributed_type=DistributedType.DEEPSPEED, mixed_precision="bf16"), params, 15.0)
     check_deepspeed_clip(SimpleNamespace(distributed_type=DistributedType.MULTI_GPU, mixed_precision="fp16"), params, 15.0)
+
+
+def test_a_method_with_its_own_optimizer_is_refused_under_deepspeed():
+    from types import SimpleNamespace
+
+    from accelerate.utils import DistributedType
+
+    from afdcd_bench.engine.stepping import check_own_parts
+
+    with pytest.raises(ValueError, match=r"'skd\+kd\+adv' trains adv.discriminator with its own optimizer.*without a DeepSpeed"):
+        check_own_parts(SimpleNamespace(distributed_type=DistributedType.DEEPSPEED), "skd+kd+adv", ["adv.discriminator"])
+    check_own_parts(SimpleNamespace(distributed_type=DistributedType.MULTI_GPU), "skd+kd+adv", ["adv.discriminator"])
+    check_own_parts(SimpleNamespace(distributed_type=DistributedType.DEEPSPEED), "cwd+kd", [])

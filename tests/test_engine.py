@@ -11,7 +11,8 @@ from afdcd_bench.engine.checkpointing import latest_state
 from afdcd_bench.engine.run_folder import RunFolderError
 
 TINY = ["data.crop_size=[32, 32]", "train.iterations=4", "train.effective_batch=4", "train.val_interval=2",
-        "train.checkpoint_interval=2", "train.log_interval=2", "student.backbone=resnet10t", "eval.batch_size=50"]
+        "train.checkpoint_interval=2", "train.log_interval=2", "student.backbone=resnet10t", "eval.batch_size=50",
+        "student.pretrained=false"]
 
 
 def _reset():

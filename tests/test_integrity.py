@@ -20,7 +20,8 @@ from afdcd_bench.models import build_segmentor, save_segmentor
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["data.crop_size=[32, 32]", "train.iterations=2", "train.effective_batch=2", "train.val_interval=2",
-        "train.checkpoint_interval=2", "student.backbone=resnet10t", "eval.batch_size=100"]
+        "train.checkpoint_interval=2", "student.backbone=resnet10t", "eval.batch_size=100",
+        "student.pretrained=false"]
 
 
 def _reset():
@@ -133,7 +134,7 @@ def test_reproduce_moves_a_damaged_record_aside_and_refuses_one_of_other_setting
     assert _existing_record(path, "demo/baseline", 0, _settings(cfg), console) is False
     assert not path.exists() and len(list(tmp_path.glob("demo__baseline__seed0.json.damaged-*"))) == 1
     _record(tmp_path, "demo/baseline", 0, 0.2, ["train.iterations=60"])
-    with pytest.raises(ReproduceError, match=r"other settings \(train.iterations: 60 -> 200\)"):
+    with pytest.raises(ReproduceError, match=r"other settings \(train.iterations: 60 -> 100\)"):
         _existing_record(path, "demo/baseline", 0, _settings(cfg), console)
     _record(tmp_path, "demo/baseline", 0, 0.2, ["output_dir=/elsewhere", "data.num_workers=3"])  # locations only
     assert _existing_record(path, "demo/baseline", 0, _settings(cfg), console) is True

@@ -19,8 +19,10 @@ PATH_KEYS = ("output_dir", "data.root", "student.pretrained", "teacher.pretraine
 # Keys that say where things are or how a run reports, not what it computes: a stopped run may
 # resume, and a record may stand for a planned run, whatever their values.
 LOCATION_KEYS = PATH_KEYS + ("name", "data.num_workers", "train.log_interval", "train.checkpoint_interval",
-                             "train.tensorboard", "train.trackers", "eval.batch_size", "published", "ablation_of")
+                             "train.tensorboard", "train.trackers", "eval.batch_size", "eval.teacher_check", "published",
+                             "ablation_of")
 DEFAULT_OUTPUT_DIR = "runs"
+NAMED_WEIGHTS = ("digits",)  # pretrained values that name a weight source, not a file (engine/pretrain.py)
 
 
 def _get(data: dict[str, Any], dotted: str) -> Any:
@@ -44,6 +46,8 @@ def absolute_paths(data: dict[str, Any], base: Path, keys: tuple[str, ...] = PAT
     """Make the relative path values of `keys` absolute against `base`, in place."""
     for key in keys:
         value = _get(data, key)
+        if value in NAMED_WEIGHTS:
+            continue
         if isinstance(value, str) and value and not os.path.isabs(os.path.expanduser(value)):
             _set(data, key, str((base / value).resolve()))
         elif isinstance(value, str) and value:

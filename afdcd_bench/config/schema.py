@@ -94,6 +94,7 @@ class EvalConfig:
     flip: bool = False
     all_slots: bool = False  # average IoU over every label slot (COCO-Stuff's published 182)
     batch_size: int = 1
+    teacher_check: bool = True  # score the teacher on val_split at the start of a distillation run (sanity check)
 
 
 @dataclass

@@ -88,6 +88,48 @@ def render_scene(rng: np.random.Generator, images: np.ndarray, targets: np.ndarr
     return np.clip(img, 0, 255).astype(np.uint8), label
 
 
+CLS_SIZE = 32
+CLS_SIZES = {"train": 6000, "val": 1000}
+
+
+def render_digit(rng: np.random.Generator, images: np.ndarray, targets: np.ndarray, size: int = CLS_SIZE) -> tuple[np.ndarray, int]:
+    """One digit tile on a scene background: the classification task standing in for ImageNet."""
+    img = _background(rng, size)
+    k = int(rng.integers(0, len(targets)))
+    s = int(rng.integers(size * 5 // 8, size * 7 // 8 + 1))
+    glyph = torch.from_numpy(images[k])[None, None]
+    alpha = F.interpolate(glyph, size=(s, s), mode="bilinear", align_corners=False)[0, 0].clamp(0, 1).numpy()
+    y, x = (int(v) for v in rng.integers(0, size - s + 1, 2))
+    tile, ink = rng.uniform(0, 90, size=3), rng.uniform(170, 255, size=3)
+    img[y : y + s, x : x + s] = tile * (1 - alpha[..., None]) + ink * alpha[..., None]
+    img += rng.normal(0, 8, size=img.shape)
+    return np.clip(img, 0, 255).astype(np.uint8), int(targets[k])
+
+
+def classification_split(split: str, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(images N x 32 x 32 x 3 uint8, digit labels N) of the stand-in classification task, from the
+    same source split as the scenes (no val digit is ever trained on); made once and cached."""
+    if split not in CLS_SIZES:
+        raise ValueError(f"the digits classification task has splits {sorted(CLS_SIZES)}, not {split!r}")
+    path = cache_root() / f"digits-cls-v1-s{seed}-{CLS_SIZE}px-{split}.npz"
+    if not path.is_file():
+        from ..files import atomic_write
+
+        images, targets = _source_digits(split)
+        rng = np.random.default_rng([seed, 2 if split == "train" else 3])
+        pairs = [render_digit(rng, images, targets) for _ in range(CLS_SIZES[split])]
+        x = np.stack([p[0] for p in pairs])
+        y = np.array([p[1] for p in pairs], np.int64)
+
+        def write(tmp: str) -> None:
+            with open(tmp, "wb") as f:
+                np.savez(f, images=x, labels=y)
+
+        atomic_write(path, write)
+    with np.load(path) as data:
+        return data["images"], data["labels"]
+
+
 def generate(split: str, count: int, seed: int = 0) -> dict[str, list[Any]]:
     images, targets = _source_digits(split)
     rng = np.random.default_rng([seed, 0 if split == "train" else 1])

@@ -48,6 +48,14 @@ def check_deepspeed_clip(accelerator: Accelerator, clip_params: Sequence[nn.Para
         )
 
 
+def check_own_parts(accelerator: Accelerator, method_name: str, own_parts: Sequence[str]) -> None:
+    """Parts with their own optimiser live outside the engine: refuse them under DeepSpeed rather
+    than train them unpartitioned beside a ZeRO engine nobody tested them with."""
+    if uses_deepspeed(accelerator) and own_parts:
+        raise ValueError(f"method {method_name!r} trains {', '.join(own_parts)} with its own optimizer, which this "
+                         "harness does not run under DeepSpeed: launch it without a DeepSpeed config (plain DDP)")
+
+
 def _clip_deepspeed(params: Sequence[nn.Parameter], max_norm: float) -> torch.Tensor:
     from deepspeed.utils import safe_get_full_grad, safe_set_full_grad
 

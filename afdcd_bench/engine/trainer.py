@@ -24,10 +24,11 @@ from ..models import Segmentor, build_segmentor, load_segmentor, save_segmentor
 from .checkpointing import latest_state, load_training_state, save_training_state
 from .evaluate import evaluate
 from .full_weights import FullWeights
+from .pretrain import DIGITS, digits_pretrained
 from .progress import Heartbeat, make_progress
 from .run_folder import RunFolderError, RunLock, check_resumable, check_writable, read_progress_settings, set_aside
 from .records import device_kind, git_commit, package_versions, peak_memory_mb, record_path, write_record
-from .stepping import backward_and_step, check_deepspeed_clip, disable_global_clip, uses_deepspeed
+from .stepping import backward_and_step, check_deepspeed_clip, check_own_parts, disable_global_clip
 
 
 class TrainingDiverged(RuntimeError):
@@ -126,7 +127,8 @@ def poly_lr(base: float, step: int, total: int, power: float, floor: float = 0.0
 
 def build_student(cfg: RecipeConfig, num_classes: int) -> Segmentor:
     s = cfg.student
-    return build_segmentor(s.arch, s.backbone, num_classes, s.pretrained, s.aux, s.head_width)
+    pretrained = digits_pretrained(s.backbone) if s.pretrained == DIGITS else s.pretrained
+    return build_segmentor(s.arch, s.backbone, num_classes, pretrained, s.aux, s.head_width)
 
 
 def load_teacher(cfg: RecipeConfig) -> Segmentor:
@@ -248,6 +250,9 @@ def _train(cfg: RecipeConfig, accelerator: Accelerator, run_dir: Path, state: Pa
         accelerator.init_trackers(cfg.name.replace("/", "__") + f"__seed{tc.seed}", config=flat_hparams(to_dict(cfg)))
     num_classes = cfg.num_classes
 
+    if cfg.student.pretrained == DIGITS:  # the demo's ImageNet stand-in, made once by one process
+        with accelerator.main_process_first():
+            digits_pretrained(cfg.student.backbone, log=accelerator.print)
     student = build_student(cfg, num_classes)
     if hooks.adapt_student is not None:
         student = hooks.adapt_student(student)
@@ -272,9 +277,7 @@ def _train(cfg: RecipeConfig, accelerator: Accelerator, run_dir: Path, state: Pa
     if accelerator.num_processes > 1 and sync_bn is not None:
         student = sync_bn(student)
     own_parts = method.own_parts()
-    if own_parts and uses_deepspeed(accelerator):
-        raise ValueError(f"method {cfg.method.name!r} trains {', '.join(own_parts)} with its own optimizer, which this "
-                         "harness does not run under DeepSpeed: launch it without a DeepSpeed config (plain DDP)")
+    check_own_parts(accelerator, cfg.method.name, list(own_parts))
     for part in own_parts.values():  # outside the student's wrapper: its own device move, SyncBN and optimizer
         if accelerator.num_processes > 1 and sync_bn is not None:
             part.module = sync_bn(part.module)
@@ -336,7 +339,7 @@ def _train(cfg: RecipeConfig, accelerator: Accelerator, run_dir: Path, state: Pa
             log(f"data.num_workers={cfg.data.num_workers} but this process may use {workers} CPU(s): using {workers} loader workers")
         if state is not None:
             log(f"resumed {cfg.name} from {state} at step {progress_state['step']}")
-        if teacher is not None and progress_state["teacher"] is None:
+        if teacher is not None and progress_state["teacher"] is None and cfg.eval.teacher_check:
             progress_state["teacher"] = evaluate(teacher, val_loader, num_classes, accelerator, cfg.eval, progress if show else None)
             log(f"teacher mIoU {100 * progress_state['teacher']['miou']:.2f} (sanity check of the teacher checkpoint)")
         task = progress.add_task(cfg.name, total=tc.iterations, completed=step, info="")

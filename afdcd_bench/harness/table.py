@@ -213,7 +213,8 @@ def render(table: pd.DataFrame, console: Console | None = None) -> None:
             if _present(part, "peak_mb"):
                 cols.append(("peak MB", "peak_mb"))
             notes.add("cost as measured: wall s = the whole run, img/s = training images per second without evaluations, "
-                      "peak MB = the accelerator's peak memory (absent on CPU); compare costs only between runs on one device")
+                      "peak MB = the GPU's peak allocated memory (on CPU the process's peak resident size, which in the "
+                      "in-process demo carries over from run to run); compare costs only between runs on one device")
             if split:
                 cols += [("settings", "settings"), ("folder", "folder")]
                 notes.add("rows of one method with other settings are separate experiments (settings: a hash of the resolved "

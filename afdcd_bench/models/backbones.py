@@ -37,8 +37,9 @@ def resolve(name: str) -> tuple[str, dict[str, Any]]:
     return name, {}
 
 
-def create_backbone(name: str, pretrained: bool | str = False) -> nn.Module:
-    """features_only timm model at output stride 8 returning [C3, C4].
+def create_backbone(name: str, pretrained: bool | str = False, output_stride: int = 8) -> nn.Module:
+    """features_only timm model at output stride 8 returning [C3, C4] (32: undilated, the same
+    weights, as classification pretraining runs them).
 
     pretrained: False (random), True (timm's own weights by name; needs a network), or the
     path of a local weights file: timm's layout (.safetensors or .pth, classifier optional) or
@@ -46,7 +47,7 @@ def create_backbone(name: str, pretrained: bool | str = False) -> nn.Module:
     tensor: timm itself loads a features_only model non-strictly and would accept a wrong file.
     """
     timm_name, kwargs = resolve(name)
-    common = dict(features_only=True, output_stride=8, out_indices=(3, 4), **kwargs)
+    common = dict(features_only=True, output_stride=output_stride, out_indices=(3, 4), **kwargs)
     if pretrained is False or pretrained is None:
         return timm.create_model(timm_name, pretrained=False, **common)
     if isinstance(pretrained, (str, os.PathLike)) and not isinstance(pretrained, bool):
