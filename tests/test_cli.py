@@ -49,8 +49,8 @@ def test_demo_chain_end_to_end(tmp_path, capsys, monkeypatch):
         assert method in text
     assert out == tmp_path / "res"
     csv = (out / "table.csv").read_text()
-    assert csv.count("\n") == 5  # header + 4 methods
-    assert len(list(out.glob("*.json"))) == 4
+    assert csv.count("\n") == 7  # header + teacher + 5 students
+    assert len(list(out.glob("*.json"))) == 6
     assert (tmp_path / "elsewhere/runs/demo/teacher/seed0/best.safetensors").is_file()
     import json
 

@@ -86,10 +86,16 @@ def test_distillation_evaluates_teacher_and_trains(tmp_path):
     train(t, show_progress=False)
     _reset()
     ckpt = tmp_path / "demo/teacher/seed0/best.safetensors"
-    s = load_recipe("demo/afdcd", TINY + [f"output_dir={tmp_path}", f"teacher.checkpoint={ckpt}", "teacher.backbone=resnet10t", "train.iterations=2"])
+    s = load_recipe("demo/afdcd", TINY + [f"output_dir={tmp_path}", f"teacher.checkpoint={ckpt}", "teacher.backbone=resnet10t", "train.iterations=2",
+                                        "eval.teacher_check=true"])
     rec = train(s, show_progress=False)
     _reset()
     assert rec["teacher_miou"] is not None and rec["method"] == "afdcd"
+    assert rec["method_terms"] == {"task": 1.0, "task_aux": 0.4, "kd": 1.0, "fd": 1e-5, "ctr": 5e-4}
+    quiet = load_recipe("demo/afdcd", TINY + [f"output_dir={tmp_path / 'q'}", f"teacher.checkpoint={ckpt}",
+                                             "teacher.backbone=resnet10t", "train.iterations=1"])
+    assert train(quiet, show_progress=False)["teacher_miou"] is None  # the demo students skip the check
+    _reset()
     assert math.isfinite(rec["final_miou"])
 
 
