@@ -116,6 +116,15 @@ def test_cityscapes_r18_variants_and_ablations_differ_from_the_main_recipe_in_on
         cfg = load_recipe(f"cityscapes/deeplabv3_resnet18/{variant}")
         assert cfg.ablation_of == main_name and cfg.published.miou is None
         assert settings_diff(main, settings(to_dict(cfg))) == diff, variant
+    # Af-DCD's masked mimicking added to other distillers: a recipe setting ("+fd")
+    fd = {"method.fd": ("<unset>", {"weight": 2e-6, "mask": "random", "mask_ratio": 0.75, "projector": "basic"})}
+    for variant, base, name in (("kd_fd", "kd", "kd+fd"), ("cwd_fd", "cwd", "cwd+kd+adv+fd")):
+        cfg = load_recipe(f"cityscapes/deeplabv3_resnet18/ablations/{variant}")
+        main_cfg = load_recipe(f"cityscapes/deeplabv3_resnet18/{base}")
+        assert cfg.ablation_of == main_cfg.name and cfg.published.miou is None
+        diff = settings_diff(settings(to_dict(main_cfg)), settings(to_dict(cfg)))
+        assert diff == [f"method.fd: '<unset>' -> {fd['method.fd'][1]!r}", f"method.name: {main_cfg.method.name!r} -> {name!r}"]
+        expected[f"ablations/{variant}"] = diff
     assert not any("ablations" in n or "_enhanced" in n for n in plan("cityscapes"))
     assert set(plan("cityscapes", ablations=True)) - set(plan("cityscapes")) == {f"cityscapes/deeplabv3_resnet18/{v}" for v in expected}
 
