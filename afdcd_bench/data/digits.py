@@ -72,20 +72,30 @@ def _background(rng: np.random.Generator, size: int) -> np.ndarray:
     return img
 
 
+def _paste_tile(rng: np.random.Generator, img: np.ndarray, digit: np.ndarray, side: int) -> tuple[int, int]:
+    """Draw one digit tile of `side` px at a random position of `img` (in place); its top-left corner."""
+    glyph = torch.from_numpy(digit)[None, None]
+    alpha = F.interpolate(glyph, size=(side, side), mode="bilinear", align_corners=False)[0, 0].clamp(0, 1).numpy()
+    y, x = (int(v) for v in rng.integers(0, img.shape[0] - side + 1, 2))
+    tile, ink = rng.uniform(0, 90, size=3), rng.uniform(170, 255, size=3)
+    img[y : y + side, x : x + side] = tile * (1 - alpha[..., None]) + ink * alpha[..., None]
+    return y, x
+
+
+def _with_noise(rng: np.random.Generator, img: np.ndarray) -> np.ndarray:
+    img += rng.normal(0, 8, size=img.shape)
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
 def render_scene(rng: np.random.Generator, images: np.ndarray, targets: np.ndarray, size: int = SIZE) -> tuple[np.ndarray, np.ndarray]:
     img = _background(rng, size)
     label = np.zeros((size, size), np.uint8)
     for _ in range(int(rng.integers(2, 5))):
         k = int(rng.integers(0, len(targets)))
         s = int(rng.integers(TILE_SIDES[0], TILE_SIDES[1] + 1))
-        glyph = torch.from_numpy(images[k])[None, None]
-        alpha = F.interpolate(glyph, size=(s, s), mode="bilinear", align_corners=False)[0, 0].clamp(0, 1).numpy()
-        y, x = (int(v) for v in rng.integers(0, size - s + 1, 2))
-        tile, ink = rng.uniform(0, 90, size=3), rng.uniform(170, 255, size=3)
-        img[y : y + s, x : x + s] = tile * (1 - alpha[..., None]) + ink * alpha[..., None]
+        y, x = _paste_tile(rng, img, images[k], s)
         label[y : y + s, x : x + s] = targets[k] + 1
-    img += rng.normal(0, 8, size=img.shape)
-    return np.clip(img, 0, 255).astype(np.uint8), label
+    return _with_noise(rng, img), label
 
 
 CLS_SIZE = 32
@@ -96,14 +106,8 @@ def render_digit(rng: np.random.Generator, images: np.ndarray, targets: np.ndarr
     """One digit tile on a scene background: the classification task standing in for ImageNet."""
     img = _background(rng, size)
     k = int(rng.integers(0, len(targets)))
-    s = int(rng.integers(size * 5 // 8, size * 7 // 8 + 1))
-    glyph = torch.from_numpy(images[k])[None, None]
-    alpha = F.interpolate(glyph, size=(s, s), mode="bilinear", align_corners=False)[0, 0].clamp(0, 1).numpy()
-    y, x = (int(v) for v in rng.integers(0, size - s + 1, 2))
-    tile, ink = rng.uniform(0, 90, size=3), rng.uniform(170, 255, size=3)
-    img[y : y + s, x : x + s] = tile * (1 - alpha[..., None]) + ink * alpha[..., None]
-    img += rng.normal(0, 8, size=img.shape)
-    return np.clip(img, 0, 255).astype(np.uint8), int(targets[k])
+    _paste_tile(rng, img, images[k], int(rng.integers(size * 5 // 8, size * 7 // 8 + 1)))
+    return _with_noise(rng, img), int(targets[k])
 
 
 def classification_split(split: str, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
