@@ -154,3 +154,13 @@ def test_a_method_needing_a_teacher_without_one_names_teacher_checkpoint(tmp_pat
     with pytest.raises(FileNotFoundError, match="teacher.checkpoint"):
         train(cfg, show_progress=False)
     _reset()
+
+
+def test_a_method_without_forward_cannot_be_built():
+    from afdcd_bench.methods import BuildContext, Component
+
+    class NoTerms(Component):
+        pass
+
+    with pytest.raises(TypeError, match="abstract method forward"):
+        NoTerms(None, BuildContext({}, None, 11))

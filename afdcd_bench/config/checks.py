@@ -14,6 +14,12 @@ def positive(value: float, key: str, strict: bool = True) -> None:
         raise ConfigError(f"{key} must be {'> 0' if strict else '>= 0'}, got {value!r}")
 
 
+def fraction(value: float, key: str) -> None:
+    """A share in [0, 1): mask ratios."""
+    if not 0 <= value < 1:
+        raise ConfigError(f"{key} must be in [0, 1), got {value!r}")
+
+
 def pair(values: list, key: str) -> None:
     if len(values) != 2:
         raise ConfigError(f"{key} must be two sides [height, width], got {values!r}")

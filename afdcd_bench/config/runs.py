@@ -94,8 +94,10 @@ def settings(config: dict[str, Any]) -> dict[str, Any]:
 def upgrade_method_keys(config: dict[str, Any]) -> dict[str, Any]:
     """A record of the single-method schema (method.lambda_kd, .temperature, .lambda_fd, .lambda_ctr)
     in the per-method form: KD's under method.kd, Af-DCD's under method.afdcd."""
+    from .schema import MOVED_METHOD_KEYS
+
     method = config.get("method")
-    old = ("lambda_kd", "temperature", "lambda_fd", "lambda_ctr")
+    old = tuple(MOVED_METHOD_KEYS)
     if not isinstance(method, dict) or not any(k in method for k in old):
         return config
     config = copy.deepcopy(config)

@@ -273,13 +273,15 @@ def _train(cfg: RecipeConfig, accelerator: Accelerator, run_dir: Path, state: Pa
         num_processes=accelerator.num_processes, gather=accelerator.gather,
         reduce_mean=lambda t: accelerator.reduce(t, reduction="mean"),
         sum_across=differentiable_sum if accelerator.num_processes > 1 else (lambda t: t)))
-    sync_bn = convert_sync_bn or (nn.SyncBatchNorm.convert_sync_batchnorm if accelerator.device.type == "cuda" else None)
-    if accelerator.num_processes > 1 and sync_bn is not None:
+    sync_bn = None  # several processes: the student and the own parts normalise over the global batch
+    if accelerator.num_processes > 1:
+        sync_bn = convert_sync_bn or (nn.SyncBatchNorm.convert_sync_batchnorm if accelerator.device.type == "cuda" else None)
+    if sync_bn is not None:
         student = sync_bn(student)
     own_parts = method.own_parts()
     check_own_parts(accelerator, cfg.method.name, list(own_parts))
     for part in own_parts.values():  # outside the student's wrapper: its own device move, SyncBN and optimizer
-        if accelerator.num_processes > 1 and sync_bn is not None:
+        if sync_bn is not None:
             part.module = sync_bn(part.module)
         part.module.to(accelerator.device)
         part.optimizer = part.make_optimizer([p for p in part.module.parameters() if p.requires_grad])

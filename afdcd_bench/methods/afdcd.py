@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..config.checks import OUTPUT_STRIDE, pair, positive
+from ..config.checks import OUTPUT_STRIDE, fraction, pair, positive
 from ..config.schema import ConfigError
 from ..losses import AfDCDLoss, kd_loss
 from .base import Component, check_option_ranges, register
@@ -49,8 +49,7 @@ class AfDCD(Component):
         positive(options.groups, f"{path}.groups")
         pair(options.patch, f"{path}.patch")
         positive(options.pool, f"{path}.pool", strict=False)
-        if not 0 <= options.mask_ratio < 1:
-            raise ConfigError(f"{path}.mask_ratio must be in [0, 1), got {options.mask_ratio!r}")
+        fraction(options.mask_ratio, f"{path}.mask_ratio")
         h, w = (-(-side // OUTPUT_STRIDE) for side in cfg.data.crop_size)  # a stride-8 map rounds up
         if options.pool:
             h, w = h // options.pool, w // options.pool

@@ -8,6 +8,7 @@ methods with "+": the loop sums the task loss and every method's terms (docs/met
 """
 from __future__ import annotations
 
+import abc
 import dataclasses
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, ClassVar
@@ -84,8 +85,9 @@ def check_option_ranges(options: Any, path: str) -> None:
             positive(value, f"{path}.{f.name}")
 
 
-class Component(nn.Module):
-    """One method's loss terms. Subclasses set the class attributes and implement forward."""
+class Component(nn.Module, abc.ABC):
+    """One method's loss terms. Subclasses set the class attributes and implement forward (a
+    subclass without one cannot be built)."""
 
     name: ClassVar[str] = ""
     Options: ClassVar[type] = NoOptions
@@ -119,9 +121,10 @@ class Component(nn.Module):
         """After each student optimiser step: train the own parts; returns terms to log."""
         return {}
 
+    @abc.abstractmethod
     def forward(self, student: SegmentorOutput, teacher: SegmentorOutput | None,
                 labels: torch.Tensor) -> dict[str, torch.Tensor]:
-        raise NotImplementedError
+        """The method's weighted terms of one step (named as in `terms`)."""
 
 
 def check_reads(cls: type[Component], ctx: BuildContext) -> None:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..config.schema import ConfigError
+from ..config.checks import fraction
 from ..losses import AfDCDLoss
 from .base import Component, check_option_ranges, register
 
@@ -31,8 +31,7 @@ class MaskedMimicking(Component):
     @classmethod
     def check_recipe(cls, options, cfg, path):
         check_option_ranges(options, path)
-        if not 0 <= options.mask_ratio < 1:
-            raise ConfigError(f"{path}.mask_ratio must be in [0, 1), got {options.mask_ratio!r}")
+        fraction(options.mask_ratio, f"{path}.mask_ratio")
 
     def weights(self):
         return {"fd": self.options.weight}

@@ -20,7 +20,7 @@ class SegmentorOutput(NamedTuple):
     head: torch.Tensor | None = None  # the head's feature before its 1x1 classifier (SKD, IFVD, CWD)
 
 
-OUTPUTS = ("logits", "aux_logits", "features", "c3", "head")
+OUTPUTS = SegmentorOutput._fields
 
 
 class Segmentor(nn.Module):
@@ -46,7 +46,6 @@ class Segmentor(nn.Module):
         width = head_width or default_head_width(arch, c4)
         self.head = HEADS[arch](c4, num_classes, width)
         self.auxlayer = FCNHead(c3, num_classes) if aux else None
-        self.feature_channels = c4
         self.output_channels: dict[str, int | None] = {
             "logits": int(num_classes), "aux_logits": int(num_classes) if aux else None, "features": c4, "c3": c3,
             "head": int(width),
