@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 
 from ..data.digits import cache_root, classification_split
+from ..data.transforms import normalize
 from ..files import atomic_write
 from ..models.backbones import create_backbone, timm_normalization
 
@@ -37,9 +38,9 @@ class Classifier(nn.Module):
 
 
 def _tensor(images: np.ndarray, norm: dict) -> torch.Tensor:
-    x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255.0
-    mean, std = torch.tensor(norm["mean"])[:, None, None], torch.tensor(norm["std"])[:, None, None]
-    return (x - mean) / std
+    """A batch normalised as the datasets do; channels-last in memory, the layout the cached
+    weights were trained from (another layout changes the float rounding of every conv)."""
+    return torch.stack([normalize(image, norm) for image in images]).contiguous(memory_format=torch.channels_last)
 
 
 def pretrained_path(backbone: str) -> Path:
