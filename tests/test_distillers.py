@@ -131,3 +131,51 @@ def test_discriminator_scores_and_hinge_losses():
     real, fake = torch.tensor([2.0, 0.5]), torch.tensor([-2.0, 0.0])
     assert discriminator_hinge(real, fake).item() == pytest.approx((0 + 0.5) / 2 + (0 + 1) / 2)
     assert generator_hinge(fake).item() == pytest.approx(1.0)
+
+
+def _kl(p, q):
+    return sum(a * (math.log(a) - math.log(b)) for a, b in zip(p, q))
+
+
+def _unit(v):
+    n = math.sqrt(sum(x * x for x in v))
+    return [x / n for x in v]
+
+
+def test_cirkd_minibatch_is_the_mean_over_image_pairs_of_row_kl_of_pixel_similarities():
+    from afdcd_bench.losses import cirkd_minibatch_loss
+
+    s, t, tau = _rand(2, 3, 2, 2, seed=20), _rand(2, 3, 2, 2, seed=21), 0.5
+    pix = lambda f, b: [_unit(f[b, :, i, j].tolist()) for i in range(2) for j in range(2)]
+    total = 0.0
+    for i in range(2):
+        for j in range(2):
+            rows = 0.0
+            for sx, tx in zip(pix(s, i), pix(t, i)):
+                ps = _softmax([sum(a * b for a, b in zip(sx, sy)) / tau for sy in pix(s, j)])
+                pt = _softmax([sum(a * b for a, b in zip(tx, ty)) / tau for ty in pix(t, j)])
+                rows += _kl(pt, ps)
+            total += rows / 4
+    assert cirkd_minibatch_loss(s, t, tau).item() == pytest.approx(total / 4, rel=1e-12)
+    assert cirkd_minibatch_loss(t, t).item() == pytest.approx(0.0, abs=1e-12)
+    # unit-length pixel vectors: a per-pixel positive scale of the features changes nothing
+    scale = _rand(2, 1, 2, 2, seed=22).abs() + 0.1
+    assert cirkd_minibatch_loss(s * scale, t, tau).item() == pytest.approx(total / 4, rel=1e-10)
+    s.requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda x: cirkd_minibatch_loss(x, t, tau), (s,))
+    with pytest.raises(ValueError, match="differ"):
+        cirkd_minibatch_loss(s, t[:1])
+
+
+def test_cirkd_memory_kl_is_the_per_anchor_kl_over_the_contrast_entries():
+    from afdcd_bench.losses import cirkd_memory_kl
+
+    s, t, bank = _rand(3, 4, seed=23), _rand(3, 4, seed=24), _rand(5, 4, seed=25)
+    tau, T = 0.2, 2.0
+    got = cirkd_memory_kl(s, t, bank, tau, T)
+    for a in range(3):
+        ps = _softmax([sum(x * y for x, y in zip(s[a].tolist(), q)) / (tau * T) for q in bank.tolist()])
+        pt = _softmax([sum(x * y for x, y in zip(t[a].tolist(), q)) / (tau * T) for q in bank.tolist()])
+        assert got[a].item() == pytest.approx(T * T * _kl(pt, ps), rel=1e-12)
+    s.requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda x: cirkd_memory_kl(x, t, bank, tau, T).sum(), (s,))

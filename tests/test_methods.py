@@ -32,6 +32,9 @@ PER_METHOD = {
     # at the demo's weights (100 and 3 at T=4) two steps at lr 0.01 move the weights so far that float
     # rounding alone differs by more than 1e-5 between 1 and 2 processes
     "cwd": ["method.cwd.feature_weight=1.0", "method.cwd.logit_weight=0.03"],
+    # small queues: they are written to every checkpoint
+    "cirkd": ["method.cirkd.pixel_queue=50", "method.cirkd.region_queue=10", "method.cirkd.pixel_contrasts=64",
+              "method.cirkd.region_contrasts=16"],
 }
 NO_DROPOUT = TrainHooks(adapt_student=lambda s: strip(s, (nn.Dropout, nn.Dropout2d)))
 
@@ -52,6 +55,8 @@ def _runs(teacher):
         for part in name.split("+"):
             extra += PER_METHOD.get(part, [])
         out.append((name, recipe, [*TINY, f"teacher.checkpoint={teacher}", *extra]))
+    released = ["method.cirkd.pixel_enqueue=released", "method.cirkd.enqueue=before_loss"]
+    out.append(("cirkd-released", "demo/cirkd", [*TINY, f"teacher.checkpoint={teacher}", *PER_METHOD["cirkd"], *released]))
     return out
 
 
@@ -85,12 +90,12 @@ def _equal(a, b, tol=0.0):
 
 def test_every_method_trains_resumes_exactly_and_two_processes_equal_one(tmp_path, teacher):
     runs = _runs(teacher)
-    assert {"baseline", "kd", "afdcd", "cwd", "dist", "ifvd", "skd", "adv", "fd"} <= {r[0] for r in runs}
+    assert {"baseline", "kd", "afdcd", "cwd", "dist", "ifvd", "skd", "adv", "fd", "cirkd"} <= {r[0] for r in runs}
     for label, recipe, extra in runs:
         straight = load_recipe(recipe, [*extra, f"output_dir={tmp_path / 'one' / label}"])
         rec = train(straight, results_dir=tmp_path / "res" / label, show_progress=False, hooks=NO_DROPOUT)
         _reset()
-        assert set(label.split("+")) <= set(rec["method"].split("+"))
+        assert set(label.split("-")[0].split("+")) <= set(rec["method"].split("+"))
         parts = rec["method"].split("+")
         assert set(rec["method_terms"]) >= {"task"} | {t for p in parts for t in METHODS[p].terms} - {"dist_aux"}
         assert rec["final_miou"] is not None, label
@@ -110,6 +115,10 @@ def test_every_method_trains_resumes_exactly_and_two_processes_equal_one(tmp_pat
         assert _equal(a, b), f"{label}: the resumed run differs from the straight one"
         if label == "adv":
             assert rec["own_parts"]["adv.discriminator"] > 0 and a[1], "the discriminator's state is checkpointed"
+        if label.startswith("cirkd"):
+            assert rec["method_state_bytes"]["cirkd"] == 11 * (50 + 10) * 128 * 4
+            queues = [v["cirkd"] for v in a[1].values() if "cirkd" in v]
+            assert len(queues) == 1 and queues[0]["pixel_ptr"] != [0] * 11, "the queues are checkpointed and filled"
 
     many = json.dumps([[recipe, [*extra, f"output_dir={tmp_path / 'two' / label}"]] for label, recipe, extra in runs])
     cmd = [sys.executable, str(ROOT / "tests/distributed_helpers.py"), "demo/kd", "--sync-bn", "--many", many]

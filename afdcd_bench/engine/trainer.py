@@ -19,7 +19,7 @@ from ..config import RecipeConfig, config_hash, project_root, run_dir as run_fol
 from ..config.runs import recorded_path
 from ..data import build_dataset, resolve_root
 from ..losses import IGNORE_INDEX
-from ..methods import BuildContext, OwnPartsState, build_method, needs_teacher
+from ..methods import BuildContext, OwnPartsState, RunStates, build_method, needs_teacher
 from ..models import Segmentor, build_segmentor, load_segmentor, save_segmentor
 from .checkpointing import latest_state, load_training_state, save_training_state
 from .evaluate import evaluate
@@ -272,12 +272,14 @@ def _train(cfg: RecipeConfig, accelerator: Accelerator, run_dir: Path, state: Pa
         num_classes=num_classes, ignore_index=IGNORE_INDEX, crop_size=tuple(cfg.data.crop_size),
         num_processes=accelerator.num_processes, gather=accelerator.gather,
         reduce_mean=lambda t: accelerator.reduce(t, reduction="mean"),
-        sum_across=differentiable_sum if accelerator.num_processes > 1 else (lambda t: t)))
+        sum_across=differentiable_sum if accelerator.num_processes > 1 else (lambda t: t),
+        device=accelerator.device, per_device_batch=per_device, seed=tc.seed))
     sync_bn = None  # several processes: the student and the own parts normalise over the global batch
     if accelerator.num_processes > 1:
         sync_bn = convert_sync_bn or (nn.SyncBatchNorm.convert_sync_batchnorm if accelerator.device.type == "cuda" else None)
     if sync_bn is not None:
         student = sync_bn(student)
+        method = sync_bn(method)  # a method's own BatchNorm (CIRKD's projection head) too
     own_parts = method.own_parts()
     check_own_parts(accelerator, cfg.method.name, list(own_parts))
     for part in own_parts.values():  # outside the student's wrapper: its own device move, SyncBN and optimizer
@@ -287,6 +289,9 @@ def _train(cfg: RecipeConfig, accelerator: Accelerator, run_dir: Path, state: Pa
         part.optimizer = part.make_optimizer([p for p in part.module.parameters() if p.requires_grad])
     if own_parts:
         accelerator.register_for_checkpointing(OwnPartsState(own_parts))
+    run_states = method.run_states()
+    if run_states:
+        accelerator.register_for_checkpointing(RunStates(run_states))
     step_module = DistillStep(student, method)
 
     norm = student.build_args["normalization"]
@@ -441,6 +446,7 @@ def _train(cfg: RecipeConfig, accelerator: Accelerator, run_dir: Path, state: Pa
         "method_terms": method.weights(),  # every loss term the run trained with, and its weight
         "method_parameters": sum(p.numel() for p in method.parameters()),  # trained with the student
         "own_parts": {k: sum(p.numel() for p in part.module.parameters()) for k, part in own_parts.items()},
+        "method_state_bytes": method.state_bytes(),  # state beyond trained weights (CIRKD's queues), per method
         "student": f"{cfg.student.arch}-{cfg.student.backbone}",
         "teacher": f"{teacher.build_args['arch']}-{teacher.build_args['backbone']}" if teacher is not None else None,
         "teacher_checkpoint": recorded_path(cfg.teacher.checkpoint, project_root()) if teacher is not None else None,

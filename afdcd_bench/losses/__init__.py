@@ -1,5 +1,6 @@
 """Pure, reusable losses: nothing here knows about models, data or the training loop."""
 from .afdcd import AfDCDLoss, AfDCDTerms, center_mask, random_mask
+from .cirkd import cirkd_memory_kl, cirkd_minibatch_loss
 from .contrastive import contrastive_loss
 from .cwd import cwd_loss
 from .dist import dist_loss
@@ -14,6 +15,8 @@ __all__ = [
     "Discriminator",
     "IGNORE_INDEX",
     "center_mask",
+    "cirkd_memory_kl",
+    "cirkd_minibatch_loss",
     "contrastive_loss",
     "cwd_loss",
     "discriminator_hinge",

@@ -74,6 +74,12 @@ class Method(nn.Module):
     def own_parts(self) -> dict[str, OwnPart]:
         return {f"{c.name}.{k}": part for c in self.components for k, part in c.own_parts().items()}
 
+    def run_states(self) -> dict[str, Any]:
+        return {c.name: state for c in self.components if (state := c.run_state()) is not None}
+
+    def state_bytes(self) -> dict[str, int]:
+        return {c.name: c.state_bytes() for c in self.components}
+
     def after_step(self) -> dict[str, float]:
         out: dict[str, float] = {}
         for c in self.components:
@@ -106,6 +112,22 @@ class OwnPartsState:
                 p.optimizer.load_state_dict(state[k]["optimizer"])
 
 
+class RunStates:
+    """The methods' state outside their modules (queues), for Accelerate's checkpoint."""
+
+    def __init__(self, states: dict[str, Any]):
+        self.states = states
+
+    def state_dict(self) -> dict[str, Any]:
+        return {k: s.state_dict() for k, s in self.states.items()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if set(state) != set(self.states):
+            raise ValueError(f"checkpoint holds the state of {sorted(state)}, this method {sorted(self.states)}")
+        for k, s in self.states.items():
+            s.load_state_dict(state[k])
+
+
 def build_method(cfg: Any, ctx: BuildContext) -> Method:
     """cfg: the recipe's MethodConfig."""
     unknown = [n for n in cfg.components if n not in METHODS]
@@ -116,5 +138,5 @@ def build_method(cfg: Any, ctx: BuildContext) -> Method:
     return Method(cfg, ctx)
 
 
-__all__ = ["METHODS", "BuildContext", "Component", "Method", "OwnPart", "OwnPartsState", "build_method", "needs_teacher",
+__all__ = ["METHODS", "BuildContext", "Component", "Method", "OwnPart", "OwnPartsState", "RunStates", "build_method", "needs_teacher",
            "option_types", "register"]

@@ -56,6 +56,9 @@ class BuildContext:
     gather: Callable[[torch.Tensor], torch.Tensor] = _same  # concatenation over processes along dim 0
     reduce_mean: Callable[[torch.Tensor], torch.Tensor] = _same  # mean over processes
     sum_across: Callable[[torch.Tensor], torch.Tensor] = _same  # sum over processes, differentiable
+    device: torch.device | str = "cpu"  # where the run computes (state held outside modules goes there)
+    per_device_batch: int = 1  # images per forward on each process
+    seed: int = 0  # the run's seed, for state a method draws itself (identical on every process)
 
 
 @dataclass
@@ -120,6 +123,15 @@ class Component(nn.Module, abc.ABC):
     def after_step(self) -> dict[str, float]:
         """After each student optimiser step: train the own parts; returns terms to log."""
         return {}
+
+    def run_state(self) -> Any | None:
+        """State outside the trained modules that a stopped run must get back (CIRKD's queues): an
+        object with state_dict/load_state_dict, checkpointed with the run. No wrapper broadcasts it."""
+        return None
+
+    def state_bytes(self) -> int:
+        """Memory of the method's state beyond its trained parameters (for the run record)."""
+        return 0
 
     @abc.abstractmethod
     def forward(self, student: SegmentorOutput, teacher: SegmentorOutput | None,

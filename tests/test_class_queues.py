@@ -1,0 +1,101 @@
+"""CIRKD's class-wise queues on hand-made batches: which slots change, how pointers wrap, what the
+released pixel indexing stores, and that the state round-trips exactly."""
+import pytest
+import torch
+
+from afdcd_bench.methods._class_queues import ClassQueues
+
+IGNORE = 255
+
+
+def _batch():
+    """2 images of 1x4 pixels, each pixel a distinct unit vector; labels 0 0 1 ign / 0 2 2 2."""
+    feat = torch.nn.functional.normalize(torch.arange(1.0, 17.0).reshape(2, 2, 1, 4) ** 1.5 % 7 + 0.5, dim=1)
+    labels = torch.tensor([[[0, 0, 1, IGNORE]], [[0, 2, 2, 2]]])
+    return feat, labels
+
+
+def _vec(feat, i, x):
+    return feat[i, :, 0, x]
+
+
+def _queues(**kw):
+    return ClassQueues(3, pixel_size=5, region_size=2, dim=2, per_image=2, seed=0, **kw)
+
+
+def test_enqueue_writes_the_class_slots_in_order_and_leaves_the_rest():
+    feat, labels = _batch()
+    q = _queues()
+    pixel0, region0 = q.pixel.clone(), q.region.clone()
+    q.enqueue(feat, labels)
+    # regions: one per image and class present, at the class's pointer (2 slots: class 0 wraps)
+    assert torch.allclose(q.region[0, 0], torch.nn.functional.normalize(_vec(feat, 0, 0) + _vec(feat, 0, 1), dim=0))
+    assert torch.allclose(q.region[0, 1], _vec(feat, 1, 0))
+    assert torch.allclose(q.region[1, 0], _vec(feat, 0, 2))
+    mean2 = torch.nn.functional.normalize(_vec(feat, 1, 1) + _vec(feat, 1, 2) + _vec(feat, 1, 3), dim=0)
+    assert torch.allclose(q.region[2, 0], mean2, atol=1e-6)
+    assert torch.equal(q.region[1, 1], region0[1, 1]) and torch.equal(q.region[2, 1], region0[2, 1])
+    assert q.region_ptr == [0, 1, 1]
+    # pixels: min(n_c, 2) per image and class, consecutive slots; entries are pixels of that class
+    assert q.pixel_ptr == [3, 1, 2]
+    of_class = {0: [(0, 0), (0, 1), (1, 0)], 1: [(0, 2)], 2: [(1, 1), (1, 2), (1, 3)]}
+    for c, slots in ((0, [0, 1, 2]), (1, [0]), (2, [0, 1])):
+        for slot in slots:
+            assert any(torch.equal(q.pixel[c, slot], _vec(feat, i, x)) for i, x in of_class[c]), (c, slot)
+        for slot in range(max(slots) + 1, 5):
+            assert torch.equal(q.pixel[c, slot], pixel0[c, slot])
+    assert not torch.equal(q.pixel[0, 0], q.pixel[0, 1])  # two different pixels of image 0
+    # the ignored pixel (image 0, x=3) is in no queue
+    ignored = _vec(feat, 0, 3)
+    assert not any(torch.equal(q.pixel[c, s], ignored) for c in range(3) for s in range(5))
+
+
+def test_pixel_pointer_wraps_to_the_last_slots_then_restarts():
+    feat, labels = _batch()
+    q = _queues()
+    q.pixel_ptr = [4, 0, 0]
+    before = q.pixel.clone()
+    q.enqueue(feat[:1], labels[:1])  # class 0: 2 pixels at pointer 4 of 5 -> slots 3 and 4, pointer back to 0
+    assert q.pixel_ptr[0] == 0
+    assert torch.equal(q.pixel[0, :3], before[0, :3])
+    assert {tuple(q.pixel[0, 3].tolist()), tuple(q.pixel[0, 4].tolist())} == {
+        tuple(_vec(feat, 0, 0).tolist()), tuple(_vec(feat, 0, 1).tolist())}
+
+
+def test_released_pixel_indexing_stores_pixels_of_other_classes():
+    feat, labels = _batch()
+    q = _queues(pixel_enqueue="released")
+    q.enqueue(feat, labels)
+    # class 1 has 1 pixel in image 0: the release picks a random index in [0, 1) of the whole image,
+    # pixel 0, which is of class 0; the default picks the class-1 pixel
+    assert torch.equal(q.pixel[1, 0], _vec(feat, 0, 0))
+    fixed = _queues()
+    fixed.enqueue(feat, labels)
+    assert torch.equal(fixed.pixel[1, 0], _vec(feat, 0, 2))
+
+
+def test_state_round_trips_and_the_same_seed_gives_the_same_draws():
+    feat, labels = _batch()
+    a, b = _queues(), _queues()
+    a.enqueue(feat, labels)
+    b.enqueue(feat, labels)
+    assert torch.equal(a.pixel, b.pixel) and torch.equal(a.region, b.region)
+    saved = a.state_dict()
+    first = a.sample(6, 3)
+    c = _queues()
+    c.load_state_dict(saved)
+    again = c.sample(6, 3)
+    assert all(torch.equal(x, y) for x, y in zip(first, again))
+    assert first[0].shape == (3 * (6 // 3 + 1), 2) and first[1].shape == (3 * (3 // 3 + 1), 2)
+    with pytest.raises(ValueError, match="do not match"):
+        ClassQueues(3, 6, 2, 2, 2).load_state_dict(saved)
+
+
+def test_a_queue_too_big_for_the_device_is_refused_before_it_is_allocated():
+    from afdcd_bench.config import load_recipe
+    from afdcd_bench.methods import BuildContext, build_method
+
+    cfg = load_recipe("demo/cirkd", ["method.cirkd.pixel_queue=2000000000"])
+    ctx = BuildContext({"logits": 11, "head": 64}, {"logits": 11, "head": 128}, 11, per_device_batch=2)
+    with pytest.raises(ValueError, match=r"CIRKD queues need .* GiB .* lower method\.cirkd\.pixel_queue"):
+        build_method(cfg.method, ctx)
