@@ -20,7 +20,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
         overrides.append(f"train.trackers=[{', '.join(args.tracker)}]")
     cfg = load_recipe(args.recipe, overrides)
     record = train(cfg, results_dir=args.results_dir, per_device_batch=args.per_device_batch, resume=not args.no_resume)
-    if int(os.environ.get("RANK", "0")) == 0:  # one line per run, not per process
+    if int(os.environ.get("RANK", "0")) == 0 and record.get("stage_of"):
+        Console().print(f"{record['method']}: wrote {record['stage_weights']} (final " +
+                        ", ".join(f"{k} {v:.4f}" for k, v in record["final_terms"].items()) + ")")
+    elif int(os.environ.get("RANK", "0")) == 0:  # one line per run, not per process
         Console().print(f"final mIoU {100 * (record['final_miou'] or float('nan')):.2f}, best {100 * (record['best_miou'] or float('nan')):.2f}")
     return 0
 

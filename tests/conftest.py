@@ -11,3 +11,28 @@ def _isolated_cache(tmp_path_factory, monkeypatch):
     # The digits benchmark is generated once per session into a shared temporary cache.
     cache = tmp_path_factory.getbasetemp() / "afdcd-cache"
     monkeypatch.setenv("AFDCD_CACHE", str(cache))
+
+
+# Tiny settings shared by the tests that train methods on digits (tests/test_methods.py, test_maskd.py).
+TINY = ["data.crop_size=[32, 32]", "train.optimizer=sgd", "train.lr=0.01", "train.iterations=2", "train.effective_batch=4",
+        "train.val_interval=2", "train.checkpoint_interval=1", "student.backbone=resnet10t", "eval.batch_size=100",
+        "teacher.backbone=resnet10t", "student.pretrained=false", "eval.teacher_check=false"]
+
+
+def reset_accelerate():
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+
+
+@pytest.fixture(scope="session")
+def teacher(tmp_path_factory):
+    """A ResNet-10t digits teacher trained for one step: the checkpoint's path."""
+    from afdcd_bench.config import load_recipe
+    from afdcd_bench.engine import train
+
+    out = tmp_path_factory.mktemp("teacher")
+    cfg = load_recipe("demo/teacher", [*TINY, "train.iterations=1", "train.checkpoint_interval=1", f"output_dir={out}"])
+    train(cfg, show_progress=False)
+    reset_accelerate()
+    return out / "demo/teacher/seed0/final.safetensors"

@@ -15,13 +15,10 @@ from safetensors.torch import load_file
 from afdcd_bench.config import ConfigError, load_recipe, recipes_root
 from afdcd_bench.engine import TrainHooks, train
 from afdcd_bench.methods import METHODS
+from conftest import TINY, reset_accelerate as _reset
 from distributed_helpers import strip
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = ["data.crop_size=[32, 32]", "train.optimizer=sgd", "train.lr=0.01", "train.iterations=2", "train.effective_batch=4",
-        "train.val_interval=2", "train.checkpoint_interval=1", "student.backbone=resnet10t", "eval.batch_size=100",
-        "teacher.backbone=resnet10t", "student.pretrained=false",
-        "eval.teacher_check=false"]
 PER_METHOD = {
     # The discriminator needs 64x64 logit maps. Adam's eps at 1: its normalisation would otherwise turn
     # float-rounding differences of near-zero gradients (summed in another order over 2 processes)
@@ -39,14 +36,9 @@ PER_METHOD = {
 NO_DROPOUT = TrainHooks(adapt_student=lambda s: strip(s, (nn.Dropout, nn.Dropout2d)))
 
 
-def _reset():
-    from accelerate.state import AcceleratorState
-
-    AcceleratorState._reset_state(reset_partial_state=True)
-
-
-def _runs(teacher):
-    """(label, recipe, overrides) for every registered method and one composition."""
+def _runs(teacher, tokens):
+    """(label, recipe, overrides) for every registered method and one composition; MasKD's stage 2
+    with random tokens (tests/test_maskd.py chains it to stage 1)."""
     out = []
     for name in [*sorted(METHODS), "kd+fd"]:
         own = recipes_root() / "demo" / f"{name}.yaml"
@@ -54,24 +46,17 @@ def _runs(teacher):
         extra = [] if own.is_file() else [f"method.name={name}"]
         for part in name.split("+"):
             extra += PER_METHOD.get(part, [])
+        if name == "maskd":
+            extra.append(f"method.maskd.stage_weights={tokens}")
         out.append((name, recipe, [*TINY, f"teacher.checkpoint={teacher}", *extra]))
     released = ["method.cirkd.pixel_enqueue=released", "method.cirkd.enqueue=before_loss"]
     out.append(("cirkd-released", "demo/cirkd", [*TINY, f"teacher.checkpoint={teacher}", *PER_METHOD["cirkd"], *released]))
     return out
 
 
-@pytest.fixture(scope="module")
-def teacher(tmp_path_factory):
-    out = tmp_path_factory.mktemp("teacher")
-    cfg = load_recipe("demo/teacher", [*TINY, "train.iterations=1", "train.checkpoint_interval=1", f"output_dir={out}"])
-    train(cfg, show_progress=False)
-    _reset()
-    return out / "demo/teacher/seed0/final.safetensors"
-
-
 def _state(run):
-    """Final student weights and the own parts' state (discriminator and its Adam), if any."""
-    weights = load_file(str(run / "final.safetensors"))
+    """Final student weights (a stage's output) and the custom checkpoint objects (own parts, queues), if any."""
+    weights = load_file(str(run / ("stage.safetensors" if (run / "stage.safetensors").is_file() else "final.safetensors")))
     own = {p.name: torch.load(p, weights_only=False) for p in sorted((run / "state").glob("custom_checkpoint_*.pkl"))}
     return weights, own
 
@@ -89,16 +74,23 @@ def _equal(a, b, tol=0.0):
 
 
 def test_every_method_trains_resumes_exactly_and_two_processes_equal_one(tmp_path, teacher):
-    runs = _runs(teacher)
-    assert {"baseline", "kd", "afdcd", "cwd", "dist", "ifvd", "skd", "adv", "fd", "cirkd"} <= {r[0] for r in runs}
+    from safetensors.torch import save_file
+
+    tokens = tmp_path / "tokens.safetensors"
+    save_file({"tokens": torch.randn(8, 11, generator=torch.Generator().manual_seed(0))}, str(tokens))
+    runs = _runs(teacher, tokens)
+    assert {"baseline", "kd", "afdcd", "cwd", "dist", "ifvd", "skd", "adv", "fd", "cirkd", "maskd", "maskd_tokens"} <= {
+        r[0] for r in runs}
     for label, recipe, extra in runs:
         straight = load_recipe(recipe, [*extra, f"output_dir={tmp_path / 'one' / label}"])
         rec = train(straight, results_dir=tmp_path / "res" / label, show_progress=False, hooks=NO_DROPOUT)
         _reset()
         assert set(label.split("-")[0].split("+")) <= set(rec["method"].split("+"))
         parts = rec["method"].split("+")
-        assert set(rec["method_terms"]) >= {"task"} | {t for p in parts for t in METHODS[p].terms} - {"dist_aux"}
-        assert rec["final_miou"] is not None, label
+        stage = rec.get("stage_of") is not None  # learnt on the teacher alone: no task loss, no student
+        assert set(rec["method_terms"]) >= {"task"} - ({"task"} if stage else set()) | {
+            t for p in parts for t in METHODS[p].terms} - {"dist_aux", "maskd_aux"}
+        assert (rec["final_miou"] is not None) != stage, label
 
         def stop(step):
             raise KeyboardInterrupt
@@ -119,6 +111,8 @@ def test_every_method_trains_resumes_exactly_and_two_processes_equal_one(tmp_pat
             assert rec["method_state_bytes"]["cirkd"] == 11 * (50 + 10) * 128 * 4
             queues = [v["cirkd"] for v in a[1].values() if "cirkd" in v]
             assert len(queues) == 1 and queues[0]["pixel_ptr"] != [0] * 11, "the queues are checkpointed and filled"
+        if label == "maskd":
+            assert rec["method_state_bytes"]["maskd"] == 8 * 11 * 4 and rec["method_parameters"] == 0  # frozen tokens
 
     many = json.dumps([[recipe, [*extra, f"output_dir={tmp_path / 'two' / label}"]] for label, recipe, extra in runs])
     cmd = [sys.executable, str(ROOT / "tests/distributed_helpers.py"), "demo/kd", "--sync-bn", "--many", many]

@@ -74,7 +74,7 @@ def test_recipes_carry_the_papers_settings(bench):
         d = cfg.data
         assert cfg.num_classes == classes and d.crop_size == crop and d.scale_range == [0.5, 2.0] and d.scale_step == 0.1 and d.flip
         t = cfg.train
-        if name.endswith("dist_authors_schedule"):  # DIST's published schedule (test below)
+        if name.endswith("_authors_schedule") or name.endswith("/maskd_tokens"):  # DIST's and MasKD's own (test below)
             continue
         # teachers too: CIRKD v1's defaults, 40k (COCO-Stuff 80k) at batch 16, lr 0.02
         assert (t.iterations, t.effective_batch, t.lr, t.momentum, t.weight_decay, t.poly_power, t.optimizer) == (iters, 16, 0.02, 0.9, 1e-4, 0.9, "sgd")
@@ -125,6 +125,13 @@ def test_cityscapes_r18_variants_and_ablations_differ_from_the_main_recipe_in_on
         diff = settings_diff(settings(to_dict(main_cfg)), settings(to_dict(cfg)))
         assert diff == [f"method.fd: '<unset>' -> {fd['method.fd'][1]!r}", f"method.name: {main_cfg.method.name!r} -> {name!r}"]
         expected[f"ablations/{variant}"] = diff
+    # CIRKD's queues as they should work, against the released updates of the published recipe
+    main_cfg = load_recipe("cityscapes/deeplabv3_resnet18/cirkd")
+    cfg = load_recipe("cityscapes/deeplabv3_resnet18/ablations/cirkd_class_queue")
+    assert cfg.ablation_of == main_cfg.name and cfg.published.miou is None
+    diff = settings_diff(settings(to_dict(main_cfg)), settings(to_dict(cfg)))
+    assert diff == ["method.cirkd.enqueue: 'before_loss' -> 'after_step'", "method.cirkd.pixel_enqueue: 'released' -> 'class'"]
+    expected["ablations/cirkd_class_queue"] = diff
     assert not any("ablations" in n or "_enhanced" in n for n in plan("cityscapes"))
     assert set(plan("cityscapes", ablations=True)) - set(plan("cityscapes")) == {f"cityscapes/deeplabv3_resnet18/{v}" for v in expected}
 
@@ -148,16 +155,16 @@ def test_ablations_of_a_benchmark_without_any_are_refused():
 
 
 def test_every_published_competitor_row_has_a_recipe_on_the_benchmarks_one_teacher():
-    """SKD, IFVD, CWD and DIST rows: a recipe running that method, with the published number, under
-    the benchmark's teacher recipe (so the table compares them with everything else of the pair)."""
+    """SKD, IFVD, CWD, DIST, CIRKD and MasKD rows: a recipe running that method, with the published
+    number, under the benchmark's teacher recipe (so the table compares them with everything else of the pair)."""
     by_row = {}
     for name in list_recipes():
         cfg = load_recipe(name)
         if cfg.published.miou is not None and cfg.teacher is not None:
             student = f"{cfg.student.arch}-{cfg.student.backbone.replace('_deepstem', '').replace('_100', '')}"
             by_row[(cfg.benchmark, student, cfg.method.components[0], cfg.published.miou)] = cfg
-    rows = [r for r in published_rows() if r["method"] in ("skd", "ifvd", "cwd", "dist")]
-    assert len(rows) == 19
+    rows = [r for r in published_rows() if r["method"] in ("skd", "ifvd", "cwd", "dist", "cirkd", "maskd")]
+    assert len(rows) == 30
     for r in rows:
         key = (r["benchmark"], r["student"], r["method"], float(r["miou"]))
         assert key in by_row, key
@@ -166,8 +173,21 @@ def test_every_published_competitor_row_has_a_recipe_on_the_benchmarks_one_teach
         if r["method"] in ("skd", "ifvd", "cwd"):  # the released scripts add logit KD (and, where it fits, the discriminator)
             assert "kd" in cfg.method.components
             assert ("adv" in cfg.method.components) == (r["benchmark"] != "camvid")
+        if r["method"] == "cirkd":  # with logit KD and the released queue updates behind the published numbers
+            assert "kd" in cfg.method.components
+            assert (cfg.method.cirkd.pixel_enqueue, cfg.method.cirkd.enqueue) == ("released", "before_loss")
+            assert cfg.method.cirkd.pixel_weight == (0.01 if r["benchmark"] == "voc" else 0.1)
+        if r["method"] in ("dist", "maskd"):  # published on the authors' schedule; the common one is the main row
+            assert cfg.name.endswith("_authors_schedule") and (cfg.train.weight_decay, cfg.train.lr_floor) != (1e-4, 0.0)
+            main = load_recipe(cfg.name.replace("_authors_schedule", ""))
+            assert main.published.miou is None and (main.train.weight_decay, main.train.lr_floor) == (1e-4, 0.0)
+            assert main.method.name == cfg.method.name
+        if r["method"] == "maskd":
+            assert cfg.method.maskd.stage_recipe == f"{r['benchmark']}/maskd_tokens"
     dist = load_recipe("cityscapes/deeplabv3_resnet18/dist_authors_schedule")
     assert (dist.train.weight_decay, dist.train.lr_floor, dist.method.dist.intra_batch) == (5e-4, 1e-4, "device")
+    tokens = load_recipe("cityscapes/maskd_tokens")
+    assert (tokens.train.iterations, tokens.train.lr, tokens.train.weight_decay) == (10000, 0.1, 1e-3)
 
 
 def test_reproduce_methods_picks_recipes_with_the_teacher_and_the_baselines():
@@ -179,5 +199,10 @@ def test_reproduce_methods_picks_recipes_with_the_teacher_and_the_baselines():
     assert students == {f"{s}/baseline" for s in ("deeplabv3_resnet18", "deeplabv3_mobilenetv2", "pspnet_resnet18")} | {
         "deeplabv3_resnet18/cwd", "deeplabv3_mobilenetv2/cwd", "deeplabv3_resnet18/dist_authors_schedule"}
     assert all("baseline" in n for n in names[1:4])  # baselines first: every delta needs them
-    with pytest.raises(ReproduceError, match="--methods maskd: no cityscapes recipe runs it"):
-        plan("cityscapes", methods=["maskd"])
+    with pytest.raises(ReproduceError, match="--methods nosuch: no cityscapes recipe runs it"):
+        plan("cityscapes", methods=["nosuch"])
+    # a stage learnt on the teacher comes right after it, and only for the students that build on it
+    maskd = plan("cityscapes", methods=["maskd"])
+    assert maskd[:2] == ["cityscapes/teacher", "cityscapes/maskd_tokens"] and "cityscapes/deeplabv3_resnet18/maskd" in maskd
+    assert "cityscapes/maskd_tokens" not in plan("cityscapes", methods=["cirkd"])
+    assert "demo/cirkd" not in plan("demo") and "demo/cirkd" in plan("demo", methods=["cirkd"])  # on_request

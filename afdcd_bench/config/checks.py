@@ -73,6 +73,10 @@ def check_ranges(cfg: RecipeConfig) -> None:
     positive(m.clip_grad_norm, "method.clip_grad_norm", strict=False)
     from ..methods import METHODS  # each method checks its own options (methods/base.py)
 
+    staged = [n for n in m.components if n in METHODS and METHODS[n].stage_of]
+    if staged and len(m.components) > 1:
+        raise ConfigError(f"method.name {m.name!r}: {staged[0]} is a stage trained on the teacher alone; it cannot be "
+                          f"combined with other methods")
     for name in m.components:
         options = m.options.get(name)
         if options is not None:

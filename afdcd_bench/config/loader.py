@@ -11,7 +11,7 @@ from typing import Any, Iterable
 import yaml
 
 from .checks import check_ranges
-from .runs import DEFAULT_OUTPUT_DIR, PATH_KEYS, absolute_paths, teacher_checkpoint
+from .runs import DEFAULT_OUTPUT_DIR, PATH_KEYS, absolute_paths, stage_weights, teacher_checkpoint
 from .schema import ConfigError, RecipeConfig, from_dict, to_dict
 
 
@@ -115,6 +115,9 @@ def load_recipe(name_or_path: str | os.PathLike, overrides: Iterable[str] = (), 
     teacher = data.get("teacher")
     if isinstance(teacher, dict) and not teacher.get("checkpoint") and teacher.get("recipe"):
         teacher["checkpoint"] = str(teacher_checkpoint(data["output_dir"], teacher["recipe"]))
+    for section in (data.get("method") or {}).values():  # a method built on a stage's output (MasKD's tokens)
+        if isinstance(section, dict) and not section.get("stage_weights") and section.get("stage_recipe"):
+            section["stage_weights"] = str(stage_weights(data["output_dir"], section["stage_recipe"]))
     try:
         cfg = from_dict(RecipeConfig, data)
         if check:

@@ -15,12 +15,13 @@ from pathlib import Path
 from typing import Any
 
 # Dotted keys holding filesystem paths.
-PATH_KEYS = ("output_dir", "data.root", "student.pretrained", "teacher.pretrained", "teacher.checkpoint")
+PATH_KEYS = ("output_dir", "data.root", "student.pretrained", "teacher.pretrained", "teacher.checkpoint",
+             "method.maskd.stage_weights")
 # Keys that say where things are or how a run reports, not what it computes: a stopped run may
 # resume, and a record may stand for a planned run, whatever their values.
 LOCATION_KEYS = PATH_KEYS + ("name", "data.num_workers", "train.log_interval", "train.checkpoint_interval",
                              "train.tensorboard", "train.trackers", "eval.batch_size", "eval.teacher_check", "published",
-                             "ablation_of")
+                             "ablation_of", "on_request")
 DEFAULT_OUTPUT_DIR = "runs"
 NAMED_WEIGHTS = ("digits",)  # pretrained values that name a weight source, not a file (engine/pretrain.py)
 
@@ -76,6 +77,11 @@ def run_dir(output_dir: str | os.PathLike, recipe: str, seed: int) -> Path:
 def teacher_checkpoint(output_dir: str | os.PathLike, teacher_recipe: str) -> Path:
     """The checkpoint a teacher recipe's run leaves: its best validation (the paper's teachers)."""
     return run_dir(output_dir, teacher_recipe, 0) / "best.safetensors"
+
+
+def stage_weights(output_dir: str | os.PathLike, stage_recipe: str) -> Path:
+    """What a teacher-side stage's run leaves (MasKD's tokens; engine/stage.py): run once, as seed 0."""
+    return run_dir(output_dir, stage_recipe, 0) / "stage.safetensors"
 
 
 def settings(config: dict[str, Any]) -> dict[str, Any]:

@@ -119,6 +119,7 @@ class RecipeConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     published: PublishedConfig = field(default_factory=PublishedConfig)
     ablation_of: Optional[str] = None  # the main recipe this one varies; run by `reproduce --ablations`
+    on_request: bool = False  # reproduce runs it only when --methods names it (slow extras of the demo)
     output_dir: str = "runs"  # run folders: <output_dir>/<name>/seed<seed> (config/runs.py)
 
 

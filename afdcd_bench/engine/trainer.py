@@ -19,7 +19,7 @@ from ..config import RecipeConfig, config_hash, project_root, run_dir as run_fol
 from ..config.runs import recorded_path
 from ..data import build_dataset, resolve_root
 from ..losses import IGNORE_INDEX
-from ..methods import BuildContext, OwnPartsState, RunStates, build_method, needs_teacher
+from ..methods import BuildContext, OwnPartsState, RunStates, build_method, needs_teacher, stage_of
 from ..models import Segmentor, build_segmentor, load_segmentor, save_segmentor
 from .checkpointing import latest_state, load_training_state, save_training_state
 from .evaluate import evaluate
@@ -233,6 +233,11 @@ def train(
     lock, aside, state = _prepare_run_folder(accelerator, run_dir, Path(results_dir) if results_dir is not None else None,
                                              resume, current)
     try:
+        if stage_of(cfg.method.name):  # a teacher-side stage (MasKD's tokens): no student
+            from .stage import train_stage
+
+            return train_stage(cfg, accelerator, run_dir, state, current, per_device, accum, results_dir, show_progress,
+                               hooks or TrainHooks())
         return _train(cfg, accelerator, run_dir, state, aside, current, trackers, per_device, accum, results_dir,
                       convert_sync_bn, show_progress, hooks or TrainHooks())
     finally:

@@ -17,6 +17,7 @@ from ..config import is_teacher_recipe, list_recipes, load_recipe, project_root,
 from ..config.runs import DEFAULT_OUTPUT_DIR, record_settings
 from ..data import BENCHMARKS, DatasetLayoutError, build_dataset, describe, resolve_root
 from ..engine.records import RecordError, read_record, record_path
+from ..methods import stage_of
 from .table import expected_runs, records_frame, render, summary, write_tables
 
 class ReproduceError(RuntimeError):
@@ -24,7 +25,8 @@ class ReproduceError(RuntimeError):
 
 
 def plan(benchmark: str, ablations: bool = False, methods: list[str] | None = None) -> list[str]:
-    """Recipe names in run order: the teacher first, then the baselines (every delta needs them),
+    """Recipe names in run order: the teacher first, then the stages learnt on the teacher alone
+    (MasKD's tokens), then the baselines (every delta needs them),
     then the other students' recipes; recipes that are ablations of another (`ablation_of`) only
     when asked for. methods: keep only the student recipes of these methods (a method of its
     method.name, or the recipe's file name), baselines always."""
@@ -36,8 +38,9 @@ def plan(benchmark: str, ablations: bool = False, methods: list[str] | None = No
         raise ReproduceError(f"{benchmark} has no ablation recipes (recipes with ablation_of)")
     runnable = [n for n in runnable if ablations or configs[n].ablation_of is None]
     if methods:
-        def names(n: str) -> set[str]:  # its main method (the first of method.name) and its file name
-            return {configs[n].method.components[0], n.rsplit("/", 1)[-1]}
+        def names(n: str) -> set[str]:  # its main method (the first of method.name) and its file name; a stage: its method's
+            main = stage_of(configs[n].method.name) or configs[n].method.components[0]
+            return {main, n.rsplit("/", 1)[-1]}
 
         known = {m for n in runnable for m in names(n)}
         unknown = sorted(set(methods) - known)
@@ -45,10 +48,20 @@ def plan(benchmark: str, ablations: bool = False, methods: list[str] | None = No
             raise ReproduceError(f"--methods {','.join(unknown)}: no {benchmark} recipe runs it; known: {', '.join(sorted(known - {'teacher'}))}")
         runnable = [n for n in runnable if is_teacher_recipe(n) or configs[n].method.name == "baseline"
                     or set(methods) & names(n)]
+    else:
+        runnable = [n for n in runnable if not configs[n].on_request]
     teachers = [n for n in runnable if is_teacher_recipe(n)]
-    students = sorted((n for n in runnable if n not in teachers),
+    stages = [n for n in runnable if stage_of(configs[n].method.name)]  # on the teacher alone, before the students
+    students = sorted((n for n in runnable if n not in teachers and n not in stages),
                       key=lambda n: (configs[n].ablation_of is not None, configs[n].method.name != "baseline", n))
-    return teachers + students
+    return needed_stages(teachers + stages + students)
+
+
+def needed_stages(names: list[str]) -> list[str]:
+    """names without the stage recipes that none of its student recipes builds on."""
+    configs = {n: load_recipe(n) for n in names}
+    used = {getattr(cfg.method.options.get(c), "stage_recipe", None) for cfg in configs.values() for c in cfg.method.components}
+    return [n for n in names if not stage_of(configs[n].method.name) or n in used]
 
 
 def check_data(benchmark: str, data_root: str | None) -> None:
@@ -139,7 +152,7 @@ def reproduce(
     check_data(benchmark, data_root)
     names = plan(benchmark, ablations, methods)
     if only:
-        names = [n for n in names if is_teacher_recipe(n) or only in n]
+        names = needed_stages([n for n in names if is_teacher_recipe(n) or stage_of(load_recipe(n).method.name) or only in n])
         if len(names) <= 1:
             raise ReproduceError(f"--only {only!r} matches no student recipe of {benchmark}: {plan(benchmark)}")
     quick_overrides: dict[str, list[str]] = {}
@@ -162,7 +175,8 @@ def reproduce(
         if is_teacher and teacher:
             console.log(f"using the given teacher {teacher}; {name} not trained")
             continue
-        for seed in [0] if is_teacher else range(seeds):
+        once = is_teacher or stage_of(load_recipe(name).method.name)  # every seed's students share them
+        for seed in [0] if once else range(seeds):
             overrides = [*common, *quick_overrides.get(name, []), f"train.seed={seed}"]
             if teacher and not is_teacher:
                 overrides.append(f"teacher.checkpoint={Path(teacher).resolve()}")

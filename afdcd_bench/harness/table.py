@@ -14,6 +14,7 @@ from rich.table import Table
 from ..config import load_recipe, run_method, to_dict
 from ..config.runs import record_settings
 from ..engine.records import read_records
+from ..methods import stage_of
 
 # Rows: the teacher, the baseline, then every other method by name, the suite's own (Af-DCD) last as
 # in the paper's tables. Methods come from the records; none is left out for its name.
@@ -62,6 +63,8 @@ def frame_of(records: list[dict[str, Any]], root: Path) -> pd.DataFrame:
     val), best_on_test: the best test score over validations (a selection on test itself)."""
     rows = []
     for rec in records:
+        if rec.get("stage_of"):  # a teacher-side stage (MasKD's tokens), not a student
+            continue
         sid, pid = _settings_ids(rec["config"])
         tested = rec.get("test_split") is not None
         cfg = rec["config"]
@@ -167,6 +170,8 @@ def expected_runs(recipes: list[str] | dict[str, list[str]], with_settings: bool
     out = []
     for name, extra in overrides.items():
         cfg = load_recipe(name, extra)
+        if stage_of(cfg.method.name):  # a stage learnt on the teacher (MasKD's tokens): no row of its own
+            continue
         sid = _settings_ids(to_dict(cfg))[0] if with_settings else None
         out.append((cfg.benchmark, f"{cfg.student.arch}-{cfg.student.backbone}", method_label(name, cfg.method.name), cfg.published.miou, sid))
     return out

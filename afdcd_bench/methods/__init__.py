@@ -37,6 +37,12 @@ def needs_teacher(name: str) -> bool:
     return any(METHODS[n].needs_teacher for n in name.split("+"))
 
 
+def stage_of(name: str) -> str | None:
+    """The method whose teacher-side stage this method.name trains (None: it trains a student)."""
+    stages = {METHODS[n].stage_of for n in name.split("+") if n in METHODS}
+    return next(iter(stages)) if len(stages) == 1 else None
+
+
 class Method(nn.Module):
     """Task loss + the terms of each component; its modules are trained with the student."""
 
@@ -139,4 +145,4 @@ def build_method(cfg: Any, ctx: BuildContext) -> Method:
 
 
 __all__ = ["METHODS", "BuildContext", "Component", "Method", "OwnPart", "OwnPartsState", "RunStates", "build_method", "needs_teacher",
-           "option_types", "register"]
+           "option_types", "register", "stage_of"]

@@ -97,6 +97,9 @@ class Component(nn.Module, abc.ABC):
     reads: ClassVar[tuple[str, ...]] = ()  # outputs read from student and teacher (OUTPUTS)
     terms: ClassVar[tuple[str, ...]] = ()  # names of the terms forward returns
     needs_teacher: ClassVar[bool] = True
+    # set: this is a stage of the named method trained on the frozen teacher alone, before any
+    # student (engine/stage.py; run once per benchmark, like the teacher)
+    stage_of: ClassVar[str | None] = None
 
     def __init__(self, options: Any, ctx: BuildContext):
         super().__init__()

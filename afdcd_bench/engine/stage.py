@@ -1,0 +1,169 @@
+"""A teacher-side stage: parameters learnt on the frozen teacher alone, before any student (MasKD's
+receptive tokens). Same launch, precision, accumulation, lr schedule, checkpoint/resume and run
+record as a student run (engine/trainer.py); no student, no validation. Its output is
+<run>/stage.safetensors, which the students' recipes name by the stage's recipe.
+"""
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from safetensors.torch import save_file
+from torch.utils.data import DataLoader
+
+from ..config import RecipeConfig, config_hash, project_root, to_dict
+from ..config.runs import recorded_path
+from ..data import build_dataset, resolve_root
+from ..losses import IGNORE_INDEX
+from ..methods import METHODS, BuildContext
+from .checkpointing import load_training_state, save_training_state
+from .progress import Heartbeat, make_progress
+from .records import device_kind, git_commit, package_versions, peak_memory_mb, record_path, write_record
+from .stepping import backward_and_step
+
+
+def train_stage(cfg: RecipeConfig, accelerator: Accelerator, run_dir: Path, state: Path | None, current: dict[str, Any],
+                per_device: int, accum: int, results_dir: str | os.PathLike | None, show_progress: bool,
+                hooks: Any) -> dict[str, Any]:
+    from .trainer import TrainingDiverged, TrainingInterrupted, build_optimizer, load_teacher, loader_workers, poly_lr
+
+    tc = cfg.train
+    from accelerate.utils import set_seed
+
+    set_seed(tc.seed)
+    (name,) = cfg.method.components
+    cls = METHODS[name]
+    teacher = load_teacher(cfg)
+    if teacher.num_classes != cfg.num_classes:
+        raise ValueError(f"teacher predicts {teacher.num_classes} classes, the recipe {cfg.num_classes}")
+    stage = cls(cfg.method.options.get(name) or cls.Options(), BuildContext(
+        student={}, teacher=teacher.output_channels, num_classes=cfg.num_classes, ignore_index=IGNORE_INDEX,
+        crop_size=tuple(cfg.data.crop_size), num_processes=accelerator.num_processes, device=accelerator.device,
+        per_device_batch=per_device, seed=tc.seed))
+    teacher_mode = getattr(stage.options, "teacher_mode", "eval")
+    teacher = teacher.to(accelerator.device).requires_grad_(False).train(teacher_mode == "train")
+
+    root = resolve_root(cfg.data.name, cfg.data.root)
+    train_ds = build_dataset(cfg.data.name, root, "train", train=True, crop_size=tuple(cfg.data.crop_size),
+                             scale_range=tuple(cfg.data.scale_range), normalization=teacher.build_args["normalization"],
+                             seed=tc.seed, flip=cfg.data.flip, scale_step=cfg.data.scale_step)
+    if len(train_ds) < per_device * accelerator.num_processes:
+        raise ValueError(f"training set has {len(train_ds)} images, fewer than one global micro-batch")
+    loader = DataLoader(train_ds, batch_size=per_device, shuffle=True, drop_last=True,
+                        num_workers=loader_workers(cfg.data.num_workers), generator=torch.Generator().manual_seed(tc.seed))
+    optimizer = build_optimizer([p for p in stage.parameters() if p.requires_grad], tc)
+    wrapped, optimizer, loader = accelerator.prepare(stage, optimizer, loader)
+
+    progress_state: dict[str, Any] = {"step": 0, "train_seconds": 0.0, "wall_seconds": 0.0, "history": []}
+    if state is not None:
+        progress_state = load_training_state(accelerator, state)
+    progress_state["settings"] = current
+    resumed_from = progress_state["step"] if state is not None else None
+    wall_before = progress_state["wall_seconds"]
+    show = show_progress and accelerator.is_main_process
+    progress = make_progress(show)
+    log = progress.console.log if show else (lambda *a, **k: None)
+    heartbeat = Heartbeat(cfg.name, tc.iterations, progress_state["step"], progress.console.print,
+                          show and not progress.console.is_terminal)
+    step = saved_step = progress_state["step"]
+    micro, per_epoch = step * accum, len(loader)
+    t_start = t_train = time.perf_counter()
+    last: dict[str, float] = {}
+    with progress:
+        if state is not None:
+            log(f"resumed {cfg.name} from {state} at step {step}")
+        log(f"{cfg.name}: learning {name} on the frozen teacher (teacher in {teacher_mode} mode)")
+        task = progress.add_task(cfg.name, total=tc.iterations, completed=step, info="")
+        try:
+            while step < tc.iterations:
+                epoch, skip = divmod(micro, per_epoch)
+                train_ds.set_epoch(epoch)
+                loader.set_epoch(epoch)
+                for batch in (accelerator.skip_first_batches(loader, skip) if skip else loader):
+                    lr = poly_lr(tc.lr, step, tc.iterations, tc.poly_power, tc.lr_floor)
+                    for group in optimizer.param_groups:
+                        group["lr"] = lr
+                    with accelerator.accumulate(wrapped):
+                        with torch.no_grad(), accelerator.autocast():
+                            teacher_out = teacher(batch["image"])
+                        terms = wrapped(None, teacher_out, batch["label"])
+                        loss = sum(terms.values())
+                        if not bool(torch.isfinite(loss.detach())):
+                            raise TrainingDiverged(f"{cfg.name}: loss became {loss.item()} at step {step}; stopped without "
+                                                   f"saving. The last good checkpoint in {run_dir / 'state'} is intact.")
+                        backward_and_step(accelerator, loss, optimizer, [], 0.0)
+                    micro += 1
+                    last = {k: float(v.detach()) for k, v in terms.items()}
+                    if not accelerator.sync_gradients:
+                        continue
+                    step += 1
+                    progress.update(task, advance=1, info=f"loss {sum(last.values()):.3f}")
+                    heartbeat.step(step, f"loss {sum(last.values()):.3f}")
+                    if step % tc.log_interval == 0 or step == tc.iterations:
+                        progress_state["history"].append({"step": step, **last})
+                        log(f"step {step}/{tc.iterations} " + " ".join(f"{k} {v:.4f}" for k, v in last.items()))
+                    if step % tc.checkpoint_interval == 0 or step == tc.iterations:
+                        progress_state["step"] = step
+                        progress_state["train_seconds"] += time.perf_counter() - t_train
+                        t_train = time.perf_counter()
+                        progress_state["wall_seconds"] = wall_before + (time.perf_counter() - t_start)
+                        save_training_state(accelerator, run_dir, progress_state)
+                        saved_step = step
+                        if hooks.after_checkpoint is not None:
+                            hooks.after_checkpoint(step)
+                    if step >= tc.iterations:
+                        break
+        except KeyboardInterrupt:
+            again = f"rerun the same command to resume from step {saved_step}" if saved_step else "nothing was saved yet; rerun the same command to start again"
+            raise TrainingInterrupted(f"{cfg.name} interrupted at step {step}; {again}") from None
+    output = run_dir / "stage.safetensors"
+    if accelerator.is_main_process:
+        weights = {k: v.detach().float().cpu().contiguous() for k, v in accelerator.unwrap_model(wrapped).state_dict().items()}
+        save_file(weights, str(output), metadata={"method": name, "recipe": cfg.name, "step": str(step)})
+    session_wall = time.perf_counter() - t_start
+    images = tc.iterations * tc.effective_batch
+    record = {
+        "kind": "afdcd-bench-run",
+        "recipe": cfg.name,
+        "benchmark": cfg.benchmark,
+        "method": cfg.method.name,
+        "stage_of": cls.stage_of,  # not a student: tables list it apart
+        "student": "-",
+        "teacher": f"{teacher.build_args['arch']}-{teacher.build_args['backbone']}",
+        "teacher_checkpoint": recorded_path(cfg.teacher.checkpoint, project_root()),
+        "teacher_mode": teacher_mode,
+        "method_terms": stage.weights(),
+        "method_parameters": sum(p.numel() for p in stage.parameters()),
+        "seed": tc.seed,
+        "config": to_dict(cfg),
+        "config_hash": config_hash(cfg),
+        "git_commit": git_commit(),
+        "versions": package_versions(),
+        "device": device_kind(accelerator.device),
+        "num_processes": accelerator.num_processes,
+        "distributed_type": str(accelerator.distributed_type.value),
+        "per_device_batch": per_device,
+        "grad_accumulation": accum,
+        "mixed_precision": tc.mixed_precision,
+        "resumed_from_step": resumed_from,
+        "wall_seconds": wall_before + session_wall,
+        "session_wall_seconds": session_wall,
+        "train_seconds": progress_state["train_seconds"],
+        "images_per_second": images / progress_state["train_seconds"] if progress_state["train_seconds"] else None,
+        "peak_memory_mb": peak_memory_mb(accelerator.device),
+        "final_terms": last,
+        "loss_history": progress_state["history"],
+        "final_miou": None,
+        "best_miou": None,
+        "published_miou": None,
+        "stage_weights": recorded_path(output, project_root()),
+    }
+    if accelerator.is_main_process and results_dir is not None:
+        record["record_path"] = str(write_record(record_path(Path(results_dir), cfg.name, tc.seed), record))
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return record
