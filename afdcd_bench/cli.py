@@ -84,6 +84,13 @@ def _cmd_table(args: argparse.Namespace) -> int:
     return 1 if problems and table.empty else 0
 
 
+def _network(cfg) -> str | None:
+    """The network a recipe trains; None for a stage learnt on the teacher alone (MasKD's tokens)."""
+    from .methods import stage_of
+
+    return None if stage_of(cfg.method.name) else f"{cfg.student.arch}-{cfg.student.backbone}"
+
+
 def _cmd_recipes(args: argparse.Namespace) -> int:
     from .config import list_recipes, load_recipe, run_method, to_dict
 
@@ -94,7 +101,7 @@ def _cmd_recipes(args: argparse.Namespace) -> int:
             cfg = load_recipe(n)
             distilled = cfg.teacher is not None and cfg.method.name != "baseline"
             rows.append({"recipe": n, "benchmark": cfg.benchmark, "method": run_method(n, cfg.method.name),
-                         "student": f"{cfg.student.arch}-{cfg.student.backbone}",
+                         "student": _network(cfg),
                          "teacher": f"{cfg.teacher.arch}-{cfg.teacher.backbone}" if distilled else None,
                          "published_miou": cfg.published.miou, "config": to_dict(cfg)})
         print(json.dumps(rows, indent=2))
@@ -104,7 +111,7 @@ def _cmd_recipes(args: argparse.Namespace) -> int:
             cfg = load_recipe(n)
             method = run_method(n, cfg.method.name)
             teacher = f"{cfg.teacher.arch}-{cfg.teacher.backbone}" if cfg.teacher and method not in ("baseline", "teacher") else ""
-            rows.append((n, cfg.benchmark, method, f"{cfg.student.arch}-{cfg.student.backbone}", teacher,
+            rows.append((n, cfg.benchmark, method, _network(cfg) or "- (stage)", teacher,
                          "" if cfg.published.miou is None else f"{cfg.published.miou:.2f}"))
         header = ("recipe", "benchmark", "method", "network", "teacher", "published")
         widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]

@@ -99,3 +99,19 @@ def test_a_queue_too_big_for_the_device_is_refused_before_it_is_allocated():
     ctx = BuildContext({"logits": 11, "head": 64}, {"logits": 11, "head": 128}, 11, per_device_batch=2)
     with pytest.raises(ValueError, match=r"CIRKD queues need .* GiB .* lower method\.cirkd\.pixel_queue"):
         build_method(cfg.method, ctx)
+
+
+def test_the_queues_are_no_module_state_so_no_wrapper_broadcasts_them():
+    from afdcd_bench.config import load_recipe
+    from afdcd_bench.methods import BuildContext, build_method
+
+    cfg = load_recipe("demo/cirkd", ["method.cirkd.pixel_queue=40", "method.cirkd.region_queue=4",
+                                    "method.cirkd.pixel_contrasts=64", "method.cirkd.region_contrasts=16"])
+    method = build_method(cfg.method, BuildContext({"logits": 11, "head": 64}, {"logits": 11, "head": 128}, 11,
+                                                   per_device_batch=2))
+    sizes = [t.numel() for t in method.state_dict().values()]
+    assert 11 * 40 * 128 not in sizes and 11 * 4 * 128 not in sizes  # DDP broadcasts buffers, and these are none
+    assert method.run_states()["cirkd"].pixel.shape == (11, 40, 128)
+    assert method.state_bytes() == {"cirkd": 11 * 44 * 128 * 4, "kd": 0}
+    with pytest.raises(ValueError, match="minibatch_images=2 must divide the per-device batch 3"):
+        build_method(cfg.method, BuildContext({"logits": 11, "head": 64}, {"logits": 11, "head": 128}, 11, per_device_batch=3))

@@ -6,6 +6,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ..config import is_teacher_recipe, list_recipes, load_recipe
+from ..methods import stage_of
 from ..models.complexity import model_complexity
 
 
@@ -20,6 +21,8 @@ def recipe_models(size: tuple[int, int] | None = None) -> list[tuple[str, str, s
     for name in names:
         cfg = load_recipe(name)
         crop = size or tuple(cfg.data.crop_size)
+        if stage_of(cfg.method.name):  # learnt on the teacher alone: no network of its own
+            continue
         role = "teacher" if is_teacher_recipe(name) else "student"
         nets = [(role, cfg.student)]
         if cfg.teacher is not None and role == "student" and cfg.teacher.recipe not in names:
