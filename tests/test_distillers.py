@@ -179,3 +179,21 @@ def test_cirkd_memory_kl_is_the_per_anchor_kl_over_the_contrast_entries():
         assert got[a].item() == pytest.approx(T * T * _kl(pt, ps), rel=1e-12)
     s.requires_grad_(True)
     assert torch.autograd.gradcheck(lambda x: cirkd_memory_kl(x, t, bank, tau, T).sum(), (s,))
+
+
+def test_similarity_losses_stay_fp32_under_bf16_autocast():
+    """Mixed precision would round the similarity logits (at tau 0.1 up to 10) to bf16's 3 digits."""
+    from afdcd_bench.losses import cirkd_memory_kl, cirkd_minibatch_loss
+    from afdcd_bench.losses.maskd import maskd_loss, token_dice, token_masks
+
+    f32 = lambda *shape, seed: _rand(*shape, seed=seed).float()
+    s, t, bank = f32(6, 8, seed=30), f32(6, 8, seed=31), f32(40, 8, seed=32)
+    fs, ft = f32(2, 8, 4, 4, seed=33), f32(2, 8, 4, 4, seed=34)
+    zs, zt, w = f32(2, 5, 4, 4, seed=35), f32(2, 5, 4, 4, seed=36), f32(3, 5, seed=37)
+    plain = [cirkd_memory_kl(s, t, bank), cirkd_minibatch_loss(fs, ft), maskd_loss(zs, zt, token_masks(zt, w)),
+             token_dice(token_masks(zt, w))]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed = [cirkd_memory_kl(s, t, bank), cirkd_minibatch_loss(fs, ft), maskd_loss(zs, zt, token_masks(zt, w)),
+                 token_dice(token_masks(zt, w))]
+    for a, b in zip(plain, mixed):
+        assert b.dtype == torch.float32 and torch.equal(a, b)

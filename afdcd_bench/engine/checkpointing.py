@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from accelerate import Accelerator
 
@@ -48,3 +49,32 @@ def save_training_state(accelerator: Accelerator, run_dir: Path, progress: dict[
 def load_training_state(accelerator: Accelerator, path: Path) -> dict[str, Any]:
     accelerator.load_state(str(path))
     return json.loads((path / "progress.json").read_text())
+
+
+class RunTimes:
+    """A run's seconds over all its sessions, carried by the checkpoint: training (from the first
+    step to each checkpoint) and wall (every session, from its start)."""
+
+    def __init__(self, progress: dict[str, Any]):
+        self.wall_before = progress.get("wall_seconds", 0.0)  # earlier sessions, up to their last checkpoint
+        self.t_start = self.t_train = time.perf_counter()
+        self.saved_step = progress.get("step", 0)  # the step a rerun would resume from
+
+    def start_training(self) -> None:
+        self.t_train = time.perf_counter()
+
+    def checkpoint(self, accelerator: Accelerator, run_dir: Path, progress: dict[str, Any], step: int,
+                   after: Callable[[int], None] | None = None) -> None:
+        """Save the training state at `step` with the times so far; then call `after(step)`."""
+        now = time.perf_counter()
+        progress["step"] = step
+        progress["train_seconds"] += now - self.t_train
+        progress["wall_seconds"] = self.wall_before + (now - self.t_start)
+        self.t_train = now
+        save_training_state(accelerator, run_dir, progress)
+        self.saved_step = step
+        if after is not None:
+            after(step)
+
+    def session(self) -> float:
+        return time.perf_counter() - self.t_start

@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from ..config import RecipeConfig, config_hash, to_dict
 from ..files import atomic_write
 
 PACKAGES = ("torch", "torchvision", "timm", "accelerate", "deepspeed", "datasets", "afdcd-bench")
@@ -49,6 +50,36 @@ def peak_memory_mb(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # peak RSS of the process
+
+
+def run_facts(cfg: RecipeConfig, accelerator: Any, per_device: int, accum: int, progress: dict[str, Any],
+              resumed_from: int | None, wall_before: float, session_wall: float) -> dict[str, Any]:
+    """What every run record says of its run: what ran, where, with what, and how long."""
+    tc = cfg.train
+    images = tc.iterations * tc.effective_batch
+    return {
+        "kind": "afdcd-bench-run",
+        "recipe": cfg.name,
+        "benchmark": cfg.benchmark,
+        "method": cfg.method.name,
+        "seed": tc.seed,
+        "config": to_dict(cfg),
+        "config_hash": config_hash(cfg),
+        "git_commit": git_commit(),
+        "versions": package_versions(),
+        "device": device_kind(accelerator.device),
+        "num_processes": accelerator.num_processes,
+        "distributed_type": str(accelerator.distributed_type.value),
+        "per_device_batch": per_device,
+        "grad_accumulation": accum,
+        "mixed_precision": tc.mixed_precision,
+        "resumed_from_step": resumed_from,
+        "wall_seconds": wall_before + session_wall,  # every session of the run, up to its end (a resumed run's earlier ones too)
+        "session_wall_seconds": session_wall,
+        "train_seconds": progress["train_seconds"],
+        "images_per_second": images / progress["train_seconds"] if progress["train_seconds"] else None,
+        "peak_memory_mb": peak_memory_mb(accelerator.device),
+    }
 
 
 def record_path(results_dir: Path, name: str, seed: int) -> Path:

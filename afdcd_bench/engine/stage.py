@@ -6,34 +6,32 @@ record as a student run (engine/trainer.py); no student, no validation. Its outp
 from __future__ import annotations
 
 import os
-import time
 from pathlib import Path
 from typing import Any
 
 import torch
 from accelerate import Accelerator
+from accelerate.utils import set_seed
 from safetensors.torch import save_file
 from torch.utils.data import DataLoader
 
-from ..config import RecipeConfig, config_hash, project_root, to_dict
+from ..config import RecipeConfig, project_root
 from ..config.runs import recorded_path
 from ..data import build_dataset, resolve_root
 from ..losses import IGNORE_INDEX
 from ..methods import METHODS, BuildContext
-from .checkpointing import load_training_state, save_training_state
+from .checkpointing import RunTimes, load_training_state
 from .progress import Heartbeat, make_progress
-from .records import device_kind, git_commit, package_versions, peak_memory_mb, record_path, write_record
+from .records import record_path, run_facts, write_record
 from .stepping import backward_and_step
 
 
 def train_stage(cfg: RecipeConfig, accelerator: Accelerator, run_dir: Path, state: Path | None, current: dict[str, Any],
                 per_device: int, accum: int, results_dir: str | os.PathLike | None, show_progress: bool,
                 hooks: Any) -> dict[str, Any]:
-    from .trainer import TrainingDiverged, TrainingInterrupted, build_optimizer, load_teacher, loader_workers, poly_lr
+    from .trainer import TrainingDiverged, build_optimizer, interrupted, load_teacher, loader_workers, poly_lr
 
     tc = cfg.train
-    from accelerate.utils import set_seed
-
     set_seed(tc.seed)
     (name,) = cfg.method.components
     cls = METHODS[name]
@@ -63,15 +61,14 @@ def train_stage(cfg: RecipeConfig, accelerator: Accelerator, run_dir: Path, stat
         progress_state = load_training_state(accelerator, state)
     progress_state["settings"] = current
     resumed_from = progress_state["step"] if state is not None else None
-    wall_before = progress_state["wall_seconds"]
+    times = RunTimes(progress_state)
     show = show_progress and accelerator.is_main_process
     progress = make_progress(show)
     log = progress.console.log if show else (lambda *a, **k: None)
     heartbeat = Heartbeat(cfg.name, tc.iterations, progress_state["step"], progress.console.print,
                           show and not progress.console.is_terminal)
-    step = saved_step = progress_state["step"]
+    step = progress_state["step"]
     micro, per_epoch = step * accum, len(loader)
-    t_start = t_train = time.perf_counter()
     last: dict[str, float] = {}
     with progress:
         if state is not None:
@@ -107,30 +104,17 @@ def train_stage(cfg: RecipeConfig, accelerator: Accelerator, run_dir: Path, stat
                         progress_state["history"].append({"step": step, **last})
                         log(f"step {step}/{tc.iterations} " + " ".join(f"{k} {v:.4f}" for k, v in last.items()))
                     if step % tc.checkpoint_interval == 0 or step == tc.iterations:
-                        progress_state["step"] = step
-                        progress_state["train_seconds"] += time.perf_counter() - t_train
-                        t_train = time.perf_counter()
-                        progress_state["wall_seconds"] = wall_before + (time.perf_counter() - t_start)
-                        save_training_state(accelerator, run_dir, progress_state)
-                        saved_step = step
-                        if hooks.after_checkpoint is not None:
-                            hooks.after_checkpoint(step)
+                        times.checkpoint(accelerator, run_dir, progress_state, step, hooks.after_checkpoint)
                     if step >= tc.iterations:
                         break
         except KeyboardInterrupt:
-            again = f"rerun the same command to resume from step {saved_step}" if saved_step else "nothing was saved yet; rerun the same command to start again"
-            raise TrainingInterrupted(f"{cfg.name} interrupted at step {step}; {again}") from None
+            raise interrupted(cfg.name, step, times.saved_step) from None
     output = run_dir / "stage.safetensors"
     if accelerator.is_main_process:
         weights = {k: v.detach().float().cpu().contiguous() for k, v in accelerator.unwrap_model(wrapped).state_dict().items()}
         save_file(weights, str(output), metadata={"method": name, "recipe": cfg.name, "step": str(step)})
-    session_wall = time.perf_counter() - t_start
-    images = tc.iterations * tc.effective_batch
     record = {
-        "kind": "afdcd-bench-run",
-        "recipe": cfg.name,
-        "benchmark": cfg.benchmark,
-        "method": cfg.method.name,
+        **run_facts(cfg, accelerator, per_device, accum, progress_state, resumed_from, times.wall_before, times.session()),
         "stage_of": cls.stage_of,  # not a student: tables list it apart
         "student": "-",
         "teacher": f"{teacher.build_args['arch']}-{teacher.build_args['backbone']}",
@@ -138,23 +122,6 @@ def train_stage(cfg: RecipeConfig, accelerator: Accelerator, run_dir: Path, stat
         "teacher_mode": teacher_mode,
         "method_terms": stage.weights(),
         "method_parameters": sum(p.numel() for p in stage.parameters()),
-        "seed": tc.seed,
-        "config": to_dict(cfg),
-        "config_hash": config_hash(cfg),
-        "git_commit": git_commit(),
-        "versions": package_versions(),
-        "device": device_kind(accelerator.device),
-        "num_processes": accelerator.num_processes,
-        "distributed_type": str(accelerator.distributed_type.value),
-        "per_device_batch": per_device,
-        "grad_accumulation": accum,
-        "mixed_precision": tc.mixed_precision,
-        "resumed_from_step": resumed_from,
-        "wall_seconds": wall_before + session_wall,
-        "session_wall_seconds": session_wall,
-        "train_seconds": progress_state["train_seconds"],
-        "images_per_second": images / progress_state["train_seconds"] if progress_state["train_seconds"] else None,
-        "peak_memory_mb": peak_memory_mb(accelerator.device),
         "final_terms": last,
         "loss_history": progress_state["history"],
         "final_miou": None,

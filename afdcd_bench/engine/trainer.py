@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import os
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -15,19 +14,19 @@ from accelerate.utils import set_seed
 from accelerate.utils import broadcast_object_list
 from torch.utils.data import DataLoader
 
-from ..config import RecipeConfig, config_hash, project_root, run_dir as run_folder, settings, to_dict
+from ..config import RecipeConfig, project_root, run_dir as run_folder, settings, to_dict
 from ..config.runs import recorded_path
 from ..data import build_dataset, resolve_root
 from ..losses import IGNORE_INDEX
 from ..methods import BuildContext, OwnPartsState, RunStates, build_method, needs_teacher, stage_of
 from ..models import Segmentor, build_segmentor, load_segmentor, save_segmentor
-from .checkpointing import latest_state, load_training_state, save_training_state
+from .checkpointing import RunTimes, latest_state, load_training_state
 from .evaluate import evaluate
 from .full_weights import FullWeights
 from .pretrain import DIGITS, digits_pretrained
 from .progress import Heartbeat, make_progress
 from .run_folder import RunFolderError, RunLock, check_resumable, check_writable, read_progress_settings, set_aside
-from .records import device_kind, git_commit, package_versions, peak_memory_mb, record_path, write_record
+from .records import record_path, run_facts, write_record
 from .stepping import backward_and_step, check_deepspeed_clip, check_own_parts, disable_global_clip
 
 
@@ -41,6 +40,11 @@ class LaunchMismatch(RuntimeError):
 
 class TrainingInterrupted(KeyboardInterrupt):
     """Ctrl-C during training; the message says from which step the same command resumes."""
+
+
+def interrupted(name: str, step: int, saved_step: int) -> TrainingInterrupted:
+    again = f"rerun the same command to resume from step {saved_step}" if saved_step else "nothing was saved yet; rerun the same command to start again"
+    return TrainingInterrupted(f"{name} interrupted at step {step}; {again}")
 
 
 @dataclass
@@ -335,15 +339,13 @@ def _train(cfg: RecipeConfig, accelerator: Accelerator, run_dir: Path, state: Pa
     progress_state["settings"] = current
     progress_state.setdefault("test_history", [])
     resumed_from = progress_state["step"] if state is not None else None
-    wall_before = progress_state.get("wall_seconds", 0.0)  # earlier sessions of this run, up to their last checkpoint
+    times = RunTimes(progress_state)
     show = show_progress and accelerator.is_main_process
     progress = make_progress(show)
     interactive = progress.console.is_terminal
     log = progress.console.log if show else (lambda *a, **k: None)
     heartbeat = Heartbeat(cfg.name, tc.iterations, progress_state["step"], progress.console.print, show and not interactive)
-    t_start = time.perf_counter()
-    saved_step = progress_state["step"]
-    step = saved_step
+    step = progress_state["step"]
     with progress:
         if aside is not None:
             log(f"--no-resume: the earlier run in {run_dir} was moved to {aside}")
@@ -358,7 +360,7 @@ def _train(cfg: RecipeConfig, accelerator: Accelerator, run_dir: Path, state: Pa
         micro = step * accum
         per_epoch = len(train_loader)
         step_module.train()
-        t_train = time.perf_counter()
+        times.start_training()
         last: dict[str, float] = {}
         try:
             while step < tc.iterations:
@@ -422,32 +424,19 @@ def _train(cfg: RecipeConfig, accelerator: Accelerator, run_dir: Path, state: Pa
                         log(f"step {step}: val mIoU {100 * scores['miou']:.2f} (best {100 * progress_state['best_miou']:.2f} "
                             f"@ {progress_state['best_step']}){on_test}")
                     if step % tc.checkpoint_interval == 0 or step == tc.iterations:
-                        progress_state["step"] = step
-                        progress_state["train_seconds"] += time.perf_counter() - t_train
-                        t_train = time.perf_counter()
-                        progress_state["wall_seconds"] = wall_before + (time.perf_counter() - t_start)
-                        save_training_state(accelerator, run_dir, progress_state)
-                        saved_step = step
-                        if hooks.after_checkpoint is not None:
-                            hooks.after_checkpoint(step)
+                        times.checkpoint(accelerator, run_dir, progress_state, step, hooks.after_checkpoint)
                     if step >= tc.iterations:
                         break
         except KeyboardInterrupt:
-            again = f"rerun the same command to resume from step {saved_step}" if saved_step else "nothing was saved yet; rerun the same command to start again"
-            raise TrainingInterrupted(f"{cfg.name} interrupted at step {step}; {again}") from None
-    session_wall = time.perf_counter() - t_start
-    wall = wall_before + session_wall
+            raise interrupted(cfg.name, step, times.saved_step) from None
+    session_wall = times.session()
     final_student = full_student.current()
     if accelerator.is_main_process:
         save_segmentor(final_student, run_dir / "final.safetensors", {"step": step})
     final = progress_state.get("final_scores") or {}
     best = progress_state.get("best_scores") or {}
-    images = tc.iterations * tc.effective_batch
     record = {
-        "kind": "afdcd-bench-run",
-        "recipe": cfg.name,
-        "benchmark": cfg.benchmark,
-        "method": cfg.method.name,
+        **run_facts(cfg, accelerator, per_device, accum, progress_state, resumed_from, times.wall_before, session_wall),
         "method_terms": method.weights(),  # every loss term the run trained with, and its weight
         "method_parameters": sum(p.numel() for p in method.parameters()),  # trained with the student
         "own_parts": {k: sum(p.numel() for p in part.module.parameters()) for k, part in own_parts.items()},
@@ -455,25 +444,8 @@ def _train(cfg: RecipeConfig, accelerator: Accelerator, run_dir: Path, state: Pa
         "student": f"{cfg.student.arch}-{cfg.student.backbone}",
         "teacher": f"{teacher.build_args['arch']}-{teacher.build_args['backbone']}" if teacher is not None else None,
         "teacher_checkpoint": recorded_path(cfg.teacher.checkpoint, project_root()) if teacher is not None else None,
-        "seed": tc.seed,
-        "config": to_dict(cfg),
-        "config_hash": config_hash(cfg),
-        "git_commit": git_commit(),
-        "versions": package_versions(),
-        "device": device_kind(accelerator.device),
-        "num_processes": accelerator.num_processes,
-        "distributed_type": str(accelerator.distributed_type.value),
-        "per_device_batch": per_device,
-        "grad_accumulation": accum,
-        "mixed_precision": tc.mixed_precision,
         "global_grad_clip": global_clip,
-        "resumed_from_step": resumed_from,
-        "wall_seconds": wall,  # every session of the run, up to its end (a resumed run's earlier ones too)
-        "session_wall_seconds": session_wall,
         "trackers": trackers,
-        "train_seconds": progress_state["train_seconds"],
-        "images_per_second": images / progress_state["train_seconds"] if progress_state["train_seconds"] else None,
-        "peak_memory_mb": peak_memory_mb(accelerator.device),
         "final_miou": final.get("miou"),
         "best_miou": progress_state.get("best_miou"),
         "best_step": progress_state.get("best_step"),

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .task import as_float
+from .task import as_float, full_precision
 
 
 def _unit_pixels(feat: torch.Tensor) -> torch.Tensor:
@@ -29,13 +29,14 @@ def cirkd_minibatch_loss(student_feat: torch.Tensor, teacher_feat: torch.Tensor,
                          f"{tuple(teacher_feat.shape)} maps differ")
     if not tau > 0:
         raise ValueError(f"tau must be > 0, got {tau}")
-    s, t = _unit_pixels(student_feat), _unit_pixels(teacher_feat.detach())
-    total = s.new_zeros(())
-    for i in range(s.shape[0]):  # one image's rows at a time: (B, N, N) similarities, not (B, B, N, N)
-        sim_s = torch.einsum("nc,bmc->bnm", s[i], s) / tau
-        sim_t = torch.einsum("nc,bmc->bnm", t[i], t) / tau
-        total = total + _kl_rows(sim_t, sim_s).mean(-1).sum()
-    return total / s.shape[0] ** 2
+    with full_precision(student_feat):
+        s, t = _unit_pixels(student_feat), _unit_pixels(teacher_feat.detach())
+        total = s.new_zeros(())
+        for i in range(s.shape[0]):  # one image's rows at a time: (B, N, N) similarities, not (B, B, N, N)
+            sim_s = torch.einsum("nc,bmc->bnm", s[i], s) / tau
+            sim_t = torch.einsum("nc,bmc->bnm", t[i], t) / tau
+            total = total + _kl_rows(sim_t, sim_s).mean(-1).sum()
+        return total / s.shape[0] ** 2
 
 
 def cirkd_memory_kl(student_vecs: torch.Tensor, teacher_vecs: torch.Tensor, contrasts: torch.Tensor, tau: float = 0.1,
@@ -45,8 +46,9 @@ def cirkd_memory_kl(student_vecs: torch.Tensor, teacher_vecs: torch.Tensor, cont
     if student_vecs.shape != teacher_vecs.shape or student_vecs.shape[-1] != contrasts.shape[-1]:
         raise ValueError(f"cirkd_memory_kl: anchors {tuple(student_vecs.shape)} / {tuple(teacher_vecs.shape)} and "
                          f"contrasts {tuple(contrasts.shape)} differ in width")
-    bank = as_float(contrasts.detach())
-    scale = 1.0 / (tau * temperature)
-    log_s = as_float(student_vecs) @ bank.T * scale
-    log_t = as_float(teacher_vecs.detach()) @ bank.T * scale
-    return temperature ** 2 * _kl_rows(log_t, log_s)
+    with full_precision(student_vecs):
+        bank = as_float(contrasts.detach())
+        scale = 1.0 / (tau * temperature)
+        log_s = as_float(student_vecs) @ bank.T * scale
+        log_t = as_float(teacher_vecs.detach()) @ bank.T * scale
+        return temperature ** 2 * _kl_rows(log_t, log_s)

@@ -12,6 +12,11 @@ def as_float(x: torch.Tensor) -> torch.Tensor:
     return x if x.dtype in (torch.float32, torch.float64) else x.float()
 
 
+def full_precision(x: torch.Tensor) -> torch.autocast:
+    """A region where matmuls stay fp32 under autocast (similarities at a small tau are sensitive)."""
+    return torch.autocast(x.device.type, enabled=False)
+
+
 def upsample_to(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """Bilinear with align_corners=True, as the released training and evaluation code."""
     if tuple(logits.shape[-2:]) == tuple(size):

@@ -7,7 +7,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-import torch
 from safetensors.torch import load_file
 
 from ..losses.maskd import maskd_loss, token_masks
