@@ -127,3 +127,21 @@ def test_token_stage_resumes_exactly_and_its_teacher_mode_decides_batch_dependen
     assert (split("eval-split", "eval") - straight).abs().max() < 1e-4 * moved
     whole = _tokens(tmp_path, teacher, "train-whole", ["method.maskd_tokens.teacher_mode=train"])
     assert (split("train-split", "train") - whole).abs().max() > 0.1 * moved
+
+
+def test_stage_two_without_its_tokens_names_the_stage_recipe_and_refuses_other_class_counts(tmp_path):
+    from safetensors.torch import save_file
+
+    from afdcd_bench.methods import BuildContext, build_method
+
+    ctx = BuildContext({"logits": 11, "aux_logits": 11}, {"logits": 11, "aux_logits": 11}, 11)
+    cfg = load_recipe("demo/maskd", [f"output_dir={tmp_path}"])
+    assert cfg.method.maskd.stage_weights == str(tmp_path / "demo/maskd_tokens/seed0/stage.safetensors")
+    with pytest.raises(FileNotFoundError, match="run the recipe demo/maskd_tokens first"):
+        build_method(cfg.method, ctx)
+    save_file({"tokens": torch.zeros(8, 19)}, str(tmp_path / "t.safetensors"))
+    cfg = load_recipe("demo/maskd", [f"method.maskd.stage_weights={tmp_path / 't.safetensors'}"])
+    with pytest.raises(ValueError, match="learnt for 19 classes, this recipe has 11"):
+        build_method(cfg.method, ctx)
+    with pytest.raises(Exception, match="maskd_tokens is a stage trained on the teacher alone"):
+        load_recipe("demo/maskd_tokens", ["method.name=maskd_tokens+kd"])
