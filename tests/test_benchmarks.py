@@ -13,3 +13,16 @@ def test_bench_losses_runs_and_every_backend_gives_the_reference_value():
     lines = [ln for ln in res.stdout.splitlines() if "speed-up" in ln]
     assert [ln.split()[0] for ln in lines] == ["eager", "compiled"]
     assert all("values identical" in ln for ln in lines), res.stdout
+
+
+def test_bench_data_runs_on_a_small_generated_tree(tmp_path):
+    import json
+
+    out = tmp_path / "data.json"
+    res = subprocess.run([sys.executable, str(ROOT / "benchmarks/bench_data.py"), "--images", "6", "--size", "64", "128",
+                          "--crop", "32", "64", "--stage-items", "2", "--repeats", "1", "--workers", "0", "--batch", "2",
+                          "--json", str(out)], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert res.returncode == 0, res.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert set(result["stages_ms"]) == {"decode", "decode_and_pillow_resize", "augment", "normalize", "item"}
+    assert result["loader_images_per_second"]["0"] > 0

@@ -227,3 +227,55 @@ def test_cityscapes_colours_match_official_where_installed():
 
     official = {lab.trainId: tuple(lab.color) for lab in labels.labels if 0 <= lab.trainId < 255}
     assert [official[i] for i in range(19)] == CITYSCAPES_COLOURS
+
+
+def _resize_then_crop(image, label, crop_size, scale_range, rng, flip=True, scale_step=None):
+    """The augmentation as first written: resize the whole image (torch bilinear, rounded to uint8;
+    labels nearest), pad, crop, flip. The crop-first one must give the same."""
+    import torch
+    import torch.nn.functional as F
+
+    from afdcd_bench.data.transforms import draw_scale
+
+    h, w = label.shape
+    s = draw_scale(rng, scale_range, scale_step)
+    nh, nw = max(1, int(round(h * s))), max(1, int(round(w * s)))
+    img_t = torch.from_numpy(np.array(image, copy=True)).permute(2, 0, 1)[None].float()
+    img_t = F.interpolate(img_t, size=(nh, nw), mode="bilinear", align_corners=False)
+    image = img_t[0].permute(1, 2, 0).round().clamp(0, 255).to(torch.uint8).numpy()
+    lab_t = torch.from_numpy(np.array(label, copy=True))[None, None].float()
+    label = F.interpolate(lab_t, size=(nh, nw), mode="nearest")[0, 0].to(torch.uint8).numpy()
+    ch, cw = crop_size
+    ph, pw = max(ch - nh, 0), max(cw - nw, 0)
+    pad = np.zeros((nh, nw), dtype=bool)
+    if ph or pw:
+        image = np.pad(image, ((0, ph), (0, pw), (0, 0)), constant_values=0)
+        label = np.pad(label, ((0, ph), (0, pw)), constant_values=255)
+        pad = np.pad(pad, ((0, ph), (0, pw)), constant_values=True)
+    y = int(rng.integers(0, label.shape[0] - ch + 1))
+    x = int(rng.integers(0, label.shape[1] - cw + 1))
+    image, label, pad = image[y:y + ch, x:x + cw], label[y:y + ch, x:x + cw], pad[y:y + ch, x:x + cw]
+    if rng.random() < 0.5 and flip:
+        image, label, pad = image[:, ::-1], label[:, ::-1], pad[:, ::-1]
+    return image, label, pad
+
+
+@pytest.mark.parametrize("shape,crop,scales,step", [
+    ((97, 203), (64, 96), (0.5, 2.0), 0.1),  # odd sizes, the released 16 scales
+    ((120, 240), (100, 200), (0.3, 0.9), None),  # always smaller than the crop: padded
+    ((64, 128), (32, 64), (1.0, 2.0), None),  # uniform scales, upsampling
+])
+def test_crop_first_augmentation_equals_resizing_the_whole_image_then_cropping(shape, crop, scales, step):
+    gen = np.random.default_rng(7)
+    image = gen.integers(0, 256, (*shape, 3), dtype=np.uint8)
+    label = gen.integers(0, 19, shape, dtype=np.uint8)
+    label[:5, :7] = 255
+    off = 0
+    for seed in range(12):
+        img, lab, pad = train_augment(image, label, crop, scales, np.random.default_rng(seed), True, step)
+        ref_img, ref_lab, ref_pad = _resize_then_crop(image, label, crop, scales, np.random.default_rng(seed), True, step)
+        assert np.array_equal(lab, ref_lab) and np.array_equal(pad, ref_pad), seed
+        diff = np.abs(img.astype(int) - ref_img.astype(int))
+        assert diff.max() <= 1, seed  # float rounding of the same taps, before rounding to uint8
+        off += int((diff > 0).sum())
+    assert off <= 1e-3 * 12 * crop[0] * crop[1] * 3
