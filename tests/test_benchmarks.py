@@ -26,3 +26,18 @@ def test_bench_data_runs_on_a_small_generated_tree(tmp_path):
     result = json.loads(out.read_text())
     assert set(result["stages_ms"]) == {"decode", "decode_and_pillow_resize", "augment", "normalize", "item"}
     assert result["loader_images_per_second"]["0"] > 0
+
+
+def test_bench_step_runs_at_a_tiny_shape(tmp_path):
+    import json
+
+    out = tmp_path / "step.json"
+    res = subprocess.run([sys.executable, str(ROOT / "benchmarks/bench_step.py"), "demo/cirkd", "--batch", "2", "--crop", "32x32",
+                          "--warmup", "1", "--steps", "1", "--json", str(out), "student.backbone=resnet10t",
+                          "teacher.backbone=resnet10t", "method.cirkd.pixel_queue=400", "method.cirkd.region_queue=100"],
+                         capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert res.returncode == 0, res.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert list(result["parts_ms"]) == ["transfer", "teacher_forward", "student_forward", "method_losses", "backward",
+                                        "optimizer_step"]
+    assert result["images_per_second"] > 0 and result["method"] == "cirkd+kd"
