@@ -134,6 +134,40 @@ def run(recipe: str, overrides: list[str], device: str, batch: int, crop: tuple[
             "torch": torch.__version__}
 
 
+def precision_curves(recipe: str, overrides: list[str], device: str, batch: int, crop: tuple[int, int] | None,
+                     steps: int) -> dict:
+    """The same `steps` training steps (same initial weights, same synthetic batches) in fp32 and in
+    bf16 autocast: both loss curves and how far apart they are."""
+    dev = torch.device(device)
+    curves = {}
+    for precision in ("fp32", "bf16"):
+        torch.manual_seed(0)
+        with tempfile.TemporaryDirectory() as tmp:
+            cfg, student, teacher, method, optimizer, crop_used = build(recipe, overrides, dev, batch, crop, Path(tmp))
+        autocast = (lambda: torch.autocast(dev.type, dtype=torch.bfloat16)) if precision == "bf16" else nullcontext
+        gen = torch.Generator().manual_seed(1)
+        losses = []
+        student.train()
+        for _ in range(steps):
+            x = torch.randn(batch, 3, *crop_used, generator=gen).to(dev)
+            y = torch.randint(0, cfg.num_classes, (batch, *crop_used), generator=gen).to(dev)
+            teacher_out = None
+            if teacher is not None:
+                with torch.no_grad(), autocast():
+                    teacher_out = teacher(x)
+            with autocast():
+                loss = sum(method(student(x), teacher_out, y).values())
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            method.after_step()
+            losses.append(float(loss.detach()))
+        curves[precision] = losses
+    diffs = [abs(a - b) / max(abs(a), 1e-12) for a, b in zip(curves["fp32"], curves["bf16"])]
+    return {"recipe": recipe, "steps": steps, "batch": batch, "fp32": curves["fp32"], "bf16": curves["bf16"],
+            "max_relative_difference": max(diffs), "mean_relative_difference": sum(diffs) / len(diffs)}
+
+
 def render(result: dict) -> None:
     from rich.console import Console
     from rich.table import Table

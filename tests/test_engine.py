@@ -144,13 +144,6 @@ def test_unknown_or_missing_tracker_is_refused_before_training(tmp_path):
     _reset()
 
 
-def test_bf16_mixed_precision_trains_on_cpu(tmp_path):
-    cfg = load_recipe("demo/baseline", TINY + [f"output_dir={tmp_path}", "train.iterations=2", "train.mixed_precision=bf16"])
-    rec = train(cfg, show_progress=False)
-    _reset()
-    assert rec["mixed_precision"] == "bf16" and math.isfinite(rec["final_miou"])
-
-
 def test_a_test_split_is_scored_at_every_validation_and_selection_stays_on_val(tmp_path):
     """Here test = val, so the reported test scores must equal the val ones step for step."""
     cfg = load_recipe("demo/baseline", TINY + [f"output_dir={tmp_path}", "data.test_split=val"])

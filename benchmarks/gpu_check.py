@@ -1,0 +1,111 @@
+"""The one-command GPU check (scripts/gpu_check.sh): the tests marked `gpu`, the step timing of the
+Cityscapes DeepLabV3-R101 -> R18 baseline, KD and Af-DCD at the paper's shape with the projected
+hours of the 40k-iteration recipe, and 50 steps of bf16 against fp32. Writes one JSON under
+results/gpu/ and prints a summary. Nothing downloads; the networks start from random weights.
+
+    scripts/gpu_check.sh            # on the GPU machine (about 4-8 minutes on one H100)
+    scripts/gpu_check.sh --cpu      # the same chain on the CPU at tiny shapes (the test suite runs it)
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import gc
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from bench_step import precision_curves, run  # noqa: E402
+
+RECIPES = [f"cityscapes/deeplabv3_resnet18/{m}" for m in ("baseline", "kd", "afdcd")]
+ITERATIONS, EFFECTIVE = 40000, 16  # the Cityscapes recipe: 40k steps of 16 images
+# bf16 against fp32 over the same steps: the mean relative loss difference allowed
+PRECISION_TOLERANCE = 0.02
+
+
+def gpu_tests(device: str) -> dict:
+    env = {**os.environ, "AFDCD_TEST_DEVICE": device}
+    res = subprocess.run([sys.executable, "-m", "pytest", "-m", "gpu", str(ROOT / "tests/test_gpu.py"), "-p", "no:cacheprovider"], capture_output=True, text=True, cwd=ROOT, env=env, timeout=900)
+    lines = [ln for ln in res.stdout.splitlines() if " passed" in ln or " failed" in ln or " error" in ln]
+    return {"returncode": res.returncode, "summary": lines[-1].strip("= ") if lines else "no summary (see output_tail)", "passed": res.returncode == 0,
+            "output_tail": (res.stdout + res.stderr)[-4000:] if res.returncode else ""}
+
+
+def _free(device: torch.device) -> None:
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def step_timings(device: str, batch: int, crop: tuple[int, int], warmup: int, steps: int) -> dict:
+    """Each recipe at `batch`; on running out of GPU memory, at half the batch (2 such steps per
+    16 images: said in the result)."""
+    dev = torch.device(device)
+    out = {}
+    for recipe in RECIPES:
+        b = batch
+        while True:
+            try:
+                result = run(recipe, [], device, b, crop, None, warmup, steps)
+                break
+            except torch.cuda.OutOfMemoryError:
+                _free(dev)
+                if b <= 1:
+                    raise
+                b //= 2
+        _free(dev)
+        micro = max(1, EFFECTIVE // b)
+        result["steps_per_16_images"] = f"{b} x {micro}" if micro > 1 else str(b)  # batch x accumulation
+        result["projected_hours_40k"] = result["total_ms"] * (EFFECTIVE / b) * ITERATIONS / 3.6e6
+        out[recipe] = result
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--cpu", action="store_true", help="run the chain on the CPU at tiny shapes")
+    p.add_argument("--out", default=str(ROOT / "results" / "gpu"))
+    a = p.parse_args(argv)
+    if not a.cpu and not torch.cuda.is_available():
+        raise SystemExit("no CUDA device here; `scripts/gpu_check.sh --cpu` runs the chain on the CPU at tiny shapes")
+    device = "cpu" if a.cpu else "cuda"
+    # --cpu: the smallest crop at which Af-DCD's pooled map holds one 4x4 patch; batch 2 (ASPP's pooled BN needs 2)
+    shape = dict(batch=2, crop=(128, 128), warmup=0, steps=1) if a.cpu else dict(batch=16, crop=(512, 1024), warmup=3, steps=10)
+    precision_shape = dict(batch=2, crop=(128, 128), steps=2) if a.cpu else dict(batch=8, crop=(512, 1024), steps=50)
+    started = datetime.datetime.now()
+    result = {"device": torch.cuda.get_device_name(0) if device == "cuda" else "cpu", "torch": torch.__version__,
+              "started": started.isoformat(timespec="seconds"), "mode": "cpu (tiny shapes)" if a.cpu else "gpu"}
+    result["tests"] = gpu_tests(device)
+    result["steps"] = step_timings(device, **shape)
+    curves = precision_curves(RECIPES[2], [], device, precision_shape["batch"], precision_shape["crop"],
+                              precision_shape["steps"])
+    curves["tolerance_mean_relative"] = PRECISION_TOLERANCE
+    curves["agree"] = curves["mean_relative_difference"] <= PRECISION_TOLERANCE
+    result["bf16_vs_fp32"] = curves
+    result["seconds"] = (datetime.datetime.now() - started).total_seconds()
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"gpu_check-{device}-{started:%Y%m%d-%H%M%S}.json"
+    path.write_text(json.dumps(result, indent=2))
+    print(f"gpu tests: {result['tests']['summary']}")
+    for recipe, r in result["steps"].items():
+        parts = ", ".join(f"{k} {v:.0f}" for k, v in r["parts_ms"].items())
+        print(f"{recipe}: {r['total_ms']:.0f} ms per step of {r['batch']} ({r['steps_per_16_images']} per 16 images), "
+              f"{r['images_per_second']:.1f} img/s, peak {r['peak_memory_mb']:.0f} MB, projected 40k: "
+              f"{r['projected_hours_40k']:.2f} h [{parts} ms]")
+    print(f"bf16 vs fp32 ({curves['steps']} steps of {curves['batch']}, Af-DCD): mean relative loss difference "
+          f"{curves['mean_relative_difference']:.4f}, max {curves['max_relative_difference']:.4f} "
+          f"({'within' if curves['agree'] else 'OUTSIDE'} {PRECISION_TOLERANCE})")
+    print(f"wrote {path} ({result['seconds']:.0f} s)")
+    return 0 if result["tests"]["passed"] and curves["agree"] else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
