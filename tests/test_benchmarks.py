@@ -41,3 +41,16 @@ def test_bench_step_runs_at_a_tiny_shape(tmp_path):
     assert list(result["parts_ms"]) == ["transfer", "teacher_forward", "student_forward", "method_losses", "backward",
                                         "optimizer_step"]
     assert result["images_per_second"] > 0 and result["method"] == "cirkd+kd"
+
+
+def test_bench_overhead_runs_at_a_tiny_shape(tmp_path):
+    import json
+
+    out = tmp_path / "overhead.json"
+    res = subprocess.run([sys.executable, str(ROOT / "benchmarks/bench_overhead.py"), "demo/kd", "--steps", "5", "--warmup", "1",
+                          "--rounds", "1", "--json", str(out), "data.crop_size=[32, 32]", "student.backbone=resnet10t",
+                          "teacher.backbone=resnet10t", "train.effective_batch=2"],
+                         capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert res.returncode == 0, res.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert result["bare_seconds_per_step"] > 0 and result["harness_seconds_per_step"] > 0
