@@ -28,7 +28,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from afdcd_bench.config import load_recipe  # noqa: E402
-from afdcd_bench.engine.trainer import build_optimizer  # noqa: E402
+from afdcd_bench.engine.trainer import build_optimizer, speed_layout  # noqa: E402
 from afdcd_bench.methods import BuildContext, build_method, needs_teacher, stage_of  # noqa: E402
 from afdcd_bench.models import build_segmentor  # noqa: E402
 
@@ -68,6 +68,7 @@ def build(recipe: str, overrides: list[str], device: torch.device, batch: int, c
     for part in method.own_parts().values():
         part.module.to(device)
         part.optimizer = part.make_optimizer([p for p in part.module.parameters() if p.requires_grad])
+    speed_layout(cfg.train, student, teacher, method, *(part.module for part in method.own_parts().values()))
     params = [p for p in [*student.parameters(), *method.parameters()] if p.requires_grad]
     return cfg, student, teacher, method, build_optimizer(params, cfg.train), crop
 
@@ -82,6 +83,8 @@ def run(recipe: str, overrides: list[str], device: str, batch: int, crop: tuple[
     gen = torch.Generator().manual_seed(0)
     images = torch.randn(batch, 3, *crop, generator=gen)
     labels = torch.randint(0, cfg.num_classes, (batch, *crop), generator=gen)
+    if cfg.train.channels_last:
+        images = images.contiguous(memory_format=torch.channels_last)
     if dev.type == "cuda":
         images, labels = images.pin_memory(), labels.pin_memory()
         torch.cuda.reset_peak_memory_stats(dev)
@@ -130,6 +133,8 @@ def run(recipe: str, overrides: list[str], device: str, batch: int, crop: tuple[
             else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0)
     return {"recipe": cfg.name, "method": cfg.method.name, "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
             "batch": batch, "crop": list(crop), "precision": precision, "warmup": warmup, "steps": steps,
+            "channels_last": cfg.train.channels_last, "optimizer_kernel": cfg.train.optimizer_kernel,
+            "cudnn_benchmark": cfg.train.cudnn_benchmark,
             "parts_ms": parts, "total_ms": total, "images_per_second": 1000 * batch / total, "peak_memory_mb": peak,
             "torch": torch.__version__}
 
@@ -150,6 +155,8 @@ def precision_curves(recipe: str, overrides: list[str], device: str, batch: int,
         student.train()
         for _ in range(steps):
             x = torch.randn(batch, 3, *crop_used, generator=gen).to(dev)
+            if cfg.train.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
             y = torch.randint(0, cfg.num_classes, (batch, *crop_used), generator=gen).to(dev)
             teacher_out = None
             if teacher is not None:

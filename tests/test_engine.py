@@ -5,7 +5,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from afdcd_bench.config import load_recipe
+from afdcd_bench.config import ConfigError, load_recipe
 from afdcd_bench.engine import TrainHooks, TrainingDiverged, split_batch, train
 from afdcd_bench.engine.checkpointing import latest_state
 from afdcd_bench.engine.run_folder import RunFolderError
@@ -153,3 +153,33 @@ def test_a_test_split_is_scored_at_every_validation_and_selection_stays_on_val(t
     assert rec["test_history"] == rec["history"]
     assert rec["test_miou_at_best"] == rec["best_miou"] and rec["final_test_miou"] == rec["final_miou"]
     assert rec["best_test_miou"] == max(h["miou"] for h in rec["history"])
+
+
+def test_speed_settings_give_the_same_weights(tmp_path):
+    """channels_last, each optimiser kernel and the loader's worker settings change no number beyond
+    float rounding (the loader's: none at all, each sample being seeded by itself). Dropout removed:
+    it draws its mask in memory order, so NHWC drops other positions."""
+    import torch.nn as nn
+    from safetensors.torch import load_file
+
+    from conftest import TINY as SGD_TINY  # SGD: Adam would turn rounding differences of tiny gradients into lr-sized steps
+    from distributed_helpers import strip
+
+    def weights(label, extra):
+        cfg = load_recipe("demo/baseline", SGD_TINY + [f"output_dir={tmp_path / label}", "train.iterations=2", *extra])
+        train(cfg, show_progress=False, hooks=TrainHooks(adapt_student=lambda s: strip(s, (nn.Dropout, nn.Dropout2d))))
+        _reset()
+        return load_file(str(tmp_path / label / "demo/baseline/seed0/final.safetensors"))
+
+    def apart(a, b):
+        return max((a[k].double() - b[k].double()).abs().max().item() for k in a if a[k].is_floating_point())
+
+    plain = weights("plain", [])
+    for label, extra in (("nhwc", ["train.channels_last=true"]), ("loop", ["train.optimizer_kernel=for_loop"]),
+                         ("foreach", ["train.optimizer_kernel=foreach"]), ("fused", ["train.optimizer_kernel=fused"])):
+        assert apart(plain, weights(label, extra)) < 1e-4, label
+    workers = weights("workers", ["data.num_workers=1", "data.persistent_workers=true", "data.prefetch_factor=3",
+                                  "data.pin_memory=true"])
+    assert apart(plain, workers) == 0.0
+    with pytest.raises(ConfigError, match="train.optimizer_kernel must be one of"):
+        load_recipe("demo/baseline", ["train.optimizer_kernel=turbo"])

@@ -2,7 +2,7 @@
 instead of running to a NaN record or failing deep inside torch."""
 from __future__ import annotations
 
-from .schema import ConfigError, RecipeConfig
+from .schema import OPTIMIZER_KERNELS, ConfigError, RecipeConfig
 
 OUTPUT_STRIDE = 8  # every backbone here is dilated to stride 8 (models/backbones.py)
 PRECISIONS = ("no", "fp16", "bf16", "fp8")
@@ -73,6 +73,10 @@ def check_ranges(cfg: RecipeConfig) -> None:
     positive(m.clip_grad_norm, "method.clip_grad_norm", strict=False)
     from ..methods import METHODS  # each method checks its own options (methods/base.py)
 
+    if cfg.train.optimizer_kernel not in OPTIMIZER_KERNELS:
+        raise ConfigError(f"train.optimizer_kernel must be one of {', '.join(OPTIMIZER_KERNELS)}, got {cfg.train.optimizer_kernel!r}")
+    if cfg.data.prefetch_factor is not None:
+        positive(cfg.data.prefetch_factor, "data.prefetch_factor")
     staged = [n for n in m.components if n in METHODS and METHODS[n].stage_of]
     if staged and len(m.components) > 1:
         raise ConfigError(f"method.name {m.name!r}: {staged[0]} is a stage trained on the teacher alone; it cannot be "

@@ -21,7 +21,8 @@ PATH_KEYS = ("output_dir", "data.root", "student.pretrained", "teacher.pretraine
 # resume, and a record may stand for a planned run, whatever their values.
 LOCATION_KEYS = PATH_KEYS + ("name", "data.num_workers", "train.log_interval", "train.checkpoint_interval",
                              "train.tensorboard", "train.trackers", "eval.batch_size", "eval.teacher_check", "published",
-                             "ablation_of", "on_request")
+                             "ablation_of", "on_request", "data.pin_memory", "data.persistent_workers",
+                             "data.prefetch_factor")
 DEFAULT_OUTPUT_DIR = "runs"
 NAMED_WEIGHTS = ("digits",)  # pretrained values that name a weight source, not a file (engine/pretrain.py)
 

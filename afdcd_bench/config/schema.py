@@ -20,6 +20,10 @@ class DataConfig:
     scale_step: Optional[float] = None
     flip: bool = True  # random horizontal flip in training
     num_workers: int = 0
+    # loader settings that change no number (with num_workers > 0 for the last two)
+    pin_memory: bool = False  # page-locked batches, for asynchronous copies to a GPU
+    persistent_workers: bool = False  # workers kept between epochs
+    prefetch_factor: Optional[int] = None  # batches each worker loads ahead (torch's default: 2)
     val_split: str = "val"  # the split the best checkpoint is selected on
     test_split: Optional[str] = None  # also scored at each validation; then the reported number (docs/method.md)
 
@@ -64,6 +68,9 @@ class MethodConfig:
         raise AttributeError(f"method {self.__dict__.get('name')!r} has no option section or setting {name!r}")
 
 
+OPTIMIZER_KERNELS = ("auto", "for_loop", "foreach", "fused")  # torch's implementations of an optimiser step
+
+
 @dataclass
 class TrainConfig:
     iterations: int = 40000
@@ -83,6 +90,10 @@ class TrainConfig:
     # Experiment trackers through Accelerate: tensorboard, wandb, mlflow, aim, comet_ml, clearml,
     # dvclive, swanlab, trackio (each needs its own package installed); the config is logged too.
     trackers: list[str] = field(default_factory=list)
+    # Speed settings (benchmarks/bench_step.py measures them); each gives the same numbers up to float rounding.
+    optimizer_kernel: str = "auto"  # auto (torch's choice) | for_loop | foreach | fused
+    channels_last: bool = False  # networks, the method's modules and the inputs in NHWC memory layout
+    cudnn_benchmark: bool = False  # let cuDNN time its convolution algorithms for the fixed crop (CUDA only)
 
 
 @dataclass

@@ -29,7 +29,8 @@ from .stepping import backward_and_step
 def train_stage(cfg: RecipeConfig, accelerator: Accelerator, run_dir: Path, state: Path | None, current: dict[str, Any],
                 per_device: int, accum: int, results_dir: str | os.PathLike | None, show_progress: bool,
                 hooks: Any) -> dict[str, Any]:
-    from .trainer import TrainingDiverged, build_optimizer, interrupted, load_teacher, loader_workers, poly_lr
+    from .trainer import (TrainingDiverged, build_optimizer, interrupted, load_teacher, loader_options, loader_workers,
+                          poly_lr, speed_layout)
 
     tc = cfg.train
     set_seed(tc.seed)
@@ -51,8 +52,10 @@ def train_stage(cfg: RecipeConfig, accelerator: Accelerator, run_dir: Path, stat
                              seed=tc.seed, flip=cfg.data.flip, scale_step=cfg.data.scale_step)
     if len(train_ds) < per_device * accelerator.num_processes:
         raise ValueError(f"training set has {len(train_ds)} images, fewer than one global micro-batch")
-    loader = DataLoader(train_ds, batch_size=per_device, shuffle=True, drop_last=True,
-                        num_workers=loader_workers(cfg.data.num_workers), generator=torch.Generator().manual_seed(tc.seed))
+    workers = loader_workers(cfg.data.num_workers)
+    loader = DataLoader(train_ds, batch_size=per_device, shuffle=True, drop_last=True, num_workers=workers,
+                        generator=torch.Generator().manual_seed(tc.seed), **loader_options(cfg.data, workers))
+    speed_layout(tc, teacher, stage)
     optimizer = build_optimizer([p for p in stage.parameters() if p.requires_grad], tc)
     wrapped, optimizer, loader = accelerator.prepare(stage, optimizer, loader)
 
@@ -85,8 +88,9 @@ def train_stage(cfg: RecipeConfig, accelerator: Accelerator, run_dir: Path, stat
                     for group in optimizer.param_groups:
                         group["lr"] = lr
                     with accelerator.accumulate(wrapped):
+                        images = batch["image"].contiguous(memory_format=torch.channels_last) if tc.channels_last else batch["image"]
                         with torch.no_grad(), accelerator.autocast():
-                            teacher_out = teacher(batch["image"])
+                            teacher_out = teacher(images)
                         terms = wrapped(None, teacher_out, batch["label"])
                         loss = sum(terms.values())
                         if not bool(torch.isfinite(loss.detach())):

@@ -105,13 +105,37 @@ def split_batch(effective: int, processes: int, per_device: int | None) -> tuple
     return per_device, per_process // per_device
 
 
+KERNEL_OPTIONS = {"auto": {}, "for_loop": {"foreach": False}, "foreach": {"foreach": True}, "fused": {"fused": True}}
+
+
 def build_optimizer(params: list[nn.Parameter], tc: Any) -> torch.optim.Optimizer:
     """SGD with momentum as in the paper; AdamW for short from-scratch schedules (the demo)."""
+    kernel = KERNEL_OPTIONS[getattr(tc, "optimizer_kernel", "auto")]
     if tc.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=tc.lr, momentum=tc.momentum, weight_decay=tc.weight_decay)
+        return torch.optim.SGD(params, lr=tc.lr, momentum=tc.momentum, weight_decay=tc.weight_decay, **kernel)
     if tc.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=tc.lr, weight_decay=tc.weight_decay)
+        return torch.optim.AdamW(params, lr=tc.lr, weight_decay=tc.weight_decay, **kernel)
     raise ValueError(f"train.optimizer must be sgd or adamw, not {tc.optimizer!r}")
+
+
+def loader_options(dc: Any, workers: int) -> dict[str, Any]:
+    """The recipe's loader settings that DataLoader accepts with this many workers."""
+    out: dict[str, Any] = {"pin_memory": dc.pin_memory and torch.cuda.is_available()}
+    if workers > 0:
+        out["persistent_workers"] = dc.persistent_workers
+        if dc.prefetch_factor is not None:
+            out["prefetch_factor"] = dc.prefetch_factor
+    return out
+
+
+def speed_layout(tc: Any, *modules: nn.Module | None) -> None:
+    """The recipe's channels_last and cudnn.benchmark settings, on the given modules."""
+    if tc.cudnn_benchmark:
+        torch.backends.cudnn.benchmark = True
+    if tc.channels_last:
+        for m in modules:
+            if m is not None:
+                m.to(memory_format=torch.channels_last)
 
 
 def flat_hparams(cfg: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -301,6 +325,7 @@ def _train(cfg: RecipeConfig, accelerator: Accelerator, run_dir: Path, state: Pa
     run_states = method.run_states()
     if run_states:
         accelerator.register_for_checkpointing(RunStates(run_states))
+    speed_layout(tc, student, method, teacher, *(part.module for part in own_parts.values()))
     step_module = DistillStep(student, method)
 
     norm = student.build_args["normalization"]
@@ -312,13 +337,14 @@ def _train(cfg: RecipeConfig, accelerator: Accelerator, run_dir: Path, state: Pa
     if len(train_ds) < per_device * accelerator.num_processes:
         raise ValueError(f"training set has {len(train_ds)} images, fewer than one global micro-batch")
     workers = loader_workers(cfg.data.num_workers)
+    extra = loader_options(cfg.data, workers)
     train_loader = DataLoader(train_ds, batch_size=per_device, shuffle=True, drop_last=True, num_workers=workers,
-                              generator=torch.Generator().manual_seed(tc.seed))
-    val_loader = DataLoader(val_ds, batch_size=cfg.eval.batch_size, shuffle=False, num_workers=workers)
+                              generator=torch.Generator().manual_seed(tc.seed), **extra)
+    val_loader = DataLoader(val_ds, batch_size=cfg.eval.batch_size, shuffle=False, num_workers=workers, **extra)
     test_loader = None
     if cfg.data.test_split:  # selected on val, reported on test (docs/method.md, "Evaluation")
         test_ds = build_dataset(cfg.data.name, root, cfg.data.test_split, normalization=norm)
-        test_loader = DataLoader(test_ds, batch_size=cfg.eval.batch_size, shuffle=False, num_workers=workers)
+        test_loader = DataLoader(test_ds, batch_size=cfg.eval.batch_size, shuffle=False, num_workers=workers, **extra)
 
     params = [p for p in step_module.parameters() if p.requires_grad]
     optimizer = build_optimizer(params, tc)
@@ -374,12 +400,13 @@ def _train(cfg: RecipeConfig, accelerator: Accelerator, run_dir: Path, state: Pa
                         group["lr"] = lr
                     if hooks.before_update is not None:
                         hooks.before_update(micro)
+                    images = batch["image"].contiguous(memory_format=torch.channels_last) if tc.channels_last else batch["image"]
                     with accelerator.accumulate(step_module):
                         teacher_out = None
                         if teacher is not None:
                             with torch.no_grad(), accelerator.autocast():
-                                teacher_out = teacher(batch["image"])
-                        terms = step_module(batch["image"], batch["label"], teacher_out)
+                                teacher_out = teacher(images)
+                        terms = step_module(images, batch["label"], teacher_out)
                         loss = sum(terms.values())
                         finite = torch.isfinite(loss.detach()).float()
                         if accelerator.num_processes > 1:
