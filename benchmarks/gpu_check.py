@@ -1,6 +1,7 @@
 """The one-command GPU check (scripts/gpu_check.sh): the tests marked `gpu`, the step timing of the
 Cityscapes DeepLabV3-R101 -> R18 baseline, KD and Af-DCD at the paper's shape with the projected
-hours of the 40k-iteration recipe, and 50 steps of bf16 against fp32. Writes one JSON under
+hours of the 40k-iteration recipe (and Af-DCD with each speed switch: the compiled contrastive
+backend, channels_last, fused SGD, the compiled projector), and 50 steps of bf16 against fp32. Writes one JSON under
 results/gpu/ and prints a summary. Nothing downloads; the networks start from random weights.
 
     scripts/gpu_check.sh            # on the GPU machine (about 4-8 minutes on one H100)
@@ -25,6 +26,9 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from bench_step import precision_curves, run  # noqa: E402
 
 RECIPES = [f"cityscapes/deeplabv3_resnet18/{m}" for m in ("baseline", "kd", "afdcd")]
+# Af-DCD with each speed switch alone, against its plain row (on the GPU only; --cpu checks that they load)
+VARIANTS = [["method.afdcd.backend=compiled"], ["train.channels_last=true"], ["train.optimizer_kernel=fused"],
+            ["train.compile=[projector]"]]
 ITERATIONS, EFFECTIVE = 40000, 16  # the Cityscapes recipe: 40k steps of 16 images
 # bf16 against fp32 over the same steps: the mean relative loss difference allowed
 PRECISION_TOLERANCE = 0.02
@@ -44,16 +48,23 @@ def _free(device: torch.device) -> None:
         torch.cuda.empty_cache()
 
 
-def step_timings(device: str, batch: int, crop: tuple[int, int], warmup: int, steps: int) -> dict:
+def step_timings(device: str, batch: int, crop: tuple[int, int], warmup: int, steps: int, variants: bool) -> dict:
     """Each recipe at `batch`; on running out of GPU memory, at half the batch (2 such steps per
     16 images: said in the result)."""
+    from afdcd_bench.config import load_recipe
+
     dev = torch.device(device)
     out = {}
-    for recipe in RECIPES:
+    runs = [(r, []) for r in RECIPES]
+    for extra in VARIANTS:
+        load_recipe(RECIPES[2], extra)  # a typo fails here, on the CPU too
+        if variants:
+            runs.append((RECIPES[2], extra))
+    for recipe, extra in runs:
         b = batch
         while True:
             try:
-                result = run(recipe, [], device, b, crop, None, warmup, steps)
+                result = run(recipe, extra, device, b, crop, None, warmup, steps)
                 break
             except torch.cuda.OutOfMemoryError:
                 _free(dev)
@@ -64,7 +75,7 @@ def step_timings(device: str, batch: int, crop: tuple[int, int], warmup: int, st
         micro = max(1, EFFECTIVE // b)
         result["steps_per_16_images"] = f"{b} x {micro}" if micro > 1 else str(b)  # batch x accumulation
         result["projected_hours_40k"] = result["total_ms"] * (EFFECTIVE / b) * ITERATIONS / 3.6e6
-        out[recipe] = result
+        out[" ".join([recipe, *extra])] = result
     return out
 
 
@@ -83,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     result = {"device": torch.cuda.get_device_name(0) if device == "cuda" else "cpu", "torch": torch.__version__,
               "started": started.isoformat(timespec="seconds"), "mode": "cpu (tiny shapes)" if a.cpu else "gpu"}
     result["tests"] = gpu_tests(device)
-    result["steps"] = step_timings(device, **shape)
+    result["steps"] = step_timings(device, **shape, variants=not a.cpu)
     curves = precision_curves(RECIPES[2], [], device, precision_shape["batch"], precision_shape["crop"],
                               precision_shape["steps"])
     curves["tolerance_mean_relative"] = PRECISION_TOLERANCE

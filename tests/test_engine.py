@@ -183,3 +183,36 @@ def test_speed_settings_give_the_same_weights(tmp_path):
     assert apart(plain, workers) == 0.0
     with pytest.raises(ConfigError, match="train.optimizer_kernel must be one of"):
         load_recipe("demo/baseline", ["train.optimizer_kernel=turbo"])
+
+
+def test_compiling_the_projector_gives_the_same_weights_and_counts_its_compilations(tmp_path):
+    import torch.nn as nn
+    from safetensors.torch import load_file
+
+    from conftest import TINY as SGD_TINY
+    from distributed_helpers import strip
+
+    def run(label, extra):
+        cfg = load_recipe("demo/afdcd", SGD_TINY + [f"output_dir={tmp_path / label}", "train.iterations=2",
+                                                    "teacher.backbone=resnet18", "method.afdcd.mask=center",
+                                                    f"teacher.checkpoint={_teacher18(tmp_path)}", *extra])
+        rec = train(cfg, show_progress=False, hooks=TrainHooks(adapt_student=lambda s: strip(s, (nn.Dropout, nn.Dropout2d))))
+        _reset()
+        return rec, load_file(str(tmp_path / label / "demo/afdcd/seed0/final.safetensors"))
+
+    plain_rec, plain = run("plain", [])
+    rec, compiled = run("compiled", ["train.compile=[projector]"])
+    assert plain_rec["compile"] is None
+    assert rec["compile"]["parts"] == ["projector"] and rec["compile"]["frames_compiled"] >= 1
+    assert max((plain[k].double() - compiled[k].double()).abs().max().item() for k in plain if plain[k].is_floating_point()) < 1e-4
+    with pytest.raises(ConfigError, match="train.compile: head unknown"):
+        load_recipe("demo/afdcd", ["train.compile=[head]"])
+
+
+def _teacher18(tmp_path):
+    from afdcd_bench.models import build_segmentor, save_segmentor
+
+    path = tmp_path / "teacher18.safetensors"
+    if not path.is_file():
+        save_segmentor(build_segmentor("deeplabv3", "resnet18", 11, aux=True, head_width=128), path)
+    return path

@@ -2,7 +2,7 @@
 instead of running to a NaN record or failing deep inside torch."""
 from __future__ import annotations
 
-from .schema import OPTIMIZER_KERNELS, ConfigError, RecipeConfig
+from .schema import COMPILE_TARGETS, OPTIMIZER_KERNELS, ConfigError, RecipeConfig
 
 OUTPUT_STRIDE = 8  # every backbone here is dilated to stride 8 (models/backbones.py)
 PRECISIONS = ("no", "fp16", "bf16", "fp8")
@@ -75,6 +75,9 @@ def check_ranges(cfg: RecipeConfig) -> None:
 
     if cfg.train.optimizer_kernel not in OPTIMIZER_KERNELS:
         raise ConfigError(f"train.optimizer_kernel must be one of {', '.join(OPTIMIZER_KERNELS)}, got {cfg.train.optimizer_kernel!r}")
+    unknown = sorted(set(cfg.train.compile) - set(COMPILE_TARGETS))
+    if unknown:
+        raise ConfigError(f"train.compile: {', '.join(unknown)} unknown; choose from {', '.join(COMPILE_TARGETS)}")
     if cfg.data.prefetch_factor is not None:
         positive(cfg.data.prefetch_factor, "data.prefetch_factor")
     staged = [n for n in m.components if n in METHODS and METHODS[n].stage_of]

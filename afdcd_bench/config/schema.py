@@ -69,6 +69,7 @@ class MethodConfig:
 
 
 OPTIMIZER_KERNELS = ("auto", "for_loop", "foreach", "fused")  # torch's implementations of an optimiser step
+COMPILE_TARGETS = ("student", "teacher", "projector")
 
 
 @dataclass
@@ -94,6 +95,9 @@ class TrainConfig:
     optimizer_kernel: str = "auto"  # auto (torch's choice) | for_loop | foreach | fused
     channels_last: bool = False  # networks, the method's modules and the inputs in NHWC memory layout
     cudnn_benchmark: bool = False  # let cuDNN time its convolution algorithms for the fixed crop (CUDA only)
+    # torch.compile these parts (opt-in): student, teacher, projector (every method module named
+    # *projector: Af-DCD's, FD's, CIRKD's). Compilations and recompilations go into the run record.
+    compile: list[str] = field(default_factory=list)
 
 
 @dataclass

@@ -128,6 +128,30 @@ def loader_options(dc: Any, workers: int) -> dict[str, Any]:
     return out
 
 
+def compile_parts(targets: list[str], student: nn.Module, teacher: nn.Module | None, method: nn.Module) -> list[str]:
+    """torch.compile the named parts in place (their state_dict keys stay); returns what was compiled."""
+    parts: dict[str, list[nn.Module]] = {"student": [student], "teacher": [teacher] if teacher is not None else [],
+                                         "projector": [m for n, m in method.named_modules() if n.endswith("projector")]}
+    from torch._dynamo.utils import counters
+
+    counters.clear()  # this run's compilations only
+    done = []
+    for target in targets:
+        for m in parts[target]:
+            m.compile()
+            done.append(target)
+    return done
+
+
+def compile_counts(compiled: list[str]) -> dict[str, Any]:
+    """How often dynamo compiled: each compiled part once, every further frame a recompilation."""
+    from torch._dynamo.utils import counters
+
+    frames = int(counters["frames"].get("total", 0))
+    return {"parts": compiled, "frames_compiled": frames, "graphs": int(counters["stats"].get("unique_graphs", 0)),
+            "recompilations": max(0, frames - len(compiled))}
+
+
 def speed_layout(tc: Any, *modules: nn.Module | None) -> None:
     """The recipe's channels_last and cudnn.benchmark settings, on the given modules."""
     if tc.cudnn_benchmark:
@@ -326,6 +350,7 @@ def _train(cfg: RecipeConfig, accelerator: Accelerator, run_dir: Path, state: Pa
     if run_states:
         accelerator.register_for_checkpointing(RunStates(run_states))
     speed_layout(tc, student, method, teacher, *(part.module for part in own_parts.values()))
+    compiled = compile_parts(tc.compile, student, teacher, method)
     step_module = DistillStep(student, method)
 
     norm = student.build_args["normalization"]
@@ -473,6 +498,7 @@ def _train(cfg: RecipeConfig, accelerator: Accelerator, run_dir: Path, state: Pa
         "teacher_checkpoint": recorded_path(cfg.teacher.checkpoint, project_root()) if teacher is not None else None,
         "global_grad_clip": global_clip,
         "trackers": trackers,
+        "compile": compile_counts(compiled) if compiled else None,
         "final_miou": final.get("miou"),
         "best_miou": progress_state.get("best_miou"),
         "best_step": progress_state.get("best_step"),
