@@ -88,23 +88,29 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit("no CUDA device here; `scripts/gpu_check.sh --cpu` runs the chain on the CPU at tiny shapes")
     device = "cpu" if a.cpu else "cuda"
     # --cpu: the smallest crop at which Af-DCD's pooled map holds one 4x4 patch; batch 2 (ASPP's pooled BN needs 2)
-    shape = dict(batch=2, crop=(128, 128), warmup=0, steps=1) if a.cpu else dict(batch=16, crop=(512, 1024), warmup=3, steps=10)
+    shape = dict(batch=2, crop=(128, 128), warmup=0, steps=1) if a.cpu else dict(batch=16, crop=(512, 1024), warmup=3, steps=8)
     precision_shape = dict(batch=2, crop=(128, 128), steps=2) if a.cpu else dict(batch=8, crop=(512, 1024), steps=50)
     started = datetime.datetime.now()
     result = {"device": torch.cuda.get_device_name(0) if device == "cuda" else "cpu", "torch": torch.__version__,
               "started": started.isoformat(timespec="seconds"), "mode": "cpu (tiny shapes)" if a.cpu else "gpu"}
-    result["tests"] = gpu_tests(device)
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"gpu_check-{device}-{started:%Y%m%d-%H%M%S}.json"
+
+    def save() -> None:  # after each part: a check stopped midway keeps what it measured
+        result["seconds"] = (datetime.datetime.now() - started).total_seconds()
+        path.write_text(json.dumps(result, indent=2))
+
     result["steps"] = step_timings(device, **shape, variants=not a.cpu)
+    save()
     curves = precision_curves(RECIPES[2], [], device, precision_shape["batch"], precision_shape["crop"],
                               precision_shape["steps"])
     curves["tolerance_mean_relative"] = PRECISION_TOLERANCE
     curves["agree"] = curves["mean_relative_difference"] <= PRECISION_TOLERANCE
     result["bf16_vs_fp32"] = curves
-    result["seconds"] = (datetime.datetime.now() - started).total_seconds()
-    out = Path(a.out)
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / f"gpu_check-{device}-{started:%Y%m%d-%H%M%S}.json"
-    path.write_text(json.dumps(result, indent=2))
+    save()
+    result["tests"] = gpu_tests(device)
+    save()
     print(f"gpu tests: {result['tests']['summary']}")
     for recipe, r in result["steps"].items():
         parts = ", ".join(f"{k} {v:.0f}" for k, v in r["parts_ms"].items())
