@@ -202,13 +202,20 @@ def main(argv: list[str] | None = None) -> int:
                    help="default: the recipe's on CUDA, fp32 on CPU")
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--compare-precision", type=int, default=0, metavar="STEPS",
+                   help="instead: this many steps in fp32 and in bf16 on the same batches, both loss curves")
     p.add_argument("--json", default=None, help="also write the result here")
     a = p.parse_intermixed_args(argv)
     if a.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda: no CUDA device here")
     batch = a.batch or load_recipe(a.recipe, ["student.pretrained=false", *a.overrides]).train.effective_batch
-    result = run(a.recipe, a.overrides, a.device, batch, a.crop, a.precision, a.warmup, a.steps)
-    render(result)
+    if a.compare_precision:
+        result = precision_curves(a.recipe, a.overrides, a.device, batch, a.crop, a.compare_precision)
+        print(f"bf16 vs fp32 over {a.compare_precision} steps: mean relative loss difference "
+              f"{result['mean_relative_difference']:.4f}, max {result['max_relative_difference']:.4f}")
+    else:
+        result = run(a.recipe, a.overrides, a.device, batch, a.crop, a.precision, a.warmup, a.steps)
+        render(result)
     if a.json:
         Path(a.json).write_text(json.dumps(result, indent=2))
     return 0

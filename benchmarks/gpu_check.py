@@ -11,19 +11,18 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import gc
 import json
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
-from bench_step import precision_curves, run  # noqa: E402
+BENCH = ROOT / "benchmarks" / "bench_step.py"
 
 RECIPES = [f"cityscapes/deeplabv3_resnet18/{m}" for m in ("baseline", "kd", "afdcd")]
 # Af-DCD with each speed switch alone, against its plain row (on the GPU only; --cpu checks that they load)
@@ -42,18 +41,24 @@ def gpu_tests(device: str) -> dict:
             "output_tail": (res.stdout + res.stderr)[-4000:] if res.returncode else ""}
 
 
-def _free(device: torch.device) -> None:
-    gc.collect()
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
+def bench(args: list[str], tmp: Path) -> tuple[dict | None, str]:
+    """benchmarks/bench_step.py in its own process (a CUDA error is sticky: it would end every later
+    measurement of this one): its JSON, or None and the end of its output."""
+    out = tmp / "bench.json"
+    out.unlink(missing_ok=True)
+    res = subprocess.run([sys.executable, str(BENCH), *args, "--json", str(out)], capture_output=True, text=True,
+                         cwd=ROOT, timeout=900)
+    if res.returncode == 0 and out.is_file():
+        return json.loads(out.read_text()), ""
+    return None, (res.stdout + res.stderr)[-2500:]
 
 
-def step_timings(device: str, batch: int, crop: tuple[int, int], warmup: int, steps: int, variants: bool) -> dict:
+def step_timings(device: str, batch: int, crop: tuple[int, int], warmup: int, steps: int, variants: bool,
+                 tmp: Path) -> dict:
     """Each recipe at `batch`; on running out of GPU memory, at half the batch (2 such steps per
-    16 images: said in the result)."""
+    16 images: said in the result). A run that fails is recorded with its error, and the rest go on."""
     from afdcd_bench.config import load_recipe
 
-    dev = torch.device(device)
     out = {}
     runs = [(r, []) for r in RECIPES]
     for extra in VARIANTS:
@@ -61,21 +66,21 @@ def step_timings(device: str, batch: int, crop: tuple[int, int], warmup: int, st
         if variants:
             runs.append((RECIPES[2], extra))
     for recipe, extra in runs:
+        key = " ".join([recipe, *extra])
         b = batch
         while True:
-            try:
-                result = run(recipe, extra, device, b, crop, None, warmup, steps)
+            result, error = bench([recipe, *extra, "--device", device, "--batch", str(b), "--crop", f"{crop[0]}x{crop[1]}",
+                                   "--warmup", str(warmup), "--steps", str(steps)], tmp)
+            if result is not None or "out of memory" not in error.lower() or b <= 1:
                 break
-            except torch.cuda.OutOfMemoryError:
-                _free(dev)
-                if b <= 1:
-                    raise
-                b //= 2
-        _free(dev)
+            b //= 2
+        if result is None:
+            out[key] = {"error": error, "batch": b}
+            continue
         micro = max(1, EFFECTIVE // b)
         result["steps_per_16_images"] = f"{b} x {micro}" if micro > 1 else str(b)  # batch x accumulation
         result["projected_hours_40k"] = result["total_ms"] * (EFFECTIVE / b) * ITERATIONS / 3.6e6
-        out[" ".join([recipe, *extra])] = result
+        out[key] = result
     return out
 
 
@@ -101,10 +106,15 @@ def main(argv: list[str] | None = None) -> int:
         result["seconds"] = (datetime.datetime.now() - started).total_seconds()
         path.write_text(json.dumps(result, indent=2))
 
-    result["steps"] = step_timings(device, **shape, variants=not a.cpu)
-    save()
-    curves = precision_curves(RECIPES[2], [], device, precision_shape["batch"], precision_shape["crop"],
-                              precision_shape["steps"])
+    with tempfile.TemporaryDirectory() as tmp:
+        result["steps"] = step_timings(device, **shape, variants=not a.cpu, tmp=Path(tmp))
+        save()
+        ps = precision_shape
+        curves, error = bench([RECIPES[2], "--device", device, "--batch", str(ps["batch"]), "--crop",
+                               f"{ps['crop'][0]}x{ps['crop'][1]}", "--compare-precision", str(ps["steps"])], Path(tmp))
+    if curves is None:
+        curves = {"error": error, "agree": False, "steps": ps["steps"], "batch": ps["batch"],
+                  "mean_relative_difference": float("nan"), "max_relative_difference": float("nan")}
     curves["tolerance_mean_relative"] = PRECISION_TOLERANCE
     curves["agree"] = curves["mean_relative_difference"] <= PRECISION_TOLERANCE
     result["bf16_vs_fp32"] = curves
@@ -113,6 +123,9 @@ def main(argv: list[str] | None = None) -> int:
     save()
     print(f"gpu tests: {result['tests']['summary']}")
     for recipe, r in result["steps"].items():
+        if "error" in r:
+            print(f"{recipe}: FAILED at batch {r['batch']}: {r['error'].strip().splitlines()[-1] if r['error'].strip() else ''}")
+            continue
         parts = ", ".join(f"{k} {v:.0f}" for k, v in r["parts_ms"].items())
         print(f"{recipe}: {r['total_ms']:.0f} ms per step of {r['batch']} ({r['steps_per_16_images']} per 16 images), "
               f"{r['images_per_second']:.1f} img/s, peak {r['peak_memory_mb']:.0f} MB, projected 40k: "
@@ -121,7 +134,8 @@ def main(argv: list[str] | None = None) -> int:
           f"{curves['mean_relative_difference']:.4f}, max {curves['max_relative_difference']:.4f} "
           f"({'within' if curves['agree'] else 'OUTSIDE'} {PRECISION_TOLERANCE})")
     print(f"wrote {path} ({result['seconds']:.0f} s)")
-    return 0 if result["tests"]["passed"] and curves["agree"] else 1
+    failed = [k for k, r in result["steps"].items() if "error" in r]
+    return 0 if result["tests"]["passed"] and curves["agree"] and not failed else 1
 
 
 if __name__ == "__main__":
