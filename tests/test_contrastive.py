@@ -148,3 +148,19 @@ def test_bad_input_is_a_value_error(kwargs, shape, match):
     x = torch.randn(*shape)
     with pytest.raises(ValueError, match=match):
         contrastive_loss(x, x, **kwargs)
+
+
+def test_eager_distances_in_chunks_equal_one_call(monkeypatch):
+    """Batches whose cdist backward buffer would pass 2^31 elements go through in chunks (the CUDA
+    kernel indexes it in 32 bits); chunking changes no number."""
+    import afdcd_bench.losses.contrastive as c
+
+    gen = torch.Generator().manual_seed(0)
+    s = torch.randn(4, 64, 8, 8, generator=gen, requires_grad=True)
+    t = torch.randn(4, 64, 8, 8, generator=gen)
+    whole = c.contrastive_loss(s, t, mode="omni")
+    (g_whole,) = torch.autograd.grad(whole, s)
+    monkeypatch.setattr(c, "CDIST_ELEMENTS", 3 * 16 * 16 * 4)  # 3 rows of (P, Q, D) = (16, 16, 4) a call
+    chunked = c.contrastive_loss(s, t, mode="omni")
+    (g_chunked,) = torch.autograd.grad(chunked, s)
+    assert torch.allclose(whole, chunked) and torch.allclose(g_whole, g_chunked)

@@ -81,6 +81,12 @@ def _patches(x: torch.Tensor, patch: tuple[int, int]) -> torch.Tensor:
     return x.reshape(b * (h // ph) * (w // pw), ph * pw, c)
 
 
+# torch.cdist's CUDA backward works through an (N, P, Q, D) buffer indexed in 32 bits: past 2^31
+# elements it writes out of bounds (measured on an H200, torch 2.11: the omni term at batch 16,
+# 2048 channels, crashed with an illegal memory access). Larger batches go through in chunks.
+CDIST_ELEMENTS = 2**31 - 1
+
+
 def _distance(a: torch.Tensor, b: torch.Tensor, distance: str, broadcast: bool = False) -> torch.Tensor:
     """Batched pairwise distance (N, P, D) x (N, Q, D) -> (N, P, Q).
 
@@ -93,11 +99,14 @@ def _distance(a: torch.Tensor, b: torch.Tensor, distance: str, broadcast: bool =
         sq = diff.square().sum(-1)
         positive = sq > 0  # sqrt'(0) is infinite: take 0 there, as cdist's backward does
         return torch.where(positive, torch.where(positive, sq, torch.ones_like(sq)).sqrt(), torch.zeros_like(sq))
-    if distance == "l1":
-        return torch.cdist(a, b, p=1.0)
     # Exact Euclidean: the matmul shortcut loses the small positive distances to
     # cancellation and then blows up the sqrt's gradient.
-    return torch.cdist(a, b, p=2.0, compute_mode="donot_use_mm_for_euclid_dist")
+    options = {"p": 1.0} if distance == "l1" else {"p": 2.0, "compute_mode": "donot_use_mm_for_euclid_dist"}
+    n, p, q, d = a.shape[0], a.shape[1], b.shape[1], a.shape[2]
+    step = max(1, CDIST_ELEMENTS // max(1, p * q * d))
+    if n <= step:
+        return torch.cdist(a, b, **options)
+    return torch.cat([torch.cdist(a[i:i + step], b[i:i + step], **options) for i in range(0, n, step)])
 
 
 def _same_group_other_position(k: int, m: int, device: torch.device) -> torch.Tensor:
