@@ -1,7 +1,7 @@
 """The one-command GPU check (scripts/gpu_check.sh): the tests marked `gpu`, the step timing of the
 Cityscapes DeepLabV3-R101 -> R18 baseline, KD and Af-DCD at the paper's shape with the projected
 hours of the 40k-iteration recipe (and Af-DCD with each speed switch: the compiled contrastive
-backend, NCHW instead of the recipes' NHWC, fused SGD, the compiled projector), and 50 steps of bf16 against fp32. Writes one JSON under
+backend's eager twin, NCHW instead of the recipes' NHWC, fused SGD, the compiled projector), and 50 steps of bf16 against fp32. Writes one JSON under
 results/gpu/ and prints a summary. Nothing downloads; the networks start from random weights.
 
     scripts/gpu_check.sh            # on the GPU machine (about 4-8 minutes on one H100)
@@ -26,7 +26,7 @@ BENCH = ROOT / "benchmarks" / "bench_step.py"
 
 RECIPES = [f"cityscapes/deeplabv3_resnet18/{m}" for m in ("baseline", "kd", "afdcd")]
 # Af-DCD with each speed switch alone, against its plain row (on the GPU only; --cpu checks that they load)
-VARIANTS = [["method.afdcd.backend=compiled"], ["train.channels_last=false"], ["train.optimizer_kernel=fused"],
+VARIANTS = [["method.afdcd.backend=eager"], ["train.channels_last=false"], ["train.optimizer_kernel=fused"],
             ["train.compile=[projector]"]]
 ITERATIONS, EFFECTIVE = 40000, 16  # the Cityscapes recipe: 40k steps of 16 images
 # bf16 against fp32 over the same steps: the mean relative loss difference allowed
