@@ -28,7 +28,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from afdcd_bench.config import load_recipe  # noqa: E402
-from afdcd_bench.engine.trainer import build_optimizer, speed_layout  # noqa: E402
+from afdcd_bench.engine.trainer import build_optimizer, speed_layout, teacher_forward  # noqa: E402
 from afdcd_bench.methods import BuildContext, build_method, needs_teacher, stage_of  # noqa: E402
 from afdcd_bench.models import build_segmentor  # noqa: E402
 
@@ -103,8 +103,7 @@ def run(recipe: str, overrides: list[str], device: str, batch: int, crop: tuple[
         marks.append(time.perf_counter())
         teacher_out = None
         if teacher is not None:
-            with torch.no_grad(), autocast():
-                teacher_out = teacher(x)
+            teacher_out = teacher_forward(teacher, x, cfg.train, autocast)
         sync()
         marks.append(time.perf_counter())
         with autocast():

@@ -216,3 +216,19 @@ def _teacher18(tmp_path):
     if not path.is_file():
         save_segmentor(build_segmentor("deeplabv3", "resnet18", 11, aux=True, head_width=128), path)
     return path
+
+
+def test_teacher_under_inference_mode_gives_the_same_weights(tmp_path, teacher):
+    from conftest import TINY as SGD_TINY
+
+    small_queues = ["method.cirkd.pixel_queue=50", "method.cirkd.region_queue=10", "method.cirkd.pixel_contrasts=64",
+                    "method.cirkd.region_contrasts=16"]
+    for recipe, extra in (("demo/kd", []), ("demo/cirkd", small_queues)):
+        out = []
+        for mode in ("false", "true"):
+            cfg = load_recipe(recipe, SGD_TINY + [f"output_dir={tmp_path / mode}", f"teacher.checkpoint={teacher}",
+                                                  f"train.teacher_inference_mode={mode}", *extra])
+            train(cfg, show_progress=False)
+            _reset()
+            out.append(load_file(str(tmp_path / mode / recipe / "seed0/final.safetensors")))
+        assert all(torch.equal(out[0][k], out[1][k]) for k in out[0]), recipe

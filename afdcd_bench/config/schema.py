@@ -95,6 +95,7 @@ class TrainConfig:
     optimizer_kernel: str = "auto"  # auto (torch's choice) | for_loop | foreach | fused
     channels_last: bool = False  # networks, the method's modules and the inputs in NHWC memory layout
     cudnn_benchmark: bool = False  # let cuDNN time its convolution algorithms for the fixed crop (CUDA only)
+    teacher_inference_mode: bool = False  # the teacher's forward under inference_mode instead of no_grad
     # torch.compile these parts (opt-in): student, teacher, projector (every method module named
     # *projector: Af-DCD's, FD's, CIRKD's). Compilations and recompilations go into the run record.
     compile: list[str] = field(default_factory=list)

@@ -30,7 +30,7 @@ def train_stage(cfg: RecipeConfig, accelerator: Accelerator, run_dir: Path, stat
                 per_device: int, accum: int, results_dir: str | os.PathLike | None, show_progress: bool,
                 hooks: Any) -> dict[str, Any]:
     from .trainer import (TrainingDiverged, build_optimizer, interrupted, load_teacher, loader_options, loader_workers,
-                          poly_lr, speed_layout)
+                          poly_lr, speed_layout, teacher_forward)
 
     tc = cfg.train
     set_seed(tc.seed)
@@ -89,8 +89,7 @@ def train_stage(cfg: RecipeConfig, accelerator: Accelerator, run_dir: Path, stat
                         group["lr"] = lr
                     with accelerator.accumulate(wrapped):
                         images = batch["image"].contiguous(memory_format=torch.channels_last) if tc.channels_last else batch["image"]
-                        with torch.no_grad(), accelerator.autocast():
-                            teacher_out = teacher(images)
+                        teacher_out = teacher_forward(teacher, images, tc, accelerator.autocast)
                         terms = wrapped(None, teacher_out, batch["label"])
                         loss = sum(terms.values())
                         if not bool(torch.isfinite(loss.detach())):

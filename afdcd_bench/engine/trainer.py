@@ -19,7 +19,7 @@ from ..config.runs import recorded_path
 from ..data import build_dataset, resolve_root
 from ..losses import IGNORE_INDEX
 from ..methods import BuildContext, OwnPartsState, RunStates, build_method, needs_teacher, stage_of
-from ..models import Segmentor, build_segmentor, load_segmentor, save_segmentor
+from ..models import Segmentor, SegmentorOutput, build_segmentor, load_segmentor, save_segmentor
 from .checkpointing import RunTimes, latest_state, load_training_state
 from .evaluate import evaluate
 from .full_weights import FullWeights
@@ -150,6 +150,19 @@ def compile_counts(compiled: list[str]) -> dict[str, Any]:
     frames = int(counters["frames"].get("total", 0))
     return {"parts": compiled, "frames_compiled": frames, "graphs": int(counters["stats"].get("unique_graphs", 0)),
             "recompilations": max(0, frames - len(compiled))}
+
+
+def teacher_forward(teacher: nn.Module, images: torch.Tensor, tc: Any, autocast: Any) -> SegmentorOutput:
+    """The frozen teacher's outputs, under no_grad or (train.teacher_inference_mode) inference_mode.
+    Inference tensors may not be saved for a backward pass; no loss here saves the teacher's outputs
+    as they are (each detaches, casts or normalises them first), but a new method might: they are
+    copied out as plain tensors (a few maps, against a whole forward)."""
+    if not tc.teacher_inference_mode:
+        with torch.no_grad(), autocast():
+            return teacher(images)
+    with torch.inference_mode(), autocast():
+        out = teacher(images)
+    return SegmentorOutput(*(t.clone() if isinstance(t, torch.Tensor) else t for t in out))
 
 
 def speed_layout(tc: Any, *modules: nn.Module | None) -> None:
@@ -429,8 +442,7 @@ def _train(cfg: RecipeConfig, accelerator: Accelerator, run_dir: Path, state: Pa
                     with accelerator.accumulate(step_module):
                         teacher_out = None
                         if teacher is not None:
-                            with torch.no_grad(), accelerator.autocast():
-                                teacher_out = teacher(images)
+                            teacher_out = teacher_forward(teacher, images, tc, accelerator.autocast)
                         terms = step_module(images, batch["label"], teacher_out)
                         loss = sum(terms.values())
                         finite = torch.isfinite(loss.detach()).float()
