@@ -29,7 +29,7 @@ from .stepping import backward_and_step
 def train_stage(cfg: RecipeConfig, accelerator: Accelerator, run_dir: Path, state: Path | None, current: dict[str, Any],
                 per_device: int, accum: int, results_dir: str | os.PathLike | None, show_progress: bool,
                 hooks: Any) -> dict[str, Any]:
-    from .trainer import (TrainingDiverged, build_optimizer, interrupted, load_teacher, loader_options, loader_workers,
+    from .trainer import (build_optimizer, check_finite, interrupted, load_teacher, loader_options, loader_workers,
                           poly_lr, speed_layout, teacher_forward)
 
     tc = cfg.train
@@ -92,9 +92,7 @@ def train_stage(cfg: RecipeConfig, accelerator: Accelerator, run_dir: Path, stat
                         teacher_out = teacher_forward(teacher, images, tc, accelerator.autocast)
                         terms = wrapped(None, teacher_out, batch["label"])
                         loss = sum(terms.values())
-                        if not bool(torch.isfinite(loss.detach())):
-                            raise TrainingDiverged(f"{cfg.name}: loss became {loss.item()} at step {step}; stopped without "
-                                                   f"saving. The last good checkpoint in {run_dir / 'state'} is intact.")
+                        check_finite(accelerator, loss, terms, cfg.name, step, run_dir)
                         backward_and_step(accelerator, loss, optimizer, [], 0.0)
                     micro += 1
                     last = {k: float(v.detach()) for k, v in terms.items()}

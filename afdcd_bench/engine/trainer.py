@@ -42,6 +42,20 @@ class TrainingInterrupted(KeyboardInterrupt):
     """Ctrl-C during training; the message says from which step the same command resumes."""
 
 
+def check_finite(accelerator: Accelerator, loss: torch.Tensor, terms: dict[str, torch.Tensor], name: str, step: int,
+                 run_dir: Path) -> None:
+    """Stop every process, before any update, when the loss of any one is not finite (one process
+    raising alone would leave the others waiting at the next collective)."""
+    finite = torch.isfinite(loss.detach()).float()
+    if accelerator.num_processes > 1:
+        finite = accelerator.reduce(finite, reduction="min")
+    if finite.item() < 1:
+        raise TrainingDiverged(
+            f"{name}: loss became {loss.detach().item()} at step {step} ({ {k: float(v.detach()) for k, v in terms.items()} }); "
+            f"stopped without saving. The last good checkpoint in {run_dir / 'state'} is intact."
+        )
+
+
 def interrupted(name: str, step: int, saved_step: int) -> TrainingInterrupted:
     again = f"rerun the same command to resume from step {saved_step}" if saved_step else "nothing was saved yet; rerun the same command to start again"
     return TrainingInterrupted(f"{name} interrupted at step {step}; {again}")
@@ -445,14 +459,7 @@ def _train(cfg: RecipeConfig, accelerator: Accelerator, run_dir: Path, state: Pa
                             teacher_out = teacher_forward(teacher, images, tc, accelerator.autocast)
                         terms = step_module(images, batch["label"], teacher_out)
                         loss = sum(terms.values())
-                        finite = torch.isfinite(loss.detach()).float()
-                        if accelerator.num_processes > 1:
-                            finite = accelerator.reduce(finite, reduction="min")
-                        if finite.item() < 1:
-                            raise TrainingDiverged(
-                                f"{cfg.name}: loss became {loss.detach().item()} at step {step} ({ {k: float(v.detach()) for k, v in terms.items()} }); "
-                                f"stopped without saving. The last good checkpoint in {run_dir / 'state'} is intact."
-                            )
+                        check_finite(accelerator, loss, terms, cfg.name, step, run_dir)
                         backward_and_step(accelerator, loss, optimizer, clip_params, cfg.method.clip_grad_norm)
                     micro += 1
                     last = {k: float(v.detach()) for k, v in terms.items()}
