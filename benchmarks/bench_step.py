@@ -28,7 +28,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from afdcd_bench.config import load_recipe  # noqa: E402
-from afdcd_bench.engine.trainer import build_optimizer, speed_layout, teacher_forward  # noqa: E402
+from afdcd_bench.engine.trainer import build_optimizer, input_layout, speed_layout, teacher_forward  # noqa: E402
 from afdcd_bench.methods import BuildContext, build_method, needs_teacher, stage_of  # noqa: E402
 from afdcd_bench.models import build_segmentor  # noqa: E402
 
@@ -83,8 +83,7 @@ def run(recipe: str, overrides: list[str], device: str, batch: int, crop: tuple[
     gen = torch.Generator().manual_seed(0)
     images = torch.randn(batch, 3, *crop, generator=gen)
     labels = torch.randint(0, cfg.num_classes, (batch, *crop), generator=gen)
-    if cfg.train.channels_last:
-        images = images.contiguous(memory_format=torch.channels_last)
+    images = input_layout(images, cfg.train)
     if dev.type == "cuda":
         images, labels = images.pin_memory(), labels.pin_memory()
         torch.cuda.reset_peak_memory_stats(dev)
@@ -153,9 +152,7 @@ def precision_curves(recipe: str, overrides: list[str], device: str, batch: int,
         losses = []
         student.train()
         for _ in range(steps):
-            x = torch.randn(batch, 3, *crop_used, generator=gen).to(dev)
-            if cfg.train.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
+            x = input_layout(torch.randn(batch, 3, *crop_used, generator=gen).to(dev), cfg.train)
             y = torch.randint(0, cfg.num_classes, (batch, *crop_used), generator=gen).to(dev)
             teacher_out = None
             if teacher is not None:

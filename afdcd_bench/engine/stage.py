@@ -29,8 +29,8 @@ from .stepping import backward_and_step
 def train_stage(cfg: RecipeConfig, accelerator: Accelerator, run_dir: Path, state: Path | None, current: dict[str, Any],
                 per_device: int, accum: int, results_dir: str | os.PathLike | None, show_progress: bool,
                 hooks: Any) -> dict[str, Any]:
-    from .trainer import (build_optimizer, check_finite, interrupted, load_teacher, loader_options, loader_workers,
-                          poly_lr, speed_layout, teacher_forward)
+    from .trainer import (build_optimizer, check_finite, input_layout, interrupted, load_teacher, loader_options,
+                          loader_workers, poly_lr, speed_layout, teacher_forward)
 
     tc = cfg.train
     set_seed(tc.seed)
@@ -88,7 +88,7 @@ def train_stage(cfg: RecipeConfig, accelerator: Accelerator, run_dir: Path, stat
                     for group in optimizer.param_groups:
                         group["lr"] = lr
                     with accelerator.accumulate(wrapped):
-                        images = batch["image"].contiguous(memory_format=torch.channels_last) if tc.channels_last else batch["image"]
+                        images = input_layout(batch["image"], tc)
                         teacher_out = teacher_forward(teacher, images, tc, accelerator.autocast)
                         terms = wrapped(None, teacher_out, batch["label"])
                         loss = sum(terms.values())

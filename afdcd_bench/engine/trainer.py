@@ -179,6 +179,11 @@ def teacher_forward(teacher: nn.Module, images: torch.Tensor, tc: Any, autocast:
     return SegmentorOutput(*(t.clone() if isinstance(t, torch.Tensor) else t for t in out))
 
 
+def input_layout(images: torch.Tensor, tc: Any) -> torch.Tensor:
+    """A batch in the memory layout the networks were given (speed_layout)."""
+    return images.contiguous(memory_format=torch.channels_last) if tc.channels_last else images
+
+
 def speed_layout(tc: Any, *modules: nn.Module | None) -> None:
     """The recipe's channels_last and cudnn.benchmark settings, on the given modules."""
     if tc.cudnn_benchmark:
@@ -452,7 +457,7 @@ def _train(cfg: RecipeConfig, accelerator: Accelerator, run_dir: Path, state: Pa
                         group["lr"] = lr
                     if hooks.before_update is not None:
                         hooks.before_update(micro)
-                    images = batch["image"].contiguous(memory_format=torch.channels_last) if tc.channels_last else batch["image"]
+                    images = input_layout(batch["image"], tc)
                     with accelerator.accumulate(step_module):
                         teacher_out = None
                         if teacher is not None:
