@@ -9,6 +9,7 @@ import datetime
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import yaml
 from rich.console import Console
@@ -54,12 +55,13 @@ def plan(benchmark: str, ablations: bool = False, methods: list[str] | None = No
     stages = [n for n in runnable if stage_of(configs[n].method.name)]  # on the teacher alone, before the students
     students = sorted((n for n in runnable if n not in teachers and n not in stages),
                       key=lambda n: (configs[n].ablation_of is not None, configs[n].method.name != "baseline", n))
-    return needed_stages(teachers + stages + students)
+    return needed_stages(teachers + stages + students, configs)
 
 
-def needed_stages(names: list[str]) -> list[str]:
-    """names without the stage recipes that none of its student recipes builds on."""
-    configs = {n: load_recipe(n) for n in names}
+def needed_stages(names: list[str], configs: dict[str, Any] | None = None) -> list[str]:
+    """names without the stage recipes that none of its student recipes builds on (configs: the
+    recipes already loaded, by name; others are loaded here)."""
+    configs = {n: (configs or {}).get(n) or load_recipe(n) for n in names}
     used = {getattr(cfg.method.options.get(c), "stage_recipe", None) for cfg in configs.values() for c in cfg.method.components}
     return [n for n in names if not stage_of(configs[n].method.name) or n in used]
 
