@@ -30,7 +30,7 @@ def train_stage(cfg: RecipeConfig, accelerator: Accelerator, run_dir: Path, stat
                 per_device: int, accum: int, results_dir: str | os.PathLike | None, show_progress: bool,
                 hooks: Any) -> dict[str, Any]:
     from .trainer import (build_optimizer, check_finite, input_layout, interrupted, load_teacher, loader_options,
-                          loader_workers, poly_lr, speed_layout, teacher_forward)
+                          loader_workers, poly_lr, resumed_batches, speed_layout, teacher_forward)
 
     tc = cfg.train
     set_seed(tc.seed)
@@ -71,7 +71,6 @@ def train_stage(cfg: RecipeConfig, accelerator: Accelerator, run_dir: Path, stat
     heartbeat = Heartbeat(cfg.name, tc.iterations, progress_state["step"], progress.console.print,
                           show and not progress.console.is_terminal)
     step = progress_state["step"]
-    micro, per_epoch = step * accum, len(loader)
     last: dict[str, float] = {}
     with progress:
         if state is not None:
@@ -79,11 +78,8 @@ def train_stage(cfg: RecipeConfig, accelerator: Accelerator, run_dir: Path, stat
         log(f"{cfg.name}: learning {name} on the frozen teacher (teacher in {teacher_mode} mode)")
         task = progress.add_task(cfg.name, total=tc.iterations, completed=step, info="")
         try:
-            while step < tc.iterations:
-                epoch, skip = divmod(micro, per_epoch)
-                train_ds.set_epoch(epoch)
-                loader.set_epoch(epoch)
-                for batch in (accelerator.skip_first_batches(loader, skip) if skip else loader):
+            if step < tc.iterations:
+                for batch in resumed_batches(accelerator, train_ds, loader, step * accum):
                     lr = poly_lr(tc.lr, step, tc.iterations, tc.poly_power, tc.lr_floor)
                     for group in optimizer.param_groups:
                         group["lr"] = lr
@@ -94,7 +90,6 @@ def train_stage(cfg: RecipeConfig, accelerator: Accelerator, run_dir: Path, stat
                         loss = sum(terms.values())
                         check_finite(accelerator, loss, terms, cfg.name, step, run_dir)
                         backward_and_step(accelerator, loss, optimizer, [], 0.0)
-                    micro += 1
                     last = {k: float(v.detach()) for k, v in terms.items()}
                     if not accelerator.sync_gradients:
                         continue

@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 import torch.nn as nn
@@ -40,6 +40,18 @@ class LaunchMismatch(RuntimeError):
 
 class TrainingInterrupted(KeyboardInterrupt):
     """Ctrl-C during training; the message says from which step the same command resumes."""
+
+
+def resumed_batches(accelerator: Accelerator, dataset: Any, loader: Any, micro: int) -> Iterator[Any]:
+    """The loader's batches from micro-batch `micro` on, epoch after epoch: each epoch's shuffle and
+    augmentation seeded by its number, so a resumed run skips exactly what it had consumed."""
+    while True:
+        epoch, skip = divmod(micro, len(loader))
+        dataset.set_epoch(epoch)
+        loader.set_epoch(epoch)
+        for batch in (accelerator.skip_first_batches(loader, skip) if skip else loader):
+            micro += 1
+            yield batch
 
 
 def check_finite(accelerator: Accelerator, loss: torch.Tensor, terms: dict[str, torch.Tensor], name: str, step: int,
@@ -441,17 +453,12 @@ def _train(cfg: RecipeConfig, accelerator: Accelerator, run_dir: Path, state: Pa
             log(f"teacher mIoU {100 * progress_state['teacher']['miou']:.2f} (sanity check of the teacher checkpoint)")
         task = progress.add_task(cfg.name, total=tc.iterations, completed=step, info="")
         micro = step * accum
-        per_epoch = len(train_loader)
         step_module.train()
         times.start_training()
         last: dict[str, float] = {}
         try:
-            while step < tc.iterations:
-                epoch, skip = divmod(micro, per_epoch)
-                train_ds.set_epoch(epoch)
-                train_loader.set_epoch(epoch)
-                batches = accelerator.skip_first_batches(train_loader, skip) if skip else train_loader
-                for batch in batches:
+            if step < tc.iterations:
+                for batch in resumed_batches(accelerator, train_ds, train_loader, micro):
                     lr = poly_lr(tc.lr, step, tc.iterations, tc.poly_power, tc.lr_floor)
                     for group in optimizer.param_groups:
                         group["lr"] = lr
