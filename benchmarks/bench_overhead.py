@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from afdcd_bench.config import load_recipe  # noqa: E402
 from afdcd_bench.data import build_dataset, resolve_root  # noqa: E402
 from afdcd_bench.engine import TrainHooks, train  # noqa: E402
-from afdcd_bench.engine.trainer import poly_lr  # noqa: E402
+from afdcd_bench.engine.schedule import poly_lr  # noqa: E402
 from afdcd_bench.models import save_segmentor  # noqa: E402
 from bench_step import build  # noqa: E402
 

@@ -35,7 +35,8 @@ def _record(folder, recipe, seed, miou, overrides=()):
     return write_record(record_path(folder, recipe, seed), {
         "kind": "afdcd-bench-run", "recipe": recipe, "benchmark": cfg.benchmark, "method": cfg.method.name,
         "student": f"{cfg.student.arch}-{cfg.student.backbone}", "seed": seed, "config": to_dict(cfg),
-        "final_miou": miou, "best_miou": miou, "wall_seconds": 1.0, "history": [], "published_miou": None,
+        "final_miou": miou, "best_miou": miou, "wall_seconds": 1.0, "history": [{"step": 1, "miou": miou}], "published_miou": None,
+        "inputs": {}, "num_processes": 1, "per_device_batch": cfg.train.effective_batch, "grad_accumulation": 1,
     })
 
 
@@ -141,9 +142,9 @@ def test_reproduce_moves_a_damaged_record_aside_and_refuses_one_of_other_setting
 
 
 def _settings(cfg):
-    from afdcd_bench.config import settings
+    from afdcd_bench.engine.identity import planned_identity, single_process_launch
 
-    return settings(to_dict(cfg))
+    return planned_identity(cfg, single_process_launch(cfg))
 
 
 # 5: values out of range stop at load time, with the dotted key

@@ -5,7 +5,7 @@ import math
 
 import pytest
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from afdcd_bench.config import load_recipe
 from afdcd_bench.engine import TrainHooks, train
@@ -65,7 +65,7 @@ def test_reproduce_runs_the_token_stage_once_before_the_students_and_chains_them
     from rich.console import Console
 
     from afdcd_bench.engine.records import read_record
-    from afdcd_bench.harness.reproduce import reproduce
+    from afdcd_bench.harness.reproduce import ReproduceError, reproduce
     from afdcd_bench.harness.table import records_frame
 
     out, runs = tmp_path / "res", tmp_path / "runs"
@@ -89,7 +89,14 @@ def test_reproduce_runs_the_token_stage_once_before_the_students_and_chains_them
     assert set(frame["method"]) == {"teacher", "baseline", "maskd"}  # the stage is not a table row
     again = Console(record=True, width=200)
     reproduce("demo", seeds=2, methods=["maskd"], results_dir=str(out), output_dir=str(runs), extra=small, console=again)
-    assert "skip demo/maskd_tokens seed 0" in again.export_text()
+    text = again.export_text()
+    assert "skip demo/maskd_tokens seed 0" in text
+    assert "6 run(s) in this table were not trained by this command: their records were already in" in text
+    # other tokens at the same path: the students that read them are other runs, and their records are not passed off
+    save_file({"tokens": tokens + 1}, str(runs / "demo/maskd_tokens/seed0/stage.safetensors"))
+    with pytest.raises(ReproduceError, match=r"demo__maskd__seed0.json was written by a run with other settings "
+                                             r"\(inputs.method.maskd.stage_weights: '[0-9a-f]{64}' -> '[0-9a-f]{64}'\)"):
+        reproduce("demo", seeds=2, methods=["maskd"], results_dir=str(out), output_dir=str(runs), extra=small, console=again)
 
 
 def _tokens(tmp_path, teacher, label, extra, hooks=None):

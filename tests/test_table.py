@@ -14,8 +14,9 @@ def rec(tmp, recipe, method, student, seed, miou, best=None, published=None, ben
     write_record(record_path(tmp, recipe, seed), {
         "config": to_dict(load_recipe(recipe, [f"train.seed={seed}", *overrides])),
         "kind": "afdcd-bench-run", "recipe": recipe, "benchmark": bench, "method": method, "student": student,
-        "seed": seed, "final_miou": miou, "best_miou": best if best is not None else miou, "wall_seconds": 10.0,
-        "published_miou": published, "history": [{"step": 1, "miou": miou}], "final_iou": [miou, miou], **extra,
+        "seed": seed, "final_miou": miou, "best_miou": max(best if best is not None else miou, miou), "wall_seconds": 10.0,
+        "published_miou": published, "history": [{"step": 1, "miou": best if best is not None else miou}, {"step": 2, "miou": miou}],
+        "final_iou": [miou, miou], **extra,
     })
 
 

@@ -1,7 +1,10 @@
 """Run records: one JSON of measured facts per run, written atomically, never edited."""
 from __future__ import annotations
 
+import datetime
+import hashlib
 import json
+import math
 import os
 import platform
 import resource
@@ -59,6 +62,7 @@ def run_facts(cfg: RecipeConfig, accelerator: Any, per_device: int, accum: int, 
     images = tc.iterations * tc.effective_batch
     return {
         "kind": "afdcd-bench-run",
+        "finished_at": datetime.datetime.now().isoformat(timespec="seconds"),
         "recipe": cfg.name,
         "benchmark": cfg.benchmark,
         "method": cfg.method.name,
@@ -72,7 +76,8 @@ def run_facts(cfg: RecipeConfig, accelerator: Any, per_device: int, accum: int, 
         "distributed_type": str(accelerator.distributed_type.value),
         "per_device_batch": per_device,
         "grad_accumulation": accum,
-        "mixed_precision": tc.mixed_precision,
+        "mixed_precision": tc.mixed_precision,  # fp16 is refused where it would not run (trainer.train)
+        "inputs": progress["settings"]["inputs"],  # sha256 of the teacher and stage files (engine/identity.py)
         "resumed_from_step": resumed_from,
         "wall_seconds": wall_before + session_wall,  # every session of the run, up to its end (a resumed run's earlier ones too)
         "session_wall_seconds": session_wall,
@@ -86,8 +91,17 @@ def record_path(results_dir: Path, name: str, seed: int) -> Path:
     return Path(results_dir) / f"{name.replace('/', '__')}__seed{seed}.json"
 
 
+def record_digest(record: dict[str, Any]) -> str:
+    """sha256 of a record's facts in canonical JSON (without the digest itself and what read_record adds)."""
+    body = {k: v for k, v in record.items() if k not in ("digest", "_path")}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()
+
+
 def write_record(path: Path, record: dict[str, Any]) -> Path:
-    text = json.dumps(record, indent=2, sort_keys=True, default=str)
+    """The record with its digest, so that a later edit by hand is found when it is read."""
+    facts = json.loads(json.dumps(record, default=str))  # as it will read back: the digest is of that
+    facts["digest"] = record_digest(facts)
+    text = json.dumps(facts, indent=2, sort_keys=True)
     return atomic_write(path, lambda tmp: Path(tmp).write_text(text))
 
 
@@ -117,9 +131,62 @@ def check_record(data: Any, path: Path) -> dict[str, Any]:
         v = data.get(key)
         if v is not None and (not isinstance(v, list) or not all(isinstance(x, (int, float)) and not isinstance(x, bool) or x is None for x in v)):
             raise RecordError(f"run record {path}: {key!r} is not a list of numbers")
-    if not isinstance(data.get("history", []), list) or not all(isinstance(h, dict) and "step" in h and "miou" in h for h in data.get("history", [])):
-        raise RecordError(f"run record {path}: 'history' is not a list of {{step, miou}}")
+    for key in ("history", "test_history"):
+        if not isinstance(data.get(key, []), list) or not all(isinstance(h, dict) and "step" in h and _number(h["miou"])
+                                                             for h in data.get(key, [])):
+            raise RecordError(f"run record {path}: {key!r} is not a list of {{step, miou}}")
+    if "digest" in data and data["digest"] != record_digest(data):
+        raise RecordError(f"run record {path} was changed after its run wrote it (its digest no longer matches): "
+                          "records are facts written by runs; rerun the run rather than editing its record")
+    disagreement = self_disagreement(data)
+    if disagreement:
+        raise RecordError(f"run record {path} disagrees with itself: {disagreement}")
     return data
+
+
+def _number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _same(a: Any, b: Any) -> bool:
+    if a is None or b is None:
+        return a is None and b is None
+    return math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-12) or (math.isnan(a) and math.isnan(b))
+
+
+def self_disagreement(rec: dict[str, Any]) -> str | None:
+    """What in a record contradicts the rest of it (an edit by hand, a tool that rewrote one field),
+    or None: best = the maximum of the validation history at best_step, final = its last entry, the
+    per-class IoUs averaging to the mIoU, and the same for the test split's history."""
+    history = rec.get("history") or []
+    if history:
+        best = max(history, key=lambda h: h["miou"])
+        if not _same(rec.get("best_miou"), best["miou"]):
+            return f"best_miou {rec.get('best_miou')} but the best of its validation history is {best['miou']} (step {best['step']})"
+        if "best_step" in rec and rec["best_step"] != best["step"] and not _same(
+                next((h["miou"] for h in history if h["step"] == rec["best_step"]), None), best["miou"]):
+            return f"best_step {rec['best_step']} but its history peaks at step {best['step']}"
+        if not _same(rec.get("final_miou"), history[-1]["miou"]):
+            return f"final_miou {rec.get('final_miou')} but the last validation of its history is {history[-1]['miou']}"
+    elif rec.get("best_miou") is not None or rec.get("final_miou") is not None:
+        return "mIoU values but no validation in its history"
+    all_slots = bool(((rec.get("config") or {}).get("eval") or {}).get("all_slots"))  # COCO-Stuff's mean over every slot
+    for key, score in (("final_iou", "final_miou"), ("best_iou", "best_miou")):
+        slots = rec.get(key) or []
+        ious = [v for v in slots if v is not None and not math.isnan(v)]
+        mean = sum(ious) / (len(slots) if all_slots else len(ious)) if ious else None
+        if mean is not None and rec.get(score) is not None and not _same(mean, rec[score]):
+            return f"{score} {rec[score]} but the mean of its per-class {key} is {mean}"
+    tests = rec.get("test_history") or []
+    if tests:
+        if not _same(rec.get("best_test_miou"), max(h["miou"] for h in tests)):
+            return f"best_test_miou {rec.get('best_test_miou')} but the best of its test history is {max(h['miou'] for h in tests)}"
+        if not _same(rec.get("final_test_miou"), tests[-1]["miou"]):
+            return f"final_test_miou {rec.get('final_test_miou')} but the last entry of its test history is {tests[-1]['miou']}"
+        at_best = next((h["miou"] for h in tests if h["step"] == rec.get("best_step")), None)
+        if at_best is not None and not _same(rec.get("test_miou_at_best"), at_best):
+            return f"test_miou_at_best {rec.get('test_miou_at_best')} but its test history has {at_best} at best_step {rec.get('best_step')}"
+    return None
 
 
 def read_record(path: Path) -> dict[str, Any]:

@@ -64,14 +64,37 @@ class RunLock:
 
 
 def check_resumable(run_dir: Path, state: Path, saved: dict[str, Any] | None, current: dict[str, Any]) -> None:
-    """Refuse to continue state that was written under other settings."""
+    """Refuse to continue state that was written under other settings, inputs or launch (engine/identity.py)."""
     fresh = "rerun with --no-resume to start over in that folder (the old one is kept aside), or set output_dir=PATH to keep both"
-    if saved is None:
+    progress = saved or {}
+    settings = progress.get("settings")
+    if settings is None:
         raise RunFolderError(f"{state} holds a stopped run that does not say its settings (written by an older version): {fresh}")
-    diff = settings_diff(saved, current)
+    diff = settings_diff(settings, current)
+    if diff:
+        iterations = (settings.get("train") or {}).get("iterations")
+        what = "finished run" if iterations is not None and progress.get("step", 0) >= iterations else "stopped run"
+        shown = "; ".join(diff[:6]) + (f"; and {len(diff) - 6} more" if len(diff) > 6 else "")
+        raise RunFolderError(f"{run_dir} holds a {what} with other settings ({shown}): {fresh}")
+
+
+def check_record_slot(path: Path, current: dict[str, Any]) -> None:
+    """Refuse to start a run whose record would replace the record of another run (other settings,
+    inputs or launch): a sweep over one recipe and seed must never keep only its last point."""
+    from .identity import record_identity
+    from .records import RecordError, read_record
+
+    if not path.exists():
+        return
+    elsewhere = "give this run another --results-dir (and output_dir=PATH for its run folder), or move that record away"
+    try:
+        old = read_record(path)
+    except RecordError as exc:
+        raise RunFolderError(f"{exc}; this run would replace it: {elsewhere}") from None
+    diff = settings_diff(record_identity(old), current)
     if diff:
         shown = "; ".join(diff[:6]) + (f"; and {len(diff) - 6} more" if len(diff) > 6 else "")
-        raise RunFolderError(f"{run_dir} holds a stopped run with other settings ({shown}): {fresh}")
+        raise RunFolderError(f"{path} is the record of a run with other settings ({shown}); this run would replace it: {elsewhere}")
 
 
 def set_aside(run_dir: Path) -> Path | None:
@@ -84,8 +107,10 @@ def set_aside(run_dir: Path) -> Path | None:
     return dest
 
 
-def read_progress_settings(state: Path) -> dict[str, Any] | None:
+def read_progress(state: Path) -> dict[str, Any] | None:
+    """A saved state's progress.json (its step and the identity it was written under)."""
     try:
-        return json.loads((state / "progress.json").read_text()).get("settings")
+        data = json.loads((state / "progress.json").read_text())
     except (OSError, json.JSONDecodeError):
         return None
+    return data if isinstance(data, dict) else None

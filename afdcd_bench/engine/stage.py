@@ -22,6 +22,8 @@ from ..losses import IGNORE_INDEX
 from ..methods import METHODS, BuildContext
 from .checkpointing import RunTimes, load_training_state
 from .progress import Heartbeat, make_progress
+from .identity import file_sha256
+from .schedule import poly_lr
 from .records import record_path, run_facts, write_record
 from .stepping import backward_and_step
 
@@ -30,7 +32,7 @@ def train_stage(cfg: RecipeConfig, accelerator: Accelerator, run_dir: Path, stat
                 per_device: int, accum: int, results_dir: str | os.PathLike | None, show_progress: bool,
                 hooks: Any) -> dict[str, Any]:
     from .trainer import (build_optimizer, check_finite, input_layout, interrupted, load_teacher, loader_options,
-                          loader_workers, poly_lr, resumed_batches, speed_layout, teacher_forward)
+                          loader_workers, resumed_batches, speed_layout, teacher_forward)
 
     tc = cfg.train
     set_seed(tc.seed)
@@ -125,6 +127,8 @@ def train_stage(cfg: RecipeConfig, accelerator: Accelerator, run_dir: Path, stat
         "published_miou": None,
         "stage_weights": recorded_path(output, project_root()),
     }
+    if accelerator.is_main_process:
+        record["stage_weights_sha256"] = file_sha256(output)
     if accelerator.is_main_process and results_dir is not None:
         record["record_path"] = str(write_record(record_path(Path(results_dir), cfg.name, tc.seed), record))
     accelerator.wait_for_everyone()

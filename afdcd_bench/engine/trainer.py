@@ -23,10 +23,12 @@ from ..models import Segmentor, SegmentorOutput, build_segmentor, load_segmentor
 from .checkpointing import RunTimes, latest_state, load_training_state
 from .evaluate import evaluate
 from .full_weights import FullWeights
+from .identity import file_sha256, identity, input_files, launch
 from .pretrain import DIGITS, digits_pretrained
 from .progress import Heartbeat, make_progress
-from .run_folder import RunFolderError, RunLock, check_resumable, check_writable, read_progress_settings, set_aside
+from .run_folder import RunFolderError, RunLock, check_record_slot, check_resumable, check_writable, read_progress, set_aside
 from .records import record_path, run_facts, write_record
+from .schedule import poly_lr
 from .stepping import backward_and_step, check_deepspeed_clip, check_own_parts, disable_global_clip
 
 
@@ -217,8 +219,13 @@ def flat_hparams(cfg: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def poly_lr(base: float, step: int, total: int, power: float, floor: float = 0.0) -> float:
-    return floor + (base - floor) * (1.0 - step / total) ** power
+def trained_weights(weights: dict[str, float], trained: set[str]) -> dict[str, float | None]:
+    """The record's method_terms: each term the run trained, with its weight (None: the method
+    declared none), and the task's aux weight; a declared weight whose term never ran is left out."""
+    out: dict[str, float | None] = {k: weights.get(k) for k in sorted(trained)}
+    if "task" in trained and weights.get("task_aux"):
+        out["task_aux"] = weights["task_aux"]
+    return out
 
 
 def build_student(cfg: RecipeConfig, num_classes: int) -> Segmentor:
@@ -265,9 +272,10 @@ def trackers_of(tc: Any) -> list[str]:
     return names
 
 
-def _prepare_run_folder(accelerator: Accelerator, run_dir: Path, results_dir: Path | None, resume: bool,
+def _prepare_run_folder(accelerator: Accelerator, name: str, run_dir: Path, results_dir: Path | None, resume: bool,
                         current: dict[str, Any]) -> tuple[RunLock | None, Path | None, Path | None]:
-    """On the main process: writable folders, the lock, a set-aside old run, the settings check.
+    """On the main process: writable folders, no other run's record in the way, the lock, a
+    set-aside old run, the settings check.
     Any refusal is raised on every process (the others would otherwise wait at a collective)."""
     lock = aside = None
     error: str | None = None
@@ -276,6 +284,7 @@ def _prepare_run_folder(accelerator: Accelerator, run_dir: Path, results_dir: Pa
             check_writable(run_dir.parent, "output folder (output_dir)")
             if results_dir is not None:
                 check_writable(results_dir, "results folder")
+                check_record_slot(record_path(results_dir, name, current["train"]["seed"]), current)
             lock = RunLock(run_dir.with_name(run_dir.name + ".lock"))
             lock.acquire()
             if not resume:
@@ -283,7 +292,7 @@ def _prepare_run_folder(accelerator: Accelerator, run_dir: Path, results_dir: Pa
             run_dir.mkdir(parents=True, exist_ok=True)
             state = latest_state(run_dir) if resume else None
             if state is not None:
-                check_resumable(run_dir, state, read_progress_settings(state), current)
+                check_resumable(run_dir, state, read_progress(state), current)
         except RunFolderError as exc:
             error = str(exc)
             if lock is not None:
@@ -325,8 +334,11 @@ def train(
     )
     check_launch(accelerator)
     per_device, accum = split_batch(tc.effective_batch, accelerator.num_processes, per_device_batch)
-    current = settings(to_dict(cfg))
-    lock, aside, state = _prepare_run_folder(accelerator, run_dir, Path(results_dir) if results_dir is not None else None,
+    if tc.mixed_precision == "fp16" and accelerator.device.type != "cuda":
+        raise ValueError(f"train.mixed_precision=fp16 needs a CUDA device; on {accelerator.device.type} Accelerate would train "
+                         "in fp32 while the record said fp16: use train.mixed_precision=bf16 or no")
+    current = identity(settings(to_dict(cfg)), input_files(cfg), launch(accelerator.num_processes, per_device, accum))
+    lock, aside, state = _prepare_run_folder(accelerator, cfg.name, run_dir, Path(results_dir) if results_dir is not None else None,
                                              resume, current)
     try:
         if stage_of(cfg.method.name):  # a teacher-side stage (MasKD's tokens): no student
@@ -433,6 +445,7 @@ def _train(cfg: RecipeConfig, accelerator: Accelerator, run_dir: Path, state: Pa
         progress_state = load_training_state(accelerator, state)
     progress_state["settings"] = current
     progress_state.setdefault("test_history", [])
+    trained_terms = set(progress_state.get("trained_terms", []))  # over every session of the run
     resumed_from = progress_state["step"] if state is not None else None
     times = RunTimes(progress_state)
     show = show_progress and accelerator.is_main_process
@@ -475,9 +488,15 @@ def _train(cfg: RecipeConfig, accelerator: Accelerator, run_dir: Path, state: Pa
                         backward_and_step(accelerator, loss, optimizer, clip_params, cfg.method.clip_grad_norm)
                     micro += 1
                     last = {k: float(v.detach()) for k, v in terms.items()}
+                    if not trained_terms.issuperset(last):
+                        trained_terms.update(last)
+                        progress_state["trained_terms"] = sorted(trained_terms)
                     if not accelerator.sync_gradients:
                         continue
                     own_terms = method.after_step()  # parts with their own optimizer (a discriminator)
+                    if not trained_terms.issuperset(own_terms):
+                        trained_terms.update(own_terms)
+                        progress_state["trained_terms"] = sorted(trained_terms)
                     step += 1
                     progress.update(task, advance=1, info=f"loss {sum(last.values()):.3f} lr {lr:.2e}")
                     heartbeat.step(step, f"loss {sum(last.values()):.3f}")
@@ -488,11 +507,11 @@ def _train(cfg: RecipeConfig, accelerator: Accelerator, run_dir: Path, state: Pa
                     if step % tc.val_interval == 0 or step == tc.iterations:
                         current = full_student.current()
                         scores = evaluate(current, val_loader, num_classes, accelerator, cfg.eval, progress if show else None)
-                        progress_state["history"].append({"step": step, "miou": scores["miou"]})
+                        progress_state["history"].append({"step": step, "miou": scores["miou"], "lr": lr})  # lr of this step's update
                         tested = None
                         if test_loader is not None:
                             tested = evaluate(current, test_loader, num_classes, accelerator, cfg.eval, progress if show else None)
-                            progress_state["test_history"].append({"step": step, "miou": tested["miou"]})
+                            progress_state["test_history"].append({"step": step, "miou": tested["miou"], "lr": lr})
                             progress_state["final_test"] = tested
                             accelerator.log({"test/miou": tested["miou"]}, step=step)
                         if progress_state["best_miou"] is None or scores["miou"] > progress_state["best_miou"]:
@@ -520,7 +539,7 @@ def _train(cfg: RecipeConfig, accelerator: Accelerator, run_dir: Path, state: Pa
     best = progress_state.get("best_scores") or {}
     record = {
         **run_facts(cfg, accelerator, per_device, accum, progress_state, resumed_from, times.wall_before, session_wall),
-        "method_terms": method.weights(),  # every loss term the run trained with, and its weight
+        "method_terms": trained_weights(method.weights(), trained_terms),
         "method_parameters": sum(p.numel() for p in method.parameters()),  # trained with the student
         "own_parts": {k: sum(p.numel() for p in part.module.parameters()) for k, part in own_parts.items()},
         "method_state_bytes": method.state_bytes(),  # state beyond trained weights (CIRKD's queues), per method
@@ -548,6 +567,10 @@ def _train(cfg: RecipeConfig, accelerator: Accelerator, run_dir: Path, state: Pa
         "checkpoint": recorded_path(run_dir / "final.safetensors", project_root()),  # config/runs.py
         "best_checkpoint": recorded_path(run_dir / "best.safetensors", project_root()),
     }
+    if accelerator.is_main_process:  # what the scores are of: a later run in the same folder is told apart (plots, eval)
+        record["checkpoint_sha256"] = file_sha256(run_dir / "final.safetensors")
+        best_file = run_dir / "best.safetensors"
+        record["best_checkpoint_sha256"] = file_sha256(best_file) if best_file.is_file() else None
     if accelerator.is_main_process and results_dir is not None:
         record["record_path"] = str(write_record(record_path(Path(results_dir), cfg.name, tc.seed), record))
     accelerator.wait_for_everyone()

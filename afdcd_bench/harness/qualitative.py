@@ -21,6 +21,7 @@ from ..config import project_root  # noqa: E402
 from ..config.runs import resolve_recorded  # noqa: E402
 from ..config.schema import EvalConfig, from_dict  # noqa: E402
 from ..data import build_dataset, resolve_root  # noqa: E402
+from ..engine.identity import file_sha256  # noqa: E402
 from ..engine.inference import predict  # noqa: E402
 from ..engine.predictions import palette  # noqa: E402
 from ..models import load_segmentor  # noqa: E402
@@ -44,6 +45,25 @@ def _display(image: torch.Tensor, norm: dict[str, Any]) -> np.ndarray:
     return (x.clamp(0, 1) * 255).byte().permute(1, 2, 0).numpy()
 
 
+class CheckpointMismatch(ValueError):
+    """The checkpoint at a record's path is not the one its scores were measured on."""
+
+
+def check_checkpoints(records: dict[str, dict[str, Any]], checkpoints: dict[str, Path]) -> set[str]:
+    """Refuse a checkpoint whose content is not the record's (the run folder was trained again since);
+    returns the methods whose records predate checkpoint hashes (drawn, marked unverified)."""
+    unverified = set()
+    for m, rec in records.items():
+        want = rec.get("checkpoint_sha256")
+        if want is None:
+            unverified.add(m)
+        elif file_sha256(checkpoints[m]) != want:
+            raise CheckpointMismatch(f"{checkpoints[m]} is not the checkpoint that {rec['_path']} was measured on (its sha256 "
+                                     "differs: that run folder was trained again since); rerun that run, or draw the figure "
+                                     "from the records of the run now in that folder")
+    return unverified
+
+
 def plot_qualitative(bench: str, student: str, by_method: dict[str, list[dict[str, Any]]], out: Path, slug: str,
                      images: int = 4) -> Path | None:
     """by_method: records of one pair and protocol, baseline first. None where no checkpoint is found."""
@@ -55,6 +75,7 @@ def plot_qualitative(bench: str, student: str, by_method: dict[str, list[dict[st
             raise FileNotFoundError(f"checkpoint {missing[0]} named by a run record is not there (the run folders were "
                                     "moved or removed): the qualitative figure needs the runs' final checkpoints")
         return None
+    unverified = check_checkpoints(chosen, checkpoints)
     cfg = next(iter(chosen.values()))["config"]
     models = {m: load_segmentor(c).eval() for m, c in checkpoints.items()}
     norm = next(iter(models.values())).build_args["normalization"]
@@ -71,7 +92,8 @@ def plot_qualitative(bench: str, student: str, by_method: dict[str, list[dict[st
         panels = [("image", _display(item["image"], norm)), ("ground truth", _colour(item["label"].numpy(), pal))]
         for m, model in models.items():
             scores = predict(model, item["image"][None], eval_cfg)
-            panels.append((f"{m} (seed {chosen[m]['seed']})", _colour(scores.argmax(1)[0].numpy(), pal)))
+            mark = " [unverified]" if m in unverified else ""
+            panels.append((f"{m} (seed {chosen[m]['seed']}){mark}", _colour(scores.argmax(1)[0].numpy(), pal)))
         for col, (title, img) in enumerate(panels):
             ax = axes[row][col]
             ax.imshow(img, interpolation="nearest")
@@ -80,7 +102,8 @@ def plot_qualitative(bench: str, student: str, by_method: dict[str, list[dict[st
             if row == 0:
                 ax.set_title(title, fontsize=8)
         axes[row][0].set_ylabel(str(item["name"]), fontsize=6)
-    fig.suptitle(f"{bench}, {student}: validation images (final checkpoints; white = ignored)", fontsize=9)
+    note = "; [unverified]: the record predates checkpoint hashes" if unverified else ""
+    fig.suptitle(f"{bench}, {student}: validation images (final checkpoints; white = ignored{note})", fontsize=9)
     fig.tight_layout()
     path = out / f"{slug}__qualitative.png"
     fig.savefig(path, dpi=120)

@@ -14,11 +14,12 @@ from typing import Any
 import yaml
 from rich.console import Console
 
-from ..config import is_teacher_recipe, list_recipes, load_recipe, project_root, recipes_root, settings, settings_diff, to_dict
-from ..config.runs import DEFAULT_OUTPUT_DIR, record_settings
+from ..config import is_teacher_recipe, list_recipes, load_recipe, project_root, recipes_root, settings_diff
+from ..config.runs import DEFAULT_OUTPUT_DIR
 from ..data import BENCHMARKS, DatasetLayoutError, build_dataset, describe, resolve_root
+from ..engine.identity import planned_identity, record_identity, single_process_launch
 from ..engine.records import RecordError, read_record, record_path
-from ..methods import stage_of
+from ..methods import needs_teacher, stage_of
 from .table import expected_runs, records_frame, render, summary, write_tables
 
 class ReproduceError(RuntimeError):
@@ -96,9 +97,30 @@ def run_one(name: str, overrides: list[str], results_dir: Path, launcher: str, c
         raise ReproduceError(f"run {name} failed (command above)")
 
 
-def _existing_record(path: Path, name: str, seed: int, cfg_settings: dict, console: Console) -> bool:
-    """True if a valid record of this exact run exists. A damaged one is moved aside (never deleted)
-    and the run goes again; one written under other settings stops the reproduction."""
+def check_teacher(teacher: str, overrides: dict[str, list[str]]) -> None:
+    """--teacher opened and matched against every planned student before anything runs."""
+    from ..models import load_segmentor
+    from ..models.weights import WeightsMismatch
+
+    try:
+        model = load_segmentor(Path(teacher).resolve())
+    except (FileNotFoundError, ValueError, WeightsMismatch) as exc:
+        raise ReproduceError(f"--teacher {teacher}: {exc}") from None
+    built = (model.build_args["arch"], model.build_args["backbone"], model.num_classes)
+    for name, extra in overrides.items():
+        cfg = load_recipe(name, extra)
+        if is_teacher_recipe(name) or cfg.teacher is None or not needs_teacher(cfg.method.name):
+            continue
+        wanted = (cfg.teacher.arch, cfg.teacher.backbone, cfg.num_classes)
+        if built != wanted:
+            raise ReproduceError(f"--teacher {teacher} is a {built[0]}-{built[1]} for {built[2]} classes, but {name} distils from a "
+                                 f"{wanted[0]}-{wanted[1]} for {wanted[2]} classes")
+
+
+def _existing_record(path: Path, name: str, seed: int, cfg_identity: dict, console: Console) -> bool:
+    """True if a valid record of this exact run exists (the same settings, teacher and stage files by
+    content, and launch: engine/identity.py). A damaged one is moved aside (never deleted) and the run
+    goes again; one written under other settings stops the reproduction."""
     if not path.is_file():
         return False
     try:
@@ -108,14 +130,18 @@ def _existing_record(path: Path, name: str, seed: int, cfg_settings: dict, conso
         path.rename(aside)
         console.log(f"{exc}; moved it to {aside} and running {name} seed {seed} again")
         return False
-    diff = settings_diff(record_settings(rec["config"]), cfg_settings)
+    diff = settings_diff(record_identity(rec), cfg_identity)
     if diff:
         raise ReproduceError(
             f"{path} was written by a run with other settings ({'; '.join(diff[:6])}): give this reproduction another "
             f"--results-dir (and --output-dir), or move that record away to run {name} seed {seed} again"
         )
-    console.log(f"skip {name} seed {seed}: record {path} exists")
+    console.log(f"skip {name} seed {seed}: record {path} exists (written {rec.get('finished_at') or _mtime(path)})")
     return True
+
+
+def _mtime(path: Path) -> str:
+    return datetime.datetime.fromtimestamp(path.stat().st_mtime).isoformat(timespec="seconds")
 
 
 def output_folder(output_dir: str | None, extra: list[str], quick: bool) -> str | None:
@@ -172,6 +198,9 @@ def reproduce(
     common = [*([f"output_dir={runs}"] if runs else []), *rest]
     if data_root:
         common.append(f"data.root={Path(data_root).resolve()}")
+    if teacher:
+        check_teacher(teacher, {n: [*common, *quick_overrides.get(n, [])] for n in names})
+    skipped: list[str] = []
     for name in names:
         is_teacher = is_teacher_recipe(name)
         if is_teacher and teacher:
@@ -183,7 +212,9 @@ def reproduce(
             if teacher and not is_teacher:
                 overrides.append(f"teacher.checkpoint={Path(teacher).resolve()}")
             cfg = load_recipe(name, overrides)
-            if _existing_record(record_path(out, cfg.name, seed), name, seed, settings(to_dict(cfg)), console):
+            if _existing_record(record_path(out, cfg.name, seed), name, seed, planned_identity(cfg, single_process_launch(cfg)),
+                                console):
+                skipped.append(f"{name} seed {seed}")
                 continue
             console.rule(f"{name} (seed {seed})")
             run_one(name, overrides, out, launcher, console)
@@ -192,4 +223,11 @@ def reproduce(
     render(table, console)
     for p in write_tables(table, out):
         console.log(f"wrote {p}")
+    if skipped:
+        console.print(f"[yellow]{len(skipped)} run(s) in this table were not trained by this command: their records were already in "
+                      f"{out} ({', '.join(skipped[:4])}{', ...' if len(skipped) > 4 else ''}). To measure anew, give another "
+                      f"--results-dir (and --output-dir), or move those records away.[/yellow]", soft_wrap=True)
+    reference = project_root() / "results" / "reference" / out.name / "table.md"
+    if reference.is_file() and reference.parent.resolve() != out:
+        console.print(f"This code's committed measurement of the same reproduction, for comparison: {reference}", soft_wrap=True)
     return out

@@ -11,9 +11,9 @@ import pandas as pd
 from rich.console import Console
 from rich.table import Table
 
-from ..config import load_recipe, run_method, to_dict
-from ..config.runs import record_settings
-from ..engine.records import read_records
+from ..config import load_recipe, run_method
+from ..engine.identity import planned_identity, record_identity, single_process_launch
+from ..engine.records import RecordError, read_records
 from ..methods import stage_of
 
 # Rows: the teacher, the baseline, then every other method by name, the suite's own (Af-DCD) last as
@@ -21,26 +21,58 @@ from ..methods import stage_of
 METHOD_ORDER = {"teacher": 0, "baseline": 1, "afdcd": 3}
 
 
-def _settings_ids(config: dict[str, Any]) -> tuple[str, str]:
-    """(settings, protocol) short ids of a run's config: settings = everything that changes what the
-    run computes except its seed (runs with equal settings are seeds of one experiment); protocol =
-    that without the method and the teacher (a distilled run's baseline shares its protocol)."""
-    body = record_settings(config)
+def _ids(identity: dict[str, Any]) -> tuple[str, str]:
+    """(settings, protocol) short ids of a run's identity (engine/identity.py): settings = everything
+    that changes what the run computes except its seed (the config, the content of its teacher and
+    stage files, the launch: runs with equal settings are seeds of one experiment); protocol = that
+    without the method, the teacher and its files (a distilled run's baseline shares its protocol)."""
+    body = json.loads(json.dumps(identity, default=str))
     body.get("train", {}).pop("seed", None)
-    protocol = {k: v for k, v in body.items() if k not in ("method", "teacher")}
+    protocol = {k: v for k, v in body.items() if k not in ("method", "teacher", "inputs")}
     digest = lambda obj: hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:8]  # noqa: E731
     return digest(body), digest(protocol)
 
 
+def launch_label(launch: dict[str, int]) -> str:
+    """processes x per-device batch, with the accumulation where there is one: 1x16, 2x4 (x2 accum)."""
+    accum = launch.get("grad_accumulation", 1)
+    return f"{launch.get('num_processes')}x{launch.get('per_device_batch')}" + (f" (x{accum} accum)" if accum != 1 else "")
+
+
+class DuplicateRuns(RecordError):
+    """Two record files of one run (recipe, seed and settings) that say different things."""
+
+
+def _distinct_runs(records: list[dict[str, Any]], problems: list[str] | None) -> list[dict[str, Any]]:
+    """One record per run: a run found twice (a copied folder) counts once, and two different records
+    of one run are refused, naming both files (a table must not average a run with itself)."""
+    seen: dict[tuple[str, int, str], dict[str, Any]] = {}
+    out = []
+    for rec in records:
+        key = (rec["recipe"], rec["seed"], _ids(record_identity(rec))[0])
+        first = seen.get(key)
+        if first is None:
+            seen[key] = rec
+            out.append(rec)
+            continue
+        facts = lambda r: {k: v for k, v in r.items() if k not in ("_path", "record_path")}  # noqa: E731
+        if json.dumps(facts(first), sort_keys=True, default=str) != json.dumps(facts(rec), sort_keys=True, default=str):
+            raise DuplicateRuns(f"{first['_path']} and {rec['_path']} are two different records of one run ({rec['recipe']} seed "
+                                f"{rec['seed']}, same settings): keep one of them, or move one to another results folder")
+        if problems is not None:
+            problems.append(f"{rec['_path']}: the same run as {first['_path']} (identical record), counted once")
+    return out
+
+
 FRAME_COLUMNS = ["benchmark", "recipe", "student", "method", "base_method", "seed", "best", "final", "best_on_test", "wall_s",
-                 "img_s", "peak_mb", "device",
+                 "img_s", "peak_mb", "device", "launch",
                  "published", "selected_on", "precision", "split", "ablation_of", "settings", "protocol", "folder", "path"]
 
 
 def records_frame(results_dir: str | Path, problems: list[str] | None = None) -> pd.DataFrame:
     """One row per valid record under results_dir. Bad records are named in `problems`; without a
     list, the first bad record raises RecordError."""
-    return frame_of(read_records(Path(results_dir), problems), Path(results_dir))
+    return frame_of(_distinct_runs(read_records(Path(results_dir), problems), problems), Path(results_dir))
 
 
 def method_label(recipe: str, method: str) -> str:
@@ -65,7 +97,8 @@ def frame_of(records: list[dict[str, Any]], root: Path) -> pd.DataFrame:
     for rec in records:
         if rec.get("stage_of"):  # a teacher-side stage (MasKD's tokens), not a student
             continue
-        sid, pid = _settings_ids(rec["config"])
+        identity = record_identity(rec)
+        sid, pid = _ids(identity)
         tested = rec.get("test_split") is not None
         cfg = rec["config"]
         rows.append({
@@ -82,6 +115,7 @@ def frame_of(records: list[dict[str, Any]], root: Path) -> pd.DataFrame:
             "img_s": rec.get("images_per_second"),  # training images per second, evaluations excluded
             "peak_mb": rec.get("peak_memory_mb"),
             "device": rec.get("device"),
+            "launch": launch_label(identity["launch"]),
             "published": rec.get("published_miou"),
             "selected_on": (cfg.get("published") or {}).get("selected_on", "val"),
             "precision": _precision((cfg.get("train") or {}).get("mixed_precision")),
@@ -97,7 +131,7 @@ def frame_of(records: list[dict[str, Any]], root: Path) -> pd.DataFrame:
 
 COLUMNS = ["benchmark", "student", "method", "best_mean", "best_std", "final_mean", "final_std", "n", "delta_best", "delta_final",
            "vs_main", "best_on_test", "published", "selected_on", "diff_published", "precision", "split", "wall_s", "img_s",
-           "peak_mb", "device", "settings",
+           "peak_mb", "device", "launch", "settings",
            "folder", "recipe"]
 KEY = ["benchmark", "student", "method", "settings"]
 
@@ -126,7 +160,7 @@ def summary(frame: pd.DataFrame, expected: list[tuple[str, str, str, float | Non
                     n=("final", "count"), best_on_test=("best_on_test", "mean"), wall_s=("wall_s", "mean"),
                     img_s=("img_s", "mean"), peak_mb=("peak_mb", "max"), device=("device", lambda d: ", ".join(sorted({str(x) for x in d if x}))),
                     published=("published", "first"), selected_on=("selected_on", "first"), precision=("precision", "first"),
-                    split=("split", "first"), ablation_of=("ablation_of", "first"), recipe=("recipe", "first"),
+                    split=("split", "first"), launch=("launch", "first"), ablation_of=("ablation_of", "first"), recipe=("recipe", "first"),
                     protocol=("protocol", "first"), folder=("folder", lambda f: ", ".join(sorted(set(f))))).reset_index()
     have = set(zip(out["benchmark"], out["student"], out["method"], out["settings"]))
     triples = {k[:3] for k in have}
@@ -172,7 +206,7 @@ def expected_runs(recipes: list[str] | dict[str, list[str]], with_settings: bool
         cfg = load_recipe(name, extra)
         if stage_of(cfg.method.name):  # a stage learnt on the teacher (MasKD's tokens): no row of its own
             continue
-        sid = _settings_ids(to_dict(cfg))[0] if with_settings else None
+        sid = _ids(planned_identity(cfg, single_process_launch(cfg)))[0] if with_settings else None
         out.append((cfg.benchmark, f"{cfg.student.arch}-{cfg.student.backbone}", method_label(name, cfg.method.name), cfg.published.miou, sid))
     return out
 
@@ -221,12 +255,13 @@ def render(table: pd.DataFrame, console: Console | None = None) -> None:
                       "peak MB = the GPU's peak allocated memory (on CPU the process's peak resident size, which in the "
                       "in-process demo carries over from run to run); compare costs only between runs on one device")
             if split:
-                cols += [("settings", "settings"), ("folder", "folder")]
+                cols += [("launch", "launch"), ("settings", "settings"), ("folder", "folder")]
                 notes.add("rows of one method with other settings are separate experiments (settings: a hash of the resolved "
-                          "config without seed and locations)")
+                          "config without seed and locations, of the teacher's and stage files' content, and of the launch: "
+                          "processes x per-device batch)")
             t = Table(title=f"{bench}, {student}", title_justify="left")
             for title, _ in cols:
-                t.add_column(title, justify="left" if title in ("method", "settings", "folder", "prec") else "right", no_wrap=True)
+                t.add_column(title, justify="left" if title in ("method", "settings", "folder", "prec", "launch") else "right", no_wrap=True)
             for r in part.to_dict("records"):
                 cells = []
                 for title, key in cols:

@@ -49,6 +49,7 @@ class Method(nn.Module):
     def __init__(self, cfg: Any, ctx: BuildContext):
         super().__init__()
         self.aux_weight = cfg.aux_weight
+        self.has_aux = bool(ctx.student.get("aux_logits"))  # the task's aux term exists only with an aux head
         self.ignore_index = ctx.ignore_index
         parts = {}
         seen: dict[str, str] = {}
@@ -69,7 +70,7 @@ class Method(nn.Module):
         return list(self.parts.values())
 
     def weights(self) -> dict[str, float]:
-        out = {"task": 1.0, "task_aux": self.aux_weight}
+        out = {"task": 1.0, **({"task_aux": self.aux_weight} if self.has_aux else {})}
         for c in self.components:
             out.update(c.weights())
         return out
