@@ -97,6 +97,46 @@ def _buffers_worker() -> None:
     assert torch.equal(bn.running_mean, torch.ones(3)) and int(bn.num_batches_tracked) == 5, acc.process_index
 
 
+def _sync_bn_worker() -> None:
+    """Each rank normalises a different half of one batch with the stand-in; outputs, input and
+    affine gradients and running statistics must equal plain BatchNorm over the whole batch."""
+    from accelerate import Accelerator, InitProcessGroupKwargs
+
+    acc = Accelerator(kwargs_handlers=[InitProcessGroupKwargs(backend="gloo")])
+    rank, world = acc.process_index, acc.num_processes
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(4, 3, 5, 6, generator=g) * torch.tensor([1.0, 3.0, 0.5]).view(1, 3, 1, 1) + torch.tensor([0.0, 2.0, -1.0]).view(1, 3, 1, 1)
+    w = torch.randn(4, 3, 5, 6, generator=g)  # a loss that weighs every output differently
+    plain = nn.BatchNorm2d(3)
+    with torch.no_grad():
+        plain.weight.copy_(torch.tensor([0.5, 1.5, -1.0]))
+        plain.bias.copy_(torch.tensor([0.1, -0.2, 0.3]))
+    synced = GlooSyncBatchNorm(3)
+    synced.load_state_dict(plain.state_dict())
+    full = x.clone().requires_grad_(True)
+    (plain(full) * w).sum().backward()
+    part = slice(rank * 4 // world, (rank + 1) * 4 // world)
+    mine = x[part].clone().requires_grad_(True)
+    y = synced(mine)
+    (y * w[part]).sum().backward()
+    others = acc.gather(mine.detach())
+    assert not torch.equal(others[:2], others[2:]), "the two processes must see different inputs"
+    assert torch.allclose(y, _plain_out(plain, x)[part], atol=1e-5), rank
+    assert torch.allclose(mine.grad, full.grad[part], atol=1e-5), rank
+    weight_grad = torch.stack([synced.weight.grad, synced.bias.grad])
+    assert torch.allclose(acc.reduce(weight_grad, reduction="sum"), torch.stack([plain.weight.grad, plain.bias.grad]), atol=1e-4), rank
+    assert torch.allclose(synced.running_mean, plain.running_mean, atol=1e-6), rank
+    assert torch.allclose(synced.running_var, plain.running_var, atol=1e-5), rank
+
+
+def _plain_out(plain: nn.BatchNorm2d, x: torch.Tensor) -> torch.Tensor:
+    """BatchNorm over the whole batch with the batch's own statistics, without touching the running ones."""
+    with torch.no_grad():
+        mean = x.mean(dim=(0, 2, 3), keepdim=True)
+        var = x.var(dim=(0, 2, 3), unbiased=False, keepdim=True)
+        return (x - mean) / torch.sqrt(var + plain.eps) * plain.weight.view(1, -1, 1, 1) + plain.bias.view(1, -1, 1, 1)
+
+
 def main() -> None:
     """Two forked gloo processes training one recipe, from a fresh interpreter.
 
@@ -118,10 +158,11 @@ def main() -> None:
     p.add_argument("--per-device-batch", type=int, default=None)
     p.add_argument("--stop-after-saves", type=int, default=0, help="exit every rank after its N-th checkpoint")
     p.add_argument("--check-buffers", action="store_true", help="only check broadcast_buffers on 2 processes")
+    p.add_argument("--check-sync-bn", action="store_true", help="only check the SyncBN stand-in on 2 processes")
     p.add_argument("--many", default="", help="JSON list of [recipe, overrides] trained one after another")
     a = p.parse_args()
-    if a.check_buffers:
-        debug_launcher(_buffers_worker, num_processes=2)
+    if a.check_buffers or a.check_sync_bn:
+        debug_launcher(_buffers_worker if a.check_buffers else _sync_bn_worker, num_processes=2)
         return
     kinds = (nn.Dropout, nn.Dropout2d) + ((nn.BatchNorm2d,) if a.strip == "dropout+bn" else ())
     # No ACCELERATE_GRADIENT_CLIPPING: the trainer itself must turn DeepSpeed's default global clip off.

@@ -278,4 +278,5 @@ def test_crop_first_augmentation_equals_resizing_the_whole_image_then_cropping(s
         diff = np.abs(img.astype(int) - ref_img.astype(int))
         assert diff.max() <= 1, seed  # float rounding of the same taps, before rounding to uint8
         off += int((diff > 0).sum())
-    assert off <= 1e-3 * 12 * crop[0] * crop[1] * 3
+    # the README's figure: at most 0.01% of values one grey level off (measured 0.0005% to 0.003% on these cases)
+    assert off <= 1e-4 * 12 * crop[0] * crop[1] * 3

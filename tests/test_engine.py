@@ -174,11 +174,14 @@ def test_speed_settings_give_the_same_weights(tmp_path):
     def apart(a, b):
         return max((a[k].double() - b[k].double()).abs().max().item() for k in a if a[k].is_floating_point())
 
-    plain = weights("plain", [])
+    # weight decay large enough to show: at the recipe's 1e-4, two steps move the weights 2e-6, below any
+    # tolerance that float rounding allows here, and a kernel that dropped it would pass unseen
+    plain = weights("plain", ["train.weight_decay=0.5"])
+    assert apart(plain, weights("no-decay", ["train.weight_decay=0"])) > 100 * 1e-4
     for label, extra in (("nhwc", ["train.channels_last=true"]), ("loop", ["train.optimizer_kernel=for_loop"]),
                          ("foreach", ["train.optimizer_kernel=foreach"]), ("fused", ["train.optimizer_kernel=fused"])):
-        assert apart(plain, weights(label, extra)) < 1e-4, label
-    workers = weights("workers", ["data.num_workers=1", "data.persistent_workers=true", "data.prefetch_factor=3",
+        assert apart(plain, weights(label, ["train.weight_decay=0.5", *extra])) < 1e-4, label
+    workers = weights("workers", ["train.weight_decay=0.5", "data.num_workers=1", "data.persistent_workers=true", "data.prefetch_factor=3",
                                   "data.pin_memory=true"])
     assert apart(plain, workers) == 0.0
     with pytest.raises(ConfigError, match="train.optimizer_kernel must be one of"):
