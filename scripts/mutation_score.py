@@ -32,20 +32,21 @@ def main() -> int:
         print("no mutation results: run scripts/mutation.sh first")
         return 2
     listed = equivalent()
-    stale = sorted(set(listed) - set(status))
+    stale = sorted(set(listed) - set(status))  # names mutmut no longer makes: the code moved
     counts: dict[str, int] = {}
     for s in status.values():
         counts[s] = counts.get(s, 0) + 1
-    survivors = sorted(n for n, s in status.items() if s != "killed" and n not in listed)
+    checked = {n: s for n, s in status.items() if s != "not checked"}  # a run over some modules leaves the rest unchecked
+    survivors = sorted(n for n, s in checked.items() if s != "killed" and n not in listed)
     killed = counts.get("killed", 0)
-    considered = len(status) - len([n for n in listed if n in status])
+    considered = len(checked) - len([n for n in listed if n in checked])
     score = killed / considered if considered else 0.0
     for name in survivors:
         print(f"  not killed: {name} ({status[name]})")
     for name in stale:
         print(f"  docs/mutation.md lists {name}, which this run did not make (the code moved: review the list)")
     print(f"mutants {len(status)}: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) +
-          f"; equivalent (docs/mutation.md) {len(status) - considered}")
+          f"; equivalent among the checked (docs/mutation.md) {len(checked) - considered}")
     print(f"mutation score: {killed}/{considered} = {100 * score:.1f}% of non-equivalent mutants killed (target {100 * TARGET:.0f}%)")
     return 0 if score >= TARGET else 1
 

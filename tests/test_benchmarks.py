@@ -1,3 +1,4 @@
+import pytest
 """The benchmark scripts run and their values agree (their timings are reported, never asserted)."""
 import subprocess
 import sys
@@ -6,6 +7,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow
 def test_bench_losses_runs_and_every_backend_gives_the_reference_value():
     res = subprocess.run([sys.executable, str(ROOT / "benchmarks/bench_losses.py"), "--shapes", "cpu", "--repeats", "1", "--warmup", "1"],
                          capture_output=True, text=True, timeout=600, cwd=ROOT)
@@ -43,6 +45,7 @@ def test_bench_step_runs_at_a_tiny_shape(tmp_path):
     assert result["images_per_second"] > 0 and result["method"] == "cirkd+kd"
 
 
+@pytest.mark.slow
 def test_bench_overhead_runs_at_a_tiny_shape(tmp_path):
     import json
 

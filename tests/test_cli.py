@@ -1,3 +1,4 @@
+import pytest
 import os
 import subprocess
 from pathlib import Path
@@ -34,6 +35,7 @@ def test_recipes_listing(capsys):
     assert "demo/afdcd" in out and "demo/teacher" in out
 
 
+@pytest.mark.slow
 def test_demo_chain_end_to_end(tmp_path, capsys, monkeypatch):
     """From another working directory, with the run folder moved by a dotted output_dir override:
     the students find the teacher under it, and the qualitative figure finds every checkpoint."""
@@ -81,6 +83,7 @@ def _fake_cityscapes(root):
             Image.fromarray(label).save(lab)
 
 
+@pytest.mark.slow
 def test_reproduce_cityscapes_on_a_tiny_fake_tree(tmp_path):
     """./reproduce.sh cityscapes --data-root PATH: the whole chain through `accelerate launch`."""
     root = tmp_path / "cityscapes"

@@ -75,6 +75,7 @@ def _two_processes(overrides, *flags, results_dir=None, recipe="demo/baseline"):
     assert res.returncode == 0, res.stderr[-3000:]
 
 
+@pytest.mark.slow
 def test_two_processes_equal_one_with_the_same_global_batch(tmp_path):
     one = load_recipe("demo/baseline", TINY + [f"output_dir={tmp_path / 'one'}"])
     _run(one, results_dir=tmp_path / "res1", hooks=_without((nn.Dropout, nn.Dropout2d)))
@@ -121,6 +122,7 @@ def _launch(args, env_extra, tmp_path):
     return subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=ROOT)
 
 
+@pytest.mark.slow
 def test_real_accelerate_launch_trains_on_two_cpu_processes(tmp_path):
     res = _launch(["--config_file", str(ROOT / "recipes/accelerate/cpu2.yaml")], {"ACCELERATE_USE_CPU": "1"}, tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]
@@ -129,6 +131,7 @@ def test_real_accelerate_launch_trains_on_two_cpu_processes(tmp_path):
     assert rec["num_processes"] == 2 and rec["per_device_batch"] == 4 and rec["distributed_type"] == "MULTI_CPU"
 
 
+@pytest.mark.slow
 def test_real_accelerate_launch_with_the_shipped_zero2_config_equals_ddp(tmp_path, deepspeed_available):
     ddp = _launch(["--config_file", str(ROOT / "recipes/accelerate/cpu2.yaml")], {"ACCELERATE_USE_CPU": "1"}, tmp_path / "ddp")
     assert ddp.returncode == 0, ddp.stderr[-3000:]
@@ -155,6 +158,7 @@ def deepspeed_available():
     pytest.importorskip("deepspeed")  # in the [dev] extra that CI installs
 
 
+@pytest.mark.slow
 def test_deepspeed_zero_stages_equal_ddp_with_batchnorm(tmp_path, deepspeed_available):
     # BN kept (not synchronised in either): DeepSpeed's default global clip at 1.0 used to make
     # ZeRO-1/2 drift from DDP by 3e-3 a step; the trainer now turns it off as the paper has none.
@@ -179,6 +183,7 @@ def test_deepspeed_zero_stages_equal_ddp_with_batchnorm(tmp_path, deepspeed_avai
         assert rec["final_miou"] == pytest.approx(miou, abs=1e-6)
 
 
+@pytest.mark.slow
 def test_deepspeed_accumulation_equals_ddp_accumulation(tmp_path, deepspeed_available):
     # 2 processes x 2 micro-batches of 2: DeepSpeed accumulates in its own buffers, so rounding differs
     _two_processes(TINY + [f"output_dir={tmp_path / 'ddp'}"], "--per-device-batch", "2")
@@ -188,6 +193,7 @@ def test_deepspeed_accumulation_equals_ddp_accumulation(tmp_path, deepspeed_avai
     assert _max_diff(_final(tmp_path / "ddp"), _final(tmp_path / "zero")) < 1e-4
 
 
+@pytest.mark.slow
 def test_deepspeed_clips_the_projector_as_ddp_does(tmp_path, deepspeed_available):
     teacher = load_recipe("demo/teacher", TINY + [f"output_dir={tmp_path}", "student.backbone=resnet10t", "train.iterations=1"])
     _run(teacher)

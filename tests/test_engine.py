@@ -155,6 +155,7 @@ def test_a_test_split_is_scored_at_every_validation_and_selection_stays_on_val(t
     assert rec["best_test_miou"] == max(h["miou"] for h in rec["history"])
 
 
+@pytest.mark.slow
 def test_speed_settings_give_the_same_weights(tmp_path):
     """channels_last, each optimiser kernel and the loader's worker settings change no number beyond
     float rounding (the loader's: none at all, each sample being seeded by itself). Dropout removed:
@@ -221,6 +222,7 @@ def _teacher18(tmp_path):
     return path
 
 
+@pytest.mark.slow
 def test_teacher_under_inference_mode_gives_the_same_weights(tmp_path, teacher):
     from conftest import TINY as SGD_TINY
 

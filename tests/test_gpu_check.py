@@ -1,3 +1,4 @@
+import pytest
 """scripts/gpu_check.sh end to end on the CPU at tiny shapes, so the first GPU run does not fail on a
 typo. It runs tests/test_gpu.py on the CPU too (bf16 training on CPU is checked there)."""
 import json
@@ -7,6 +8,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow
 def test_gpu_check_runs_end_to_end_on_the_cpu(tmp_path):
     res = subprocess.run([str(ROOT / "scripts/gpu_check.sh"), "--cpu", "--out", str(tmp_path)], capture_output=True, text=True,
                          timeout=900, cwd=ROOT)

@@ -61,6 +61,7 @@ def test_token_masks_masked_logits_dice_and_the_masked_mimicking_loss():
         token_masks(z[:, :2], w)
 
 
+@pytest.mark.slow
 def test_reproduce_runs_the_token_stage_once_before_the_students_and_chains_them(tmp_path):
     from rich.console import Console
 

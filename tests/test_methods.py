@@ -76,6 +76,7 @@ def _equal(a, b, tol=0.0):
     return a == b
 
 
+@pytest.mark.slow
 def test_every_method_trains_resumes_exactly_and_two_processes_equal_one(tmp_path, teacher):
     from safetensors.torch import save_file
 

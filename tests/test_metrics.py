@@ -138,3 +138,36 @@ def test_evaluate_over_a_loader_equals_pixel_counting_over_the_whole_split():
     ious, acc = oracle(pred, truth, 5)
     out = _evaluate(pred, truth, 5)
     assert out["miou"] == pytest.approx(sum(ious.values()) / len(ious)) and out["pixel_acc"] == pytest.approx(acc)
+
+
+def test_an_empty_metric_and_a_single_pixel():
+    empty = SegmentationMetric(3).compute()
+    assert math.isnan(empty["miou"]) and math.isnan(empty["pixel_acc"]) and empty["pixels"] == 0
+    m = SegmentationMetric(3)
+    m.update(torch.tensor([2]), torch.tensor([2]))  # one pixel, right: its class's union is 1
+    out = m.compute()
+    assert out["iou"][2] == 1.0 and out["miou"] == 1.0 and out["pixel_acc"] == 1.0
+
+
+def test_maps_of_any_integer_or_float_dtype_are_counted_as_class_ids_in_an_int64_matrix():
+    m = SegmentationMetric(3)
+    assert m.confusion.dtype == torch.int64
+    m.update(torch.tensor([0.0, 2.0, 1.0]), torch.tensor([0, 2, 2], dtype=torch.uint8))
+    m.update(torch.tensor([1]), torch.tensor([1.0]))
+    assert m.confusion.dtype == torch.int64 and m.confusion.tolist() == [[1, 0, 0], [0, 1, 0], [0, 1, 1]]
+    # labels decoded from PNGs are uint8: id x classes must not wrap at 256 (COCO-Stuff's 182 slots)
+    coco = SegmentationMetric(182)
+    coco.update(torch.tensor([150], dtype=torch.uint8), torch.tensor([150], dtype=torch.uint8))
+    assert coco.confusion[150, 150] == 1 and coco.confusion.sum() == 1
+
+
+@pytest.mark.parametrize("pred, target, message", [
+    (torch.zeros(2, 2), torch.zeros(4), r"^prediction \(2, 2\) and target \(4,\) differ in shape$"),
+    (torch.tensor([0]), torch.tensor([3]), r"^target holds class ids outside 0\.\.2 \(and ignore 255\)$"),
+    (torch.tensor([0]), torch.tensor([-1]), r"^target holds class ids outside 0\.\.2"),
+    (torch.tensor([3]), torch.tensor([0]), r"^prediction holds class ids outside 0\.\.2$"),
+    (torch.tensor([-1]), torch.tensor([0]), r"^prediction holds class ids outside 0\.\.2$"),
+])
+def test_out_of_range_ids_and_shapes_are_refused_naming_them(pred, target, message):
+    with pytest.raises(ValueError, match=message):
+        SegmentationMetric(3).update(pred, target)

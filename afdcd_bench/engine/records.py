@@ -43,10 +43,23 @@ def git_commit() -> str | None:
     return res.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
 
 
+def cpu_model() -> str:
+    """The CPU's model name (Linux: /proc/cpuinfo), else what platform says."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def device_kind(device: torch.device) -> str:
+    """Where a run computed. On a CPU the model and the instruction set torch's kernels use: runs
+    are bit-reproducible on one kind of CPU, not across kinds (README, "The committed demo results")."""
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
+    return f"cpu ({cpu_model()}, {torch.backends.cpu.get_cpu_capability()}, {os.cpu_count()} cores)"
 
 
 def peak_memory_mb(device: torch.device) -> float:
