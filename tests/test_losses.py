@@ -104,3 +104,83 @@ def test_task_loss_ignore_and_aux_weight():
     all_ignored = torch.full((1, 8, 8), 255)
     assert task_loss(logits, all_ignored).item() == 0.0
     assert not math.isnan(task_loss(logits, all_ignored).item())
+
+
+def test_loss_defaults_are_the_documented_ones():
+    """The defaults the recipes and docs rely on (docs/method.md, docs/distillers.md)."""
+    import inspect
+
+    from afdcd_bench.losses import cwd_loss, dist_loss, kd_loss, task_loss
+    from afdcd_bench.losses.task import IGNORE_INDEX, segmentation_ce
+
+    def defaults(fn):
+        return {k: p.default for k, p in inspect.signature(fn).parameters.items() if p.default is not inspect.Parameter.empty}
+
+    assert defaults(kd_loss) == {"temperature": 1.0}
+    assert defaults(cwd_loss) == {"temperature": 4.0}
+    assert defaults(dist_loss) == {"beta": 1.0, "gamma": 1.0, "sum_across": None}
+    assert defaults(task_loss) == {"aux_logits": None, "aux_weight": 0.4, "ignore_index": 255}
+    assert defaults(segmentation_ce) == {"ignore_index": 255} and IGNORE_INDEX == 255
+
+
+def test_half_precision_inputs_are_computed_in_fp32():
+    from afdcd_bench.losses.task import as_float
+
+    for dtype in (torch.bfloat16, torch.float16):
+        assert as_float(torch.zeros(2, dtype=dtype)).dtype == torch.float32
+    assert as_float(torch.zeros(2, dtype=torch.float64)).dtype == torch.float64
+
+
+def test_task_loss_honours_another_ignore_label_in_both_terms():
+    from afdcd_bench.losses import task_loss
+
+    g = torch.Generator().manual_seed(0)
+    logits, aux = torch.randn(1, 3, 4, 4, generator=g), torch.randn(1, 3, 4, 4, generator=g)
+    labels = torch.randint(0, 3, (1, 4, 4), generator=g)
+    labels[0, 0] = 0
+    keep = labels != 0
+
+    def ce(x):
+        return torch.nn.functional.cross_entropy(x.permute(0, 2, 3, 1)[keep], labels[keep])
+
+    assert task_loss(logits, labels, aux, 0.4, ignore_index=0) == pytest.approx(float(ce(logits) + 0.4 * ce(aux)), rel=1e-6)
+
+
+@pytest.mark.parametrize("name", ["kd_loss", "cwd_loss"])
+def test_temperatures_must_be_positive_and_shapes_must_match(name):
+    import afdcd_bench.losses as losses
+
+    fn = getattr(losses, name)
+    s, t = torch.randn(2, 3, 4, 4), torch.randn(2, 3, 4, 4)
+    assert torch.isfinite(fn(s, t, temperature=1.0)) and torch.isfinite(fn(s, t, temperature=0.5))
+    with pytest.raises(ValueError, match=r"^temperature must be > 0, got 0$"):
+        fn(s, t, temperature=0)
+    with pytest.raises(ValueError, match=r"^temperature must be > 0, got -1$"):
+        fn(s, t, temperature=-1)
+    with pytest.raises(ValueError, match=r"\(2, 3, 4, 4\).*\(2, 5, 4, 4\)"):
+        fn(s, torch.randn(2, 5, 4, 4), temperature=1.0)
+
+
+def test_shape_messages_name_both_shapes():
+    from afdcd_bench.losses import cwd_loss, dist_loss, kd_loss
+
+    a, b = torch.randn(2, 3, 4, 4), torch.randn(2, 5, 4, 4)
+    with pytest.raises(ValueError, match=r"^student and teacher logits differ in shape: \(2, 3, 4, 4\) vs \(2, 5, 4, 4\) \(same classes and stride expected\)$"):
+        kd_loss(a, b)
+    with pytest.raises(ValueError, match=r"^dist_loss: student \(2, 3, 4, 4\) and teacher \(2, 5, 4, 4\) logits differ$"):
+        dist_loss(a, b)
+    with pytest.raises(ValueError, match=r"^cwd_loss: student \(2, 3, 4, 4\) and teacher \(2, 5, 4, 4\) differ \(align the student's channels first\)$"):
+        cwd_loss(a, b)
+
+
+def test_called_without_a_temperature_the_losses_use_their_documented_one():
+    """Through the call, not the signature: a default changed inside the function must show."""
+    from afdcd_bench.losses import cwd_loss
+
+    g = torch.Generator().manual_seed(1)
+    s, t = torch.randn(2, 3, 4, 4, generator=g, dtype=torch.float64), torch.randn(2, 3, 4, 4, generator=g, dtype=torch.float64)
+    p_t = F.softmax(t, dim=1)
+    by_hand = (p_t * (F.log_softmax(t, dim=1) - F.log_softmax(s, dim=1))).sum(1).mean()  # T = 1
+    assert float(kd_loss(s, t)) == pytest.approx(float(by_hand), rel=1e-6)
+    assert float(cwd_loss(s, t)) == pytest.approx(float(cwd_loss(s, t, temperature=4.0)), rel=1e-12)
+    assert float(cwd_loss(s, t)) != pytest.approx(float(cwd_loss(s, t, temperature=5.0)), rel=1e-3)
