@@ -219,6 +219,14 @@ def flat_hparams(cfg: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def note_trained(progress: dict[str, Any], names: Any) -> None:
+    """Add the names of terms that trained to the run's progress, saved with every checkpoint, so a
+    resumed run's record lists those of its earlier sessions too."""
+    seen = progress.setdefault("trained_terms", [])
+    if any(n not in seen for n in names):
+        progress["trained_terms"] = sorted({*seen, *names})
+
+
 def trained_weights(weights: dict[str, float], trained: set[str]) -> dict[str, float | None]:
     """The record's method_terms: each term the run trained, with its weight (None: the method
     declared none), and the task's aux weight; a declared weight whose term never ran is left out."""
@@ -445,7 +453,6 @@ def _train(cfg: RecipeConfig, accelerator: Accelerator, run_dir: Path, state: Pa
         progress_state = load_training_state(accelerator, state)
     progress_state["settings"] = current
     progress_state.setdefault("test_history", [])
-    trained_terms = set(progress_state.get("trained_terms", []))  # over every session of the run
     resumed_from = progress_state["step"] if state is not None else None
     times = RunTimes(progress_state)
     show = show_progress and accelerator.is_main_process
@@ -488,15 +495,11 @@ def _train(cfg: RecipeConfig, accelerator: Accelerator, run_dir: Path, state: Pa
                         backward_and_step(accelerator, loss, optimizer, clip_params, cfg.method.clip_grad_norm)
                     micro += 1
                     last = {k: float(v.detach()) for k, v in terms.items()}
-                    if not trained_terms.issuperset(last):
-                        trained_terms.update(last)
-                        progress_state["trained_terms"] = sorted(trained_terms)
+                    note_trained(progress_state, last)
                     if not accelerator.sync_gradients:
                         continue
                     own_terms = method.after_step()  # parts with their own optimizer (a discriminator)
-                    if not trained_terms.issuperset(own_terms):
-                        trained_terms.update(own_terms)
-                        progress_state["trained_terms"] = sorted(trained_terms)
+                    note_trained(progress_state, own_terms)
                     step += 1
                     progress.update(task, advance=1, info=f"loss {sum(last.values()):.3f} lr {lr:.2e}")
                     heartbeat.step(step, f"loss {sum(last.values()):.3f}")
@@ -539,7 +542,7 @@ def _train(cfg: RecipeConfig, accelerator: Accelerator, run_dir: Path, state: Pa
     best = progress_state.get("best_scores") or {}
     record = {
         **run_facts(cfg, accelerator, per_device, accum, progress_state, resumed_from, times.wall_before, session_wall),
-        "method_terms": trained_weights(method.weights(), trained_terms),
+        "method_terms": trained_weights(method.weights(), set(progress_state.get("trained_terms", []))),
         "method_parameters": sum(p.numel() for p in method.parameters()),  # trained with the student
         "own_parts": {k: sum(p.numel() for p in part.module.parameters()) for k, part in own_parts.items()},
         "method_state_bytes": method.state_bytes(),  # state beyond trained weights (CIRKD's queues), per method
