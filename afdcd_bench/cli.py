@@ -347,6 +347,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"afdcd-bench: {exc or 'interrupted'}", file=sys.stderr)
         return 130
     except Exception as exc:
+        from .engine.stopping import EXIT_PREEMPTED, TrainingPreempted
+
+        if isinstance(exc, TrainingPreempted):  # saved on a stop signal: not an error, and the scheduler may requeue it
+            if int(os.environ.get("RANK", "0")) == 0:
+                print(f"afdcd-bench: {exc}", file=sys.stderr)
+            return EXIT_PREEMPTED
         if not isinstance(exc, _user_errors()):
             raise
         print(f"afdcd-bench: error: {one_line(exc)}", file=sys.stderr)

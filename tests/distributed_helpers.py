@@ -6,6 +6,8 @@ the backward pass is synchronised too), then normalised as BatchNorm2d does.
 """
 from __future__ import annotations
 
+import signal
+
 import torch
 import torch.distributed as dist
 import torch.distributed.nn.functional as dist_fn
@@ -54,7 +56,8 @@ def strip(module: nn.Module, kinds: tuple[type, ...]) -> nn.Module:
 
 
 def _worker(recipe: str, overrides: list[str], results_dir: str | None, sync_bn: bool, env: dict[str, str],
-            stop_after_saves: int = 0, per_device_batch: int | None = None, strip_kinds: tuple = (), many: str = "") -> None:
+            stop_after_saves: int = 0, per_device_batch: int | None = None, strip_kinds: tuple = (), many: str = "",
+            signal_rank1_at: int = -1) -> None:
     import json
     import os
 
@@ -62,6 +65,8 @@ def _worker(recipe: str, overrides: list[str], results_dir: str | None, sync_bn:
 
     from afdcd_bench.config import load_recipe
     from afdcd_bench.engine import TrainHooks, train
+    from afdcd_bench.engine.stopping import TrainingPreempted
+    from accelerate import PartialState
 
     saves = []
 
@@ -70,16 +75,24 @@ def _worker(recipe: str, overrides: list[str], results_dir: str | None, sync_bn:
         if len(saves) == stop_after_saves:
             os._exit(3)
 
+    def signal_rank1(micro: int) -> None:  # a scheduler's stop signal that reached one process only
+        if micro == signal_rank1_at and PartialState().process_index == 1:
+            os.kill(os.getpid(), signal.SIGUSR1)
+
     hooks = TrainHooks(adapt_student=(lambda m: strip(m, strip_kinds)) if strip_kinds else None,
-                       after_checkpoint=die_after_saves if stop_after_saves else None)
+                       after_checkpoint=die_after_saves if stop_after_saves else None,
+                       before_update=signal_rank1 if signal_rank1_at >= 0 else None)
     os.environ.update(env)
     if "ACCELERATE_USE_DEEPSPEED" in env:
         os.environ.pop("ACCELERATE_USE_CPU", None)  # set by debug_launcher; it would turn DeepSpeed off
         os.environ.setdefault("LOCAL_RANK", os.environ.get("RANK", "0"))  # DeepSpeed asserts on it
     runs = json.loads(many) if many else [[recipe, overrides]]
     for name, extra in runs:  # several runs, one after another, in the same two processes
-        train(load_recipe(name, extra), results_dir=results_dir, show_progress=False,
-              convert_sync_bn=convert_gloo_sync_bn if sync_bn else None, per_device_batch=per_device_batch, hooks=hooks)
+        try:
+            train(load_recipe(name, extra), results_dir=results_dir, show_progress=False,
+                  convert_sync_bn=convert_gloo_sync_bn if sync_bn else None, per_device_batch=per_device_batch, hooks=hooks)
+        except TrainingPreempted as exc:
+            print(f"rank {PartialState().process_index}: {exc}", flush=True)
         AcceleratorState._reset_state(reset_partial_state=True)
 
 
@@ -159,6 +172,7 @@ def main() -> None:
     p.add_argument("--stop-after-saves", type=int, default=0, help="exit every rank after its N-th checkpoint")
     p.add_argument("--check-buffers", action="store_true", help="only check broadcast_buffers on 2 processes")
     p.add_argument("--check-sync-bn", action="store_true", help="only check the SyncBN stand-in on 2 processes")
+    p.add_argument("--signal-rank1-at", type=int, default=-1, help="send SIGUSR1 to rank 1 alone before this micro-batch")
     p.add_argument("--many", default="", help="JSON list of [recipe, overrides] trained one after another")
     a = p.parse_args()
     if a.check_buffers or a.check_sync_bn:
@@ -168,7 +182,7 @@ def main() -> None:
     # No ACCELERATE_GRADIENT_CLIPPING: the trainer itself must turn DeepSpeed's default global clip off.
     env = {"ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_ZERO_STAGE": str(a.zero)} if a.zero else {}
     debug_launcher(functools.partial(_worker, a.recipe, a.overrides, a.results_dir, a.sync_bn, env, a.stop_after_saves,
-                                     a.per_device_batch, kinds, a.many), num_processes=2)
+                                     a.per_device_batch, kinds, a.many, a.signal_rank1_at), num_processes=2)
 
 
 if __name__ == "__main__":

@@ -73,6 +73,7 @@ def _two_processes(overrides, *flags, results_dir=None, recipe="demo/baseline"):
         cmd += ["--results-dir", str(results_dir)]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert res.returncode == 0, res.stderr[-3000:]
+    return res.stdout
 
 
 @pytest.mark.slow
@@ -92,6 +93,25 @@ def test_two_processes_equal_one_with_the_same_global_batch(tmp_path):
     assert (r1["num_processes"], r2["num_processes"], r2["per_device_batch"]) == (1, 2, 4)
     # 200 val images in batches of 30 split unevenly over 2 processes: none may count twice
     assert r2["final_miou"] == pytest.approx(r1["final_miou"], abs=1e-4)
+
+
+@pytest.mark.slow
+def test_a_stop_signal_to_one_process_stops_both_at_the_same_step_and_the_rerun_equals_an_unstopped_run(tmp_path):
+    """SLURM may signal the processes of a run at slightly different moments (or one only): the
+    flag is combined over processes each step, so both save the same step, and the state resumes."""
+    longer = [*TINY, "train.iterations=4", "train.checkpoint_interval=4"]
+    _two_processes([*longer, f"output_dir={tmp_path / 'straight'}"])
+    out = _two_processes([*longer, f"output_dir={tmp_path / 'stopped'}"], "--signal-rank1-at", "1")
+    assert out.count("stopped by SIGUSR1 at step 2, its state saved") == 1  # rank 1, which got it
+    assert out.count("stopped by another process's signal at step 2, its state saved") == 1  # rank 0
+    from afdcd_bench.engine.checkpointing import latest_state
+
+    run = tmp_path / "stopped/demo/baseline/seed0"
+    assert json.loads((latest_state(run) / "progress.json").read_text())["step"] == 2
+    _two_processes([*longer, f"output_dir={tmp_path / 'stopped'}"], results_dir=tmp_path / "res")
+    rec = json.loads((tmp_path / "res/demo__baseline__seed0.json").read_text())
+    assert rec["resumed_from_step"] == 2 and rec["launch"]["processes"] == 2
+    assert _max_diff(_final(tmp_path / "straight"), _final(tmp_path / "stopped")) == 0
 
 
 def test_the_sync_bn_of_two_processes_with_different_inputs_is_batchnorm_over_their_union():

@@ -86,6 +86,7 @@ def run_facts(cfg: RecipeConfig, accelerator: Any, per_device: int, accum: int, 
         "versions": package_versions(),
         "device": device_kind(accelerator.device),
         "num_processes": accelerator.num_processes,
+        "launch": where_ran(accelerator),
         "distributed_type": str(accelerator.distributed_type.value),
         "per_device_batch": per_device,
         "grad_accumulation": accum,
@@ -97,6 +98,21 @@ def run_facts(cfg: RecipeConfig, accelerator: Any, per_device: int, accum: int, 
         "train_seconds": progress["train_seconds"],
         "images_per_second": images / progress["train_seconds"] if progress["train_seconds"] else None,
         "peak_memory_mb": peak_memory_mb(accelerator.device),
+    }
+
+
+def where_ran(accelerator: Any) -> dict[str, Any]:
+    """Which executor started the run (AFDCD_EXECUTOR, set by `reproduce`; "manual" for a command
+    typed by hand), its SLURM job, nodes, GPUs and processes. Not part of the run's identity: the
+    executor never changes what a run computes (docs/scale.md)."""
+    processes = accelerator.num_processes
+    per_node = int(os.environ.get("LOCAL_WORLD_SIZE") or processes)
+    return {
+        "executor": os.environ.get("AFDCD_EXECUTOR", "manual"),
+        "job_id": os.environ.get("SLURM_JOB_ID"),
+        "nodes": max(1, processes // max(1, per_node)),
+        "gpus": processes if accelerator.device.type == "cuda" else 0,
+        "processes": processes,
     }
 
 

@@ -26,6 +26,7 @@ from .identity import file_sha256
 from .schedule import poly_lr
 from .records import record_path, run_facts, write_record
 from .stepping import backward_and_step
+from .stopping import StopRequests, stop_if_requested
 
 
 def train_stage(cfg: RecipeConfig, accelerator: Accelerator, run_dir: Path, state: Path | None, current: dict[str, Any],
@@ -74,7 +75,7 @@ def train_stage(cfg: RecipeConfig, accelerator: Accelerator, run_dir: Path, stat
                           show and not progress.console.is_terminal)
     step = progress_state["step"]
     last: dict[str, float] = {}
-    with progress:
+    with progress, StopRequests() as stops:
         if state is not None:
             log(f"resumed {cfg.name} from {state} at step {step}")
         log(f"{cfg.name}: learning {name} on the frozen teacher (teacher in {teacher_mode} mode)")
@@ -105,6 +106,7 @@ def train_stage(cfg: RecipeConfig, accelerator: Accelerator, run_dir: Path, stat
                         times.checkpoint(accelerator, run_dir, progress_state, step, hooks.after_checkpoint)
                     if step >= tc.iterations:
                         break
+                    stop_if_requested(stops, accelerator, times, run_dir, progress_state, step, cfg.name, hooks.after_checkpoint)
         except KeyboardInterrupt:
             raise interrupted(cfg.name, step, times.saved_step) from None
     output = run_dir / "stage.safetensors"

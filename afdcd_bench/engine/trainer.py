@@ -30,6 +30,7 @@ from .run_folder import RunFolderError, RunLock, check_record_slot, check_resuma
 from .records import record_path, run_facts, write_record
 from .schedule import poly_lr
 from .stepping import backward_and_step, check_deepspeed_clip, check_own_parts, disable_global_clip
+from .stopping import StopRequests, stop_if_requested
 
 
 class TrainingDiverged(RuntimeError):
@@ -461,7 +462,7 @@ def _train(cfg: RecipeConfig, accelerator: Accelerator, run_dir: Path, state: Pa
     log = progress.console.log if show else (lambda *a, **k: None)
     heartbeat = Heartbeat(cfg.name, tc.iterations, progress_state["step"], progress.console.print, show and not interactive)
     step = progress_state["step"]
-    with progress:
+    with progress, StopRequests() as stops:
         if aside is not None:
             log(f"--no-resume: the earlier run in {run_dir} was moved to {aside}")
         if workers < cfg.data.num_workers:
@@ -532,6 +533,7 @@ def _train(cfg: RecipeConfig, accelerator: Accelerator, run_dir: Path, state: Pa
                         times.checkpoint(accelerator, run_dir, progress_state, step, hooks.after_checkpoint)
                     if step >= tc.iterations:
                         break
+                    stop_if_requested(stops, accelerator, times, run_dir, progress_state, step, cfg.name, hooks.after_checkpoint)
         except KeyboardInterrupt:
             raise interrupted(cfg.name, step, times.saved_step) from None
     session_wall = times.session()
