@@ -122,12 +122,22 @@ def _cmd_recipes(args: argparse.Namespace) -> int:
 
 def _cmd_reproduce(args: argparse.Namespace) -> int:
     from .harness.reproduce import reproduce
+    from .harness.slurm_options import slurm_options
 
+    resources = {"gpus": args.gpus_per_run, "processes": args.processes_per_run, "nodes": args.nodes, "threads": args.threads}
     reproduce(args.benchmark, seeds=args.seeds, data_root=args.data_root, teacher=args.teacher, quick=args.quick,
-              results_dir=args.results_dir, output_dir=args.output_dir, launcher=args.launcher, extra=args.overrides,
+              results_dir=args.results_dir, output_dir=args.output_dir, executor=args.executor, extra=args.overrides,
               only=args.only, ablations=args.ablations,
-              methods=[m for m in (args.methods or "").split(",") if m] or None)
+              methods=[m for m in (args.methods or "").split(",") if m] or None, resources=resources,
+              parallel=args.parallel, dry_run=args.dry_run, step_times=args.step_times,
+              slurm=slurm_options(args) if args.executor == "slurm" else None, wait=args.wait)
     return 0
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    from .harness.status import print_status
+
+    return print_status(Path(args.results_dir), lines=args.lines)
 
 
 def _cmd_import_released(args: argparse.Namespace) -> int:
@@ -264,8 +274,22 @@ def build_parser() -> argparse.ArgumentParser:
                     help="one seed, tiny schedule (smoke run); results in results/BENCHMARK-quick, runs in runs/quick")
     rp.add_argument("--results-dir", default=None, help="folder for records and tables (default results/BENCHMARK)")
     rp.add_argument("--output-dir", default=None, help="folder for run folders and checkpoints (default runs/ of the project)")
-    rp.add_argument("--launcher", choices=("inprocess", "accelerate"), default=None,
-                    help="run each training in this process or through `accelerate launch` (default: inprocess for demo)")
+    rp.add_argument("--executor", choices=("inprocess", "local", "slurm"), default=None,
+                    help="where runs start: in this process (the demo's default), on this node (the benchmarks' default: "
+                         "every GPU busy, or --parallel CPU runs), or SLURM jobs through submitit (docs/scale.md)")
+    rp.add_argument("--gpus-per-run", type=int, default=None,
+                    help="GPUs (one process each) per run and node (default 1 on a GPU node; 8 = one data-parallel run over the node)")
+    rp.add_argument("--processes-per-run", type=int, default=None, help="processes per run and node (default: --gpus-per-run, or 1)")
+    rp.add_argument("--nodes", type=int, default=1, help="nodes per run (slurm executor)")
+    rp.add_argument("--parallel", type=int, default=1, help="CPU runs at once on a node without GPUs (local executor)")
+    rp.add_argument("--threads", type=int, default=None, help="CPU threads per process (default: the node's CPUs shared out)")
+    rp.add_argument("--dry-run", action="store_true", help="print the plan (runs, dependencies, resources, projected hours); start nothing")
+    rp.add_argument("--step-times", action="append", default=None, metavar="PATH",
+                    help="bench_step JSON or a folder of records to project hours from (--dry-run; default results/gpu/*.json)")
+    rp.add_argument("--wait", action="store_true", help="slurm: wait for the jobs and print the table (default: submit and return)")
+    from .harness.slurm_options import add_slurm_arguments
+
+    add_slurm_arguments(rp)
     rp.add_argument("--only", default=None, help="the teacher and only the student recipes whose name contains this")
     rp.add_argument("--methods", default=None, metavar="M1,M2",
                     help="only these methods' recipes (a method of method.name, e.g. cwd, or a recipe's file name, e.g. "
@@ -274,6 +298,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="also run the variants and ablations of a main recipe (e.g. cityscapes: projector/mask readings, "
                          "FD or contrast only, spatial/channel contrasting, L2)")
     rp.set_defaults(func=_cmd_reproduce)
+    st = sub.add_parser("status", help="each planned run of a reproduction: done, running (step, ETA), queued, failed, not started")
+    st.add_argument("results_dir", help="the reproduction's results folder, e.g. results/cityscapes")
+    st.add_argument("--lines", type=int, default=5, help="last log lines shown for a failed run")
+    st.set_defaults(func=_cmd_status)
     ir = sub.add_parser("import-released", help="convert a released backbone or teacher/student .pth into our checkpoint format")
     ir.add_argument("src")
     ir.add_argument("dst", help="output .safetensors (a .json of build arguments is written beside it)")
@@ -307,12 +335,13 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from .engine.records import RecordError
     from .engine.run_folder import RunFolderError
     from .engine.trainer import LaunchMismatch, TrainingDiverged
+    from .harness.execution import RunsFailed
     from .harness.reproduce import ReproduceError
     from .models import PretrainedWeightsError
     from .models.weights import WeightsMismatch
 
     return (ConfigError, DatasetLayoutError, RecordError, RunFolderError, ReproduceError, PretrainedWeightsError, WeightsMismatch,
-            LaunchMismatch, TrainingDiverged, FileNotFoundError, PermissionError, ValueError)
+            LaunchMismatch, TrainingDiverged, RunsFailed, FileNotFoundError, PermissionError, ValueError)
 
 
 def one_line(exc: BaseException) -> str:

@@ -6,8 +6,6 @@ where it stopped (and each run itself resumes from its last checkpoint).
 from __future__ import annotations
 
 import datetime
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -17,9 +15,13 @@ from rich.console import Console
 from ..config import is_teacher_recipe, list_recipes, load_recipe, project_root, recipes_root, settings_diff
 from ..config.runs import DEFAULT_OUTPUT_DIR
 from ..data import BENCHMARKS, DatasetLayoutError, build_dataset, describe, resolve_root
-from ..engine.identity import planned_identity, record_identity, single_process_launch
-from ..engine.records import RecordError, read_record, record_path
+from ..engine.identity import record_identity
+from ..engine.records import RecordError, read_record
 from ..methods import needs_teacher, stage_of
+from .execution import EXECUTORS, NOT_STARTED, execute, make_executor, report_failures, resolve_resources
+from .executors import FAILED
+from .plan import Plan, Resources, build_runs, show_plan, step_rates
+from .status import wait_for_jobs
 from .table import expected_runs, records_frame, render, summary, write_tables
 
 class ReproduceError(RuntimeError):
@@ -78,23 +80,6 @@ def check_data(benchmark: str, data_root: str | None) -> None:
         raise ReproduceError(str(exc)) from None
     except FileNotFoundError as exc:
         raise ReproduceError(f"{benchmark}: {exc}\n{describe(benchmark, root)}") from None
-
-
-def run_one(name: str, overrides: list[str], results_dir: Path, launcher: str, console: Console) -> None:
-    if launcher == "inprocess":
-        from accelerate.state import AcceleratorState
-
-        from ..engine import train
-
-        cfg = load_recipe(name, overrides)
-        train(cfg, results_dir=results_dir)
-        AcceleratorState._reset_state(reset_partial_state=True)
-        return
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "1", "-m", "afdcd_bench",
-           "train", name, "--results-dir", str(results_dir), *overrides]
-    console.log("$ " + " ".join(cmd))
-    if subprocess.run(cmd).returncode != 0:
-        raise ReproduceError(f"run {name} failed (command above)")
 
 
 def check_teacher(teacher: str, overrides: dict[str, list[str]]) -> None:
@@ -163,21 +148,35 @@ def reproduce(
     quick: bool = False,
     results_dir: str | None = None,
     output_dir: str | None = None,
-    launcher: str | None = None,
+    executor: str | None = None,
     extra: list[str] | None = None,
     console: Console | None = None,
     only: str | None = None,
     ablations: bool = False,
     methods: list[str] | None = None,
+    resources: Resources | dict[str, int | None] | None = None,
+    parallel: int = 1,
+    dry_run: bool = False,
+    step_times: list[str] | None = None,
+    slurm: dict[str, Any] | None = None,
+    wait: bool = False,
 ) -> Path:
     """only: keep the teacher and the student recipes whose name contains this text; ablations: also
-    run the recipes that vary a main recipe (`ablation_of`: variants and the paper's ablation axes)."""
+    run the recipes that vary a main recipe (`ablation_of`: variants and the paper's ablation axes).
+    executor: inprocess (the demo's default), local (the benchmarks'), slurm (docs/scale.md)."""
     console = console or Console(width=max(Console().width, 150))
     if benchmark != "demo" and benchmark not in BENCHMARKS:
         raise ReproduceError(f"unknown benchmark {benchmark!r}; expected demo or one of {sorted(BENCHMARKS)}")
     if seeds < 1:
         raise ReproduceError(f"--seeds must be at least 1, got {seeds}")
-    check_data(benchmark, data_root)
+    executor = executor or ("inprocess" if benchmark == "demo" else "local")
+    if executor not in EXECUTORS:
+        raise ReproduceError(f"--executor {executor}: expected one of {', '.join(EXECUTORS)}")
+    resources = resources if isinstance(resources, Resources) else resolve_resources(executor, **(resources or {}))
+    if executor == "inprocess" and resources.total_processes() > 1:
+        raise ReproduceError("--executor inprocess trains one process per run; several processes per run need --executor local or slurm")
+    if not dry_run:
+        check_data(benchmark, data_root)
     names = plan(benchmark, ablations, methods)
     if only:
         names = needed_stages([n for n in names if is_teacher_recipe(n) or stage_of(load_recipe(n).method.name) or only in n])
@@ -191,7 +190,6 @@ def reproduce(
         quick_overrides = yaml.safe_load(quick_file.read_text()) or {}
         seeds = 1
     out = Path(results_dir or f"results/{benchmark}{'-quick' if quick else ''}").resolve()
-    launcher = launcher or ("inprocess" if benchmark == "demo" else "accelerate")
     extra = list(extra or [])
     runs = output_folder(output_dir, extra, quick)
     rest = [o for o in extra if o.split("=", 1)[0].strip() != "output_dir"]
@@ -200,26 +198,34 @@ def reproduce(
         common.append(f"data.root={Path(data_root).resolve()}")
     if teacher:
         check_teacher(teacher, {n: [*common, *quick_overrides.get(n, [])] for n in names})
-    skipped: list[str] = []
-    for name in names:
-        is_teacher = is_teacher_recipe(name)
-        if is_teacher and teacher:
-            console.log(f"using the given teacher {teacher}; {name} not trained")
-            continue
-        once = is_teacher or stage_of(load_recipe(name).method.name)  # every seed's students share them
-        for seed in [0] if once else range(seeds):
-            overrides = [*common, *quick_overrides.get(name, []), f"train.seed={seed}"]
-            if teacher and not is_teacher:
-                overrides.append(f"teacher.checkpoint={Path(teacher).resolve()}")
-            cfg = load_recipe(name, overrides)
-            if _existing_record(record_path(out, cfg.name, seed), name, seed, planned_identity(cfg, single_process_launch(cfg)),
-                                console):
-                skipped.append(f"{name} seed {seed}")
-                continue
-            console.rule(f"{name} (seed {seed})")
-            run_one(name, overrides, out, launcher, console)
+    try:
+        the_plan = Plan(benchmark, out, build_runs(names, seeds, common, quick_overrides, teacher, resources, out), teacher)
+    except ValueError as exc:
+        raise ReproduceError(str(exc)) from None
+    if teacher:
+        console.log(f"using the given teacher {teacher}; the teacher recipe is not trained")
+    if dry_run:
+        show_plan(the_plan, step_rates(out, step_times or [str(p) for p in sorted((project_root() / "results" / "gpu").glob("*.json"))]),
+                  console)
+        return out
+    done, skipped = set(), []
+    for run in the_plan.runs:
+        if _existing_record(Path(run.record), run.recipe, run.seed, run.identity, console):
+            done.add(run.key)
+            skipped.append(f"{run.recipe} seed {run.seed}")
+    the_plan.save()
+    runner = make_executor(executor, out, resources, parallel, slurm or {})
+    handles = execute(the_plan, runner, done, console)
+    if executor == "slurm":
+        if not wait:
+            console.print(f"submitted {len(handles)} job(s); `afdcd-bench status {out}` follows them, and "
+                          f"`afdcd-bench table {out}` gathers their records once they ended", soft_wrap=True)
+            return out
+        for s in wait_for_jobs(out, console):
+            if s.key in handles and s.state != "done":
+                handles[s.key].state, handles[s.key].detail = FAILED if s.state == "failed" else NOT_STARTED, s.detail
     planned = {n: [*common, *quick_overrides.get(n, [])] for n in names if not (teacher and is_teacher_recipe(n))}
-    table = summary(records_frame(out), expected_runs(planned, with_settings=True))
+    table = summary(records_frame(out), expected_runs(planned, with_settings=True, processes=resources.total_processes()))
     render(table, console)
     for p in write_tables(table, out):
         console.log(f"wrote {p}")
@@ -230,4 +236,5 @@ def reproduce(
     reference = project_root() / "results" / "reference" / out.name / "table.md"
     if reference.is_file() and reference.parent.resolve() != out:
         console.print(f"This code's committed measurement of the same reproduction, for comparison: {reference}", soft_wrap=True)
+    report_failures(the_plan, handles)
     return out

@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ..config import load_recipe, run_method
-from ..engine.identity import planned_identity, record_identity, single_process_launch
+from ..engine.identity import launch, planned_identity, record_identity, single_process_launch
 from ..engine.records import RecordError, read_records
 from ..methods import stage_of
 
@@ -193,7 +193,8 @@ def summary(frame: pd.DataFrame, expected: list[tuple[str, str, str, float | Non
     return out[COLUMNS]
 
 
-def expected_runs(recipes: list[str] | dict[str, list[str]], with_settings: bool = False) -> list[tuple[str, str, str, float | None, str | None]]:
+def expected_runs(recipes: list[str] | dict[str, list[str]], with_settings: bool = False,
+                  processes: int = 1) -> list[tuple[str, str, str, float | None, str | None]]:
     """(benchmark, student, method label, published, settings id) these recipes produce, to mark missing runs.
 
     A dict maps each recipe to the overrides its runs use (they may change the student);
@@ -206,7 +207,8 @@ def expected_runs(recipes: list[str] | dict[str, list[str]], with_settings: bool
         cfg = load_recipe(name, extra)
         if stage_of(cfg.method.name):  # a stage learnt on the teacher (MasKD's tokens): no row of its own
             continue
-        sid = _ids(planned_identity(cfg, single_process_launch(cfg)))[0] if with_settings else None
+        run_launch = launch(processes, cfg.train.effective_batch // processes, 1) if processes > 1 else single_process_launch(cfg)
+        sid = _ids(planned_identity(cfg, run_launch))[0] if with_settings else None
         out.append((cfg.benchmark, f"{cfg.student.arch}-{cfg.student.backbone}", method_label(name, cfg.method.name), cfg.published.miou, sid))
     return out
 
