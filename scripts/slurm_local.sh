@@ -20,7 +20,8 @@ if [ "$(id -u)" != 0 ]; then
   echo "scripts/slurm_local.sh: starting SLURM needs root" >&2; exit 2
 fi
 if ! command -v slurmctld >/dev/null || ! command -v munged >/dev/null; then
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -q slurm-wlm munge >/dev/null
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q slurm-wlm munge >/dev/null 2>&1 ||
+    { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q slurm-wlm munge >/dev/null; }
 fi
 
 cpus=$(nproc)

@@ -36,3 +36,15 @@ def teacher(tmp_path_factory):
     train(cfg, show_progress=False)
     reset_accelerate()
     return out / "demo/teacher/seed0/final.safetensors"
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster():
+    """The one-node SLURM of scripts/slurm_local.sh, started when it is not running (it needs root)."""
+    import subprocess
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "scripts/slurm_local.sh"
+    res = subprocess.run([str(script)], capture_output=True, text=True, timeout=900)
+    assert res.returncode == 0, f"scripts/slurm_local.sh failed: {res.stdout[-2000:]}{res.stderr[-2000:]}"
+    return True

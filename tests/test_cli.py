@@ -52,7 +52,7 @@ def test_demo_chain_end_to_end(tmp_path, capsys, monkeypatch):
     assert out == tmp_path / "res"
     csv = (out / "table.csv").read_text()
     assert csv.count("\n") == 7  # header + teacher + 5 students
-    assert len(list(out.glob("*.json"))) == 6
+    assert len(list(out.glob("*__seed*.json"))) == 6 and (out / "plan.json").is_file()
     assert (tmp_path / "elsewhere/runs/demo/teacher/seed0/best.safetensors").is_file()
     import json
 

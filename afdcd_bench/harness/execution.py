@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import os
 import shlex
+import signal
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -67,8 +69,28 @@ def make_executor(name: str, results_dir: Path, resources: Resources, parallel: 
     return SlurmExecutor(results_dir, resources, slurm)
 
 
+class Stopped(KeyboardInterrupt):
+    """reproduce itself got SIGTERM: its runs are stopped (each saving) before it ends."""
+
+
+def _stop(signum: int, frame: Any) -> None:
+    raise Stopped(f"stopped by {signal.Signals(signum).name}; the runs it started saved their state, and rerunning the "
+                  "same command resumes them")
+
+
 def execute(plan: Plan, executor: Executor, done: set[str], console: Console) -> dict[str, Handle]:
-    """Every run of the plan not in `done`, dependencies first; the handles by run key."""
+    """Every run of the plan not in `done`, dependencies first; the handles by run key. SIGTERM is
+    taken as Ctrl-C is: the runs started here are stopped, each saving first."""
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _stop) if main_thread else None
+    try:
+        return _execute(plan, executor, done, console)
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _execute(plan: Plan, executor: Executor, done: set[str], console: Console) -> dict[str, Handle]:
     pending = [r for r in plan.runs if r.key not in done]
     handles: dict[str, Handle] = {}
     active: list[Handle] = []

@@ -137,7 +137,7 @@ def build_runs(names: list[str], seeds: int, common: list[str], quick_overrides:
 
 def _records_rates(folder: Path) -> dict[str, tuple[float, str]]:
     out: dict[str, tuple[float, str]] = {}
-    for path in sorted(Path(folder).glob("*.json")):
+    for path in sorted(Path(folder).glob("*__seed*.json")):
         try:
             rec = json.loads(path.read_text())
         except (OSError, ValueError):
@@ -186,14 +186,25 @@ def projected_hours(run: PlannedRun, rates: dict[str, tuple[float, str]], method
 
 
 def projected_wall(runs: list[PlannedRun], hours: dict[str, float], gpus: int) -> float:
-    """Wall hours of the plan on `gpus` GPUs: each run starts when what it needs has ended and a GPU
-    slice is free, in plan order (what the local executor does), runs without a rate taking none."""
-    free = [0.0] * max(1, gpus // max(1, runs[0].resources.gpus or 1)) if runs else [0.0]
-    ends: dict[str, float] = {}
-    for run in runs:
-        slot = min(range(len(free)), key=free.__getitem__)
-        start = max([free[slot], *(ends.get(n, 0.0) for n in run.needs)])
-        ends[run.key] = free[slot] = start + hours.get(run.key, 0.0)
+    """Wall hours of the plan on `gpus` GPUs as the local executor runs it: whenever a GPU slice is
+    free, the first run in plan order whose dependencies have ended starts there; a run without a
+    rate takes no time."""
+    per_run = max(1, runs[0].resources.gpus * runs[0].resources.nodes) if runs else 1
+    slots = max(1, gpus // per_run)
+    now, ends = 0.0, {}
+    pending, running = list(runs), []
+    while pending or running:
+        for run in list(pending):
+            if len(running) >= slots:
+                break
+            if all(ends.get(n, float("inf")) <= now for n in run.needs):
+                running.append((now + hours.get(run.key, 0.0), run.key))
+                pending.remove(run)
+        if not running:  # what is left needs a run outside the plan
+            break
+        running.sort()
+        end, key = running.pop(0)
+        ends[key] = now = end
     return max(ends.values(), default=0.0)
 
 

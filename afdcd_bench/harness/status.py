@@ -53,6 +53,14 @@ def tail(path: str | None, lines: int) -> list[str]:
         return [ln.rstrip() for ln in deque(f, maxlen=lines)]
 
 
+def why_failed(log: str | None, lines: int) -> list[str]:
+    """The run's own one-line error (`afdcd-bench: error: ...`, what the CLI prints) when the log has
+    one, else the log's last lines."""
+    last = tail(log, 400)
+    said = [ln for ln in last if ln.startswith("afdcd-bench: ")]
+    return said[-1:] if said else last[-lines:]
+
+
 def _progress(run: PlannedRun, log: str | None) -> tuple[int | None, str]:
     """The step reached (the log's last step line, else the saved state's) and an ETA from the saved
     state's training seconds per step."""
@@ -104,7 +112,7 @@ def plan_status(results_dir: Path, lines: int = 5) -> list[RunStatus]:
             st.state, st.detail = "queued", reason
         elif slurm_state and slurm_state != "COMPLETED" or job.get("state") in ("failed", "preempted"):
             st.state = "failed"
-            st.detail = " | ".join(filter(None, [slurm_state or job.get("state"), job.get("detail"), *tail(job.get("log"), lines)]))
+            st.detail = " | ".join(filter(None, [slurm_state or job.get("state"), *why_failed(job.get("log"), lines)]))
         elif job.get("state") == "not started":
             st.state, st.detail = "never starts", job.get("detail", "")
         elif job.get("state") in ("queued", "running"):

@@ -1,0 +1,88 @@
+"""The local executor against running the plan in one process: the same records, runs side by side
+where the plan allows, a failed run stopping its dependents only, and a stopped reproduction
+leaving no training behind (harness/execution.py, harness/executors.py)."""
+import datetime
+import json
+import os
+import signal
+import time
+
+import pytest
+
+from afdcd_bench.harness.plan import Plan, PlannedRun, Resources, projected_wall
+from scale_helpers import fail_teacher, records, reproduce, same_runs
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def one_at_a_time(tmp_path_factory):
+    """teacher, baseline and KD trained in one process, one after another: the reference records."""
+    tmp = tmp_path_factory.mktemp("inprocess")
+    reproduce(tmp, "a", "--executor", "inprocess", "--methods", "kd")
+    return tmp / "a"
+
+
+def _started(log: str) -> datetime.datetime:
+    first = next(ln for ln in open(log) if ln.startswith("# "))
+    return datetime.datetime.fromisoformat(first.split()[1])
+
+
+def test_parallel_2_writes_the_records_of_one_run_at_a_time_and_runs_side_by_side(tmp_path, one_at_a_time):
+    reproduce(tmp_path, "b", "--executor", "local", "--parallel", "2", "--methods", "kd")
+    mine = records(tmp_path / "b/res")
+    same_runs(records(one_at_a_time / "res"), mine)
+    assert {r["launch"]["executor"] for r in mine.values()} == {"local"}
+    jobs = json.loads((tmp_path / "b/res/jobs.json").read_text())["runs"]
+    # the baseline needs no teacher: it started while the teacher trained; KD only after the teacher ended
+    teacher_end = datetime.datetime.fromisoformat(mine["demo__teacher__seed0.json"]["finished_at"])
+    assert _started(jobs["demo/baseline@seed0"]["log"]) < teacher_end <= _started(jobs["demo/kd@seed0"]["log"])
+
+
+def test_a_failed_run_stops_its_dependents_only_and_the_end_says_how_to_rerun(tmp_path):
+    fail_teacher(tmp_path / "c/runs")
+    res = reproduce(tmp_path, "c", "--executor", "local", "--parallel", "2", "--methods", "kd", check=False)
+    out = res.stdout + res.stderr
+    assert res.returncode == 2, out[-3000:]
+    assert sorted(records(tmp_path / "c/res")) == ["demo__baseline__seed0.json"]
+    assert "- demo/teacher@seed0: failed" in out and "/runs/demo/teacher/seed0/logs/local.log" in out
+    assert "- demo/kd@seed0: not started (needs demo/teacher@seed0, which failed)" in out
+    assert "alone: " in out and "train demo/teacher" in out  # the command to rerun it by itself
+    from afdcd_bench.cli import main
+
+    assert main(["status", str(tmp_path / "c/res")]) == 0
+
+
+def test_stopping_reproduce_stops_its_runs_after_they_saved(tmp_path):
+    """SIGTERM to `reproduce` (as a scheduler or `kill` sends it): its runs get SIGTERM, save at the
+    end of their step and end; nothing keeps training, and rerunning resumes."""
+    proc = reproduce(tmp_path, "d", "--executor", "local", "--parallel", "2", "--methods", "baseline", popen=True,
+                     extra=["train.iterations=400", "train.checkpoint_interval=400"])
+    log = tmp_path / "d/runs/demo/baseline/seed0/logs/local.log"
+    deadline = time.time() + 300
+    while time.time() < deadline and not (log.is_file() and "step 3/400" in log.read_text()):
+        time.sleep(0.5)
+    os.kill(proc.pid, signal.SIGTERM)
+    out, _ = proc.communicate(timeout=180)
+    assert proc.returncode == 130, out[-3000:]
+    assert "stopping demo/baseline@seed0" in out and "stopping demo/teacher@seed0" in out
+    assert "stopped by SIGTERM at step" in log.read_text()
+    lock = tmp_path / "d/runs/demo/baseline/seed0.lock"
+    assert lock.read_text() == ""  # released: no process of the run is left
+    progress = json.loads((tmp_path / "d/runs/demo/baseline/seed0/state/progress.json").read_text())
+    assert 3 <= progress["step"] < 400
+
+
+def test_the_plan_orders_dependencies_and_projects_wall_time():
+    r = Resources(gpus=1)
+
+    def run(name, needs=()):
+        return PlannedRun(name, 0, [], list(needs), r)
+
+    runs = [run("t"), run("a", ["t@seed0"]), run("b", ["t@seed0"]), run("c")]
+    hours = {"t@seed0": 2.0, "a@seed0": 1.0, "b@seed0": 1.0, "c@seed0": 3.0}
+    assert projected_wall(runs, hours, 1) == 7.0
+    assert projected_wall(runs, hours, 2) == 4.0  # t, then a; c beside them from the start, then b
+    assert projected_wall(runs, hours, 8) == 3.0
+    plan = Plan("x", None, runs)
+    assert plan.dependents("t@seed0") == ["a@seed0", "b@seed0"]

@@ -1,0 +1,103 @@
+"""`reproduce --executor slurm` on a real one-node SLURM (scripts/slurm_local.sh): jobs with afterok
+dependencies, records equal to one process's, a requeued job resuming to an uninterrupted run's
+weights, a failed teacher leaving its students never started, two tasks equal to a two-process
+launch (harness/slurm.py)."""
+import json
+import subprocess
+import time
+
+import pytest
+
+from afdcd_bench.harness.status import plan_status
+from scale_helpers import fail_teacher, records, reproduce, same_runs
+
+pytestmark = [pytest.mark.slurm, pytest.mark.slow]
+SLURM = ["--executor", "slurm", "--slurm-config", "local", "--gpus-per-run", "0"]
+
+
+def _job(job_id: str) -> dict[str, str]:
+    out = subprocess.run(["scontrol", "show", "job", "-o", job_id], capture_output=True, text=True, check=True).stdout
+    return dict(f.split("=", 1) for f in out.split() if "=" in f)
+
+
+def _jobs(res_dir) -> dict[str, str]:
+    return {k: v["job_id"] for k, v in json.loads((res_dir / "jobs.json").read_text())["runs"].items()}
+
+
+def _wait(res_dir, until, timeout=600):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        statuses = {s.key: s for s in plan_status(res_dir)}
+        if until(statuses):
+            return statuses
+        time.sleep(1)
+    raise AssertionError(f"timed out: {[(s.key, s.state, s.detail) for s in plan_status(res_dir)]}")
+
+
+def _ended(statuses):
+    return all(s.state not in ("queued", "running") for s in statuses.values())
+
+
+def test_the_chain_runs_as_jobs_that_wait_for_the_teacher_and_equal_one_process(tmp_path, slurm_cluster):
+    res = reproduce(tmp_path, "s", *SLURM, "--methods", "kd")  # submits and returns
+    assert "afdcd-bench status" in res.stdout
+    jobs = _jobs(tmp_path / "s/res")
+    teacher, kd, baseline = jobs["demo/teacher@seed0"], jobs["demo/kd@seed0"], jobs["demo/baseline@seed0"]
+    assert _job(kd)["Dependency"].startswith(f"afterok:{teacher}")  # SLURM holds KD for the teacher
+    assert _job(baseline)["Dependency"] == "(null)"  # the baseline needs no teacher
+    statuses = _wait(tmp_path / "s/res", _ended)
+    assert {s.state for s in statuses.values()} == {"done"}
+    assert _job(kd)["StartTime"] >= _job(teacher)["EndTime"]
+    mine = records(tmp_path / "s/res")
+    assert {r["launch"]["job_id"] for r in mine.values()} == set(jobs.values())
+    assert {r["launch"]["executor"] for r in mine.values()} == {"slurm"}
+    # the same three runs in one process, one CPU thread as each job has: the same weights and scores
+    reproduce(tmp_path, "i", "--executor", "inprocess", "--methods", "kd")
+    same_runs(records(tmp_path / "i/res"), mine)
+
+
+def test_a_requeued_job_resumes_to_the_weights_of_an_uninterrupted_run(tmp_path, slurm_cluster):
+    longer = ["train.iterations=60", "train.val_interval=30", "train.checkpoint_interval=60"]
+    reproduce(tmp_path, "u", "--executor", "local", "--threads", "1", "--methods", "baseline", extra=longer)
+    teacher = str(tmp_path / "u/runs/demo/teacher/seed0/best.safetensors")
+    reproduce(tmp_path, "q", *SLURM, "--only", "baseline", "--teacher", teacher, extra=longer)
+    job = _jobs(tmp_path / "q/res")["demo/baseline@seed0"]
+    log = tmp_path / "q/runs/demo/baseline/seed0/slurm" / job / f"{job}_0_log.out"
+    deadline = time.time() + 300
+    while time.time() < deadline and not (log.is_file() and "step 5/60" in log.read_text()):
+        time.sleep(0.5)
+    subprocess.run(["scontrol", "requeue", job], check=True)  # SIGTERM now; the job goes back to the queue
+    _wait(tmp_path / "q/res", lambda s: _job(job)["JobState"] == "PENDING" and int(_job(job)["Restarts"]) == 1)
+    subprocess.run(["scontrol", "update", f"jobid={job}", "StartTime=now"], check=True)  # SLURM holds a requeued job ~2 min
+    statuses = _wait(tmp_path / "q/res", _ended)
+    assert statuses["demo/baseline@seed0"].state == "done"
+    rec = records(tmp_path / "q/res")["demo__baseline__seed0.json"]
+    assert rec["resumed_from_step"] >= 5  # saved at the step the signal came in, not at a checkpoint (none before 60)
+    assert "stopped by SIGTERM at step" in log.read_text()
+    same_runs({"b": records(tmp_path / "u/res")["demo__baseline__seed0.json"]}, {"b": rec})
+
+
+def test_a_failed_teacher_job_leaves_its_students_never_started_and_status_says_why(tmp_path, slurm_cluster):
+    fail_teacher(tmp_path / "f/runs")
+    reproduce(tmp_path, "f", *SLURM, "--methods", "kd")
+    jobs = _jobs(tmp_path / "f/res")
+    try:
+        statuses = _wait(tmp_path / "f/res", lambda s: s["demo/teacher@seed0"].state == "failed" and s["demo/baseline@seed0"].state == "done")
+        assert statuses["demo/kd@seed0"].state == "never starts"
+        assert statuses["demo/kd@seed0"].detail == "demo/teacher@seed0 failed"
+        assert "other settings" in statuses["demo/teacher@seed0"].detail  # the teacher's last log lines
+        assert _job(jobs["demo/kd@seed0"])["JobState"] == "PENDING"  # SLURM never starts it
+        assert _job(jobs["demo/kd@seed0"])["Reason"] == "DependencyNeverSatisfied"
+    finally:
+        subprocess.run(["scancel", *jobs.values()], check=False)
+
+
+def test_two_tasks_of_one_job_train_as_a_two_process_launch(tmp_path, slurm_cluster):
+    reproduce(tmp_path, "l", "--executor", "local", "--processes-per-run", "2", "--methods", "baseline")
+    teacher = str(tmp_path / "l/runs/demo/teacher/seed0/best.safetensors")
+    reproduce(tmp_path, "t", *SLURM, "--processes-per-run", "2", "--only", "baseline", "--teacher", teacher)
+    _wait(tmp_path / "t/res", _ended)
+    local, slurm = records(tmp_path / "l/res"), records(tmp_path / "t/res")
+    assert slurm["demo__baseline__seed0.json"]["launch"]["processes"] == 2
+    assert slurm["demo__baseline__seed0.json"]["num_processes"] == 2
+    same_runs({"b": local["demo__baseline__seed0.json"]}, {"b": slurm["demo__baseline__seed0.json"]})
