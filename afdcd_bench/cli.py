@@ -363,6 +363,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.overrides = [*(args.overrides or []), *unknown]
         else:
             parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    if args.command == "train":
+        from .engine.stopping import catch_early
+
+        catch_early()
     if args.command == "table":
         args.results_dir_given = args.results_dir is not None
         args.results_dir = args.results_dir or "results"

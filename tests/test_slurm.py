@@ -56,11 +56,20 @@ def test_the_chain_runs_as_jobs_that_wait_for_the_teacher_and_equal_one_process(
     same_runs(records(tmp_path / "i/res"), mine)
 
 
-def test_a_requeued_job_resumes_to_the_weights_of_an_uninterrupted_run(tmp_path, slurm_cluster):
-    longer = ["train.iterations=60", "train.val_interval=30", "train.checkpoint_interval=60"]
-    reproduce(tmp_path, "u", "--executor", "local", "--threads", "1", "--methods", "baseline", extra=longer)
-    teacher = str(tmp_path / "u/runs/demo/teacher/seed0/best.safetensors")
-    reproduce(tmp_path, "q", *SLURM, "--only", "baseline", "--teacher", teacher, extra=longer)
+LONGER = ["train.iterations=60", "train.val_interval=30", "train.checkpoint_interval=60"]  # no checkpoint before the end
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    """The teacher and a 60-step baseline, run straight through on this node (one thread)."""
+    tmp = tmp_path_factory.mktemp("uninterrupted")
+    reproduce(tmp, "u", "--executor", "local", "--threads", "1", "--methods", "baseline", extra=LONGER)
+    return tmp / "u"
+
+
+def test_a_requeued_job_resumes_to_the_weights_of_an_uninterrupted_run(tmp_path, slurm_cluster, uninterrupted):
+    teacher = str(uninterrupted / "runs/demo/teacher/seed0/best.safetensors")
+    reproduce(tmp_path, "q", *SLURM, "--only", "baseline", "--teacher", teacher, extra=LONGER)
     job = _jobs(tmp_path / "q/res")["demo/baseline@seed0"]
     log = tmp_path / "q/runs/demo/baseline/seed0/slurm" / job / f"{job}_0_log.out"
     deadline = time.time() + 300
@@ -74,7 +83,25 @@ def test_a_requeued_job_resumes_to_the_weights_of_an_uninterrupted_run(tmp_path,
     rec = records(tmp_path / "q/res")["demo__baseline__seed0.json"]
     assert rec["resumed_from_step"] >= 5  # saved at the step the signal came in, not at a checkpoint (none before 60)
     assert "stopped by SIGTERM at step" in log.read_text()
-    same_runs({"b": records(tmp_path / "u/res")["demo__baseline__seed0.json"]}, {"b": rec})
+    same_runs({"b": records(uninterrupted / "res")["demo__baseline__seed0.json"]}, {"b": rec})
+
+
+def test_a_job_near_its_time_limit_saves_requeues_itself_and_resumes(tmp_path, slurm_cluster, uninterrupted):
+    """SIGUSR1 50 s before a 1-minute limit (sbatch --signal, as submitit asks): the run saves at the
+    end of its step, submitit requeues the job, and the requeued job resumes from that step."""
+    teacher = str(uninterrupted / "runs/demo/teacher/seed0/best.safetensors")
+    reproduce(tmp_path, "w", *SLURM, "--only", "baseline", "--teacher", teacher, "--time", "1", "--signal-delay", "50", extra=LONGER)
+    job = _jobs(tmp_path / "w/res")["demo/baseline@seed0"]
+    _wait(tmp_path / "w/res", lambda s: int(_job(job)["Restarts"]) == 1 and _job(job)["JobState"] == "PENDING", timeout=300)
+    # the requeued job gets the time to finish, and starts now rather than after SLURM's hold
+    subprocess.run(["scontrol", "update", f"jobid={job}", "TimeLimit=10", "StartTime=now"], check=True)
+    statuses = _wait(tmp_path / "w/res", _ended)
+    assert statuses["demo/baseline@seed0"].state == "done"
+    log = (tmp_path / "w/runs/demo/baseline/seed0/slurm" / job / f"{job}_0_log.out").read_text()
+    assert "stopped by SIGUSR1 at step" in log and "Requeued job" in log
+    rec = records(tmp_path / "w/res")["demo__baseline__seed0.json"]
+    assert rec["resumed_from_step"] >= 1
+    same_runs({"b": records(uninterrupted / "res")["demo__baseline__seed0.json"]}, {"b": rec})
 
 
 def test_a_failed_teacher_job_leaves_its_students_never_started_and_status_says_why(tmp_path, slurm_cluster):

@@ -13,14 +13,23 @@ import signal
 import threading
 from typing import Any
 
-import torch
-
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 EXIT_PREEMPTED = 75  # EX_TEMPFAIL: stopped on request, state saved; running the same command again resumes
 
 
 class TrainingPreempted(RuntimeError):
     """The run saved its state at a step boundary on a stop signal; the message says how to resume."""
+
+
+_early: list[int] = []  # stop signals that came before the loop (catch_early)
+
+
+def catch_early() -> None:
+    """From the command's first line: a stop signal that arrives while the run starts (imports, data,
+    networks) is kept, and the loop stops after its first step, instead of the process dying unsaved."""
+    if threading.current_thread() is threading.main_thread():
+        for sig in STOP_SIGNALS:
+            signal.signal(sig, lambda signum, frame: _early.append(signum))
 
 
 class StopRequests:
@@ -33,6 +42,8 @@ class StopRequests:
         self._previous: dict[int, Any] = {}
 
     def __enter__(self) -> "StopRequests":
+        if _early:
+            self.signal = _early[0]
         if threading.current_thread() is threading.main_thread():
             for sig in STOP_SIGNALS:
                 self._previous[sig] = signal.signal(sig, self._note)
@@ -49,6 +60,8 @@ class StopRequests:
 
     def requested(self, accelerator: Any) -> bool:
         """True on every process once any process was signalled (a max over processes: they stop together)."""
+        import torch
+
         flag = torch.tensor(0.0 if self.signal is None else 1.0, device=accelerator.device)
         if accelerator.num_processes > 1:
             flag = accelerator.reduce(flag, reduction="max")

@@ -11,6 +11,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +48,7 @@ class SlurmRun(submitit.helpers.Checkpointable):
     def __call__(self) -> str:
         env = {**os.environ, **self.env, **self.rendezvous()}
         self.child = subprocess.Popen([sys.executable, "-m", "afdcd_bench", *self.argv], env=env)
+        _wait_exited(self.child.pid, None)
         rc = self.child.wait()
         if rc == EXIT_PREEMPTED:
             raise submitit.core.utils.UncompletedJobError("the run saved its state on a stop signal; the requeued job resumes it")
@@ -57,13 +59,25 @@ class SlurmRun(submitit.helpers.Checkpointable):
     def checkpoint(self, *args: Any, **kwargs: Any) -> submitit.helpers.DelayedSubmission:
         """submitit calls this on SIGUSR1 before requeueing: the training saves at the end of its
         step (SLURM signalled it too; it is told again here) and the job comes back to resume it."""
-        if self.child is not None and self.child.poll() is None:
-            self.child.send_signal(signal.SIGUSR1)
+        if self.child is not None:
             try:
-                self.child.wait(timeout=float(os.environ.get("AFDCD_SAVE_SECONDS", "300")))
-            except subprocess.TimeoutExpired:
+                os.kill(self.child.pid, signal.SIGUSR1)
+            except ProcessLookupError:
                 pass
+            _wait_exited(self.child.pid, time.monotonic() + float(os.environ.get("AFDCD_SAVE_SECONDS", "300")))
         return submitit.helpers.DelayedSubmission(SlurmRun(self.argv, self.env))
+
+
+def _wait_exited(pid: int, deadline: float | None) -> None:
+    """Until the child has exited, without reaping it. Popen.wait would hold a lock that submitit's
+    signal handler (checkpoint, run inside this very wait) could then never take."""
+    while deadline is None or time.monotonic() < deadline:
+        try:
+            if os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None:
+                return
+        except ChildProcessError:
+            return
+        time.sleep(0.2)
 
 
 def check_slurm() -> None:
