@@ -1,5 +1,6 @@
 import pytest
 import os
+import json
 import subprocess
 from pathlib import Path
 
@@ -97,10 +98,14 @@ def test_reproduce_cityscapes_on_a_tiny_fake_tree(tmp_path):
         capture_output=True, text=True, timeout=600, cwd=tmp_path,
     )
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
-    records = sorted(p.name for p in (tmp_path / "res").glob("*.json"))
+    records = sorted(p.name for p in (tmp_path / "res").glob("*__seed*.json"))
     assert records == [f"cityscapes__{r}__seed0.json" for r in
                        ("deeplabv3_resnet18__afdcd", "deeplabv3_resnet18__baseline", "deeplabv3_resnet18__kd", "teacher")]
-    assert "accelerate.commands.launch" in res.stdout
+    # the benchmarks' default executor: each run its own `accelerate launch`, its log in its run folder
+    assert json.loads((tmp_path / "res/cityscapes__teacher__seed0.json").read_text())["launch"]["executor"] == "local"
+    jobs = json.loads((tmp_path / "res/jobs.json").read_text())["runs"]
+    assert all("accelerate.commands.launch" in j["detail"] and j["state"] == "done" for j in jobs.values()) and len(jobs) == 4
+    assert "step 2/2" in (tmp_path / "runs/cityscapes/teacher/seed0/logs/local.log").read_text()
     table = (tmp_path / "res" / "table.csv").read_text()
     assert "77.03" in table and "78.07" in table  # published numbers beside the measured ones
     assert (tmp_path / "res" / "table.tex").is_file()

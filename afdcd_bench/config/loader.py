@@ -142,14 +142,17 @@ def run_method(name: str, method: str) -> str:
     return "teacher" if is_teacher_recipe(name) else method
 
 
+NOT_RECIPES = ("accelerate", "slurm")  # folders of launch and job settings beside the benchmarks' recipes
+
+
 def list_recipes(benchmark: str | None = None) -> list[str]:
     """Names of the runnable recipes. Files named `_*.yaml` are shared parts (bases, the quick
-    schedule), and recipes/accelerate/ holds launch configs, not recipes."""
+    schedule); recipes/accelerate/ and recipes/slurm/ hold launch and job settings, not recipes."""
     root = recipes_root()
     names = []
     for p in root.rglob("*.yaml"):
         rel = p.relative_to(root)
-        if rel.parts[0] == "accelerate" or p.name.startswith("_"):
+        if rel.parts[0] in NOT_RECIPES or p.name.startswith("_"):
             continue
         if benchmark is None or rel.parts[0] == benchmark:
             names.append(rel.with_suffix("").as_posix())
