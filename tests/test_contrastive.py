@@ -150,17 +150,73 @@ def test_bad_input_is_a_value_error(kwargs, shape, match):
         contrastive_loss(x, x, **kwargs)
 
 
-def test_eager_distances_in_chunks_equal_one_call(monkeypatch):
+@pytest.mark.parametrize("mode", ["omni", "channel"])
+def test_eager_distances_in_chunks_equal_one_call(monkeypatch, mode):
     """Batches whose cdist backward buffer would pass 2^31 elements go through in chunks (the CUDA
-    kernel indexes it in 32 bits); chunking changes no number."""
+    kernel indexes it in 32 bits); chunking changes no number. Channel mode has many more sample
+    sets (N = B*H*W) than candidates (P = groups), omni more candidates than sets: both orders."""
     import afdcd_bench.losses.contrastive as c
 
     gen = torch.Generator().manual_seed(0)
     s = torch.randn(4, 64, 8, 8, generator=gen, requires_grad=True)
     t = torch.randn(4, 64, 8, 8, generator=gen)
-    whole = c.contrastive_loss(s, t, mode="omni")
+    whole = c.contrastive_loss(s, t, mode=mode)
     (g_whole,) = torch.autograd.grad(whole, s)
-    monkeypatch.setattr(c, "CDIST_ELEMENTS", 3 * 16 * 16 * 4)  # 3 rows of (P, Q, D) = (16, 16, 4) a call
-    chunked = c.contrastive_loss(s, t, mode="omni")
+    n, p, d = c._samples(s.detach(), mode, 16, (4, 4)).shape
+    assert (n > p) == (mode == "channel")
+    monkeypatch.setattr(c, "CDIST_ELEMENTS", 3 * p * p * d)  # 3 sets of (P, P, D) a call: a last, shorter chunk
+    calls = []
+    real = torch.cdist
+    monkeypatch.setattr(torch, "cdist", lambda a, b, **kw: calls.append(a.shape[0]) or real(a, b, **kw))
+    chunked = c.contrastive_loss(s, t, mode=mode)
     (g_chunked,) = torch.autograd.grad(chunked, s)
+    assert calls == [3] * (n // 3) + [n % 3]
     assert torch.allclose(whole, chunked) and torch.allclose(g_whole, g_chunked)
+
+
+def test_argument_checks_accept_the_smallest_settings_and_say_what_is_wrong():
+    from afdcd_bench.losses.contrastive import check_contrastive_args
+
+    check_contrastive_args("omni", "l1", 1, (1, 1), 1e-9)  # one group, 1x1 patches, any positive tau; default backend
+    for args, message in [((0, (4, 4), 0.1), "groups must be >= 1, got 0"),
+                          ((4, (0, 4), 0.1), r"patch must be two positive sides \(ph, pw\), got \(0, 4\)"),
+                          ((4, (2, 2, 2), 0.1), r"patch must be two positive sides \(ph, pw\), got \(2, 2, 2\)"),
+                          ((4, (4, 4), 0.0), "tau must be > 0, got 0.0")]:
+        with pytest.raises(ValueError, match=message):
+            check_contrastive_args("omni", "l1", *args)
+
+
+@pytest.mark.parametrize("mode,shape,match", [
+    ("omni", (2, 8, 4), r"must both be \(B, C, H, W\) of the same shape, got \(2, 8, 4\) and \(2, 8, 4\)"),
+    ("spatial", (1, 20, 6, 8), r"map height/width 6x8 must be multiples of the patch sides 4x4"),
+    ("channel", (1, 20, 4, 4), r"channel count 20 must be a multiple of groups=16"),
+])
+def test_maps_that_cannot_be_contrasted_are_refused(mode, shape, match):
+    x = torch.randn(*shape)
+    with pytest.raises(ValueError, match=match):
+        contrastive_loss(x, x, mode=mode)
+    if len(shape) == 4:  # the other mode's constraint does not apply: spatial ignores groups, channel the patch
+        other = {"spatial": (1, 20, 4, 4), "channel": (1, 16, 6, 8)}[mode]
+        contrastive_loss(torch.randn(*other), torch.randn(*other), mode=mode)
+
+
+def test_only_the_compiled_backend_broadcasts_and_goes_through_torch_compile(monkeypatch):
+    """Eager takes cdist (never stores the (N, P, Q, D) difference); "compiled" hands the term to
+    torch.compile with the broadcast distance. The compile itself is replaced by the plain function
+    here (test_compiled_backend_matches_oracle_and_eager_gradients compiles for real)."""
+    import afdcd_bench.losses.contrastive as c
+
+    seen, compiled = [], []
+    real = c._distance
+    monkeypatch.setattr(c, "_distance", lambda a, b, distance, broadcast=None: seen.append(broadcast) or real(a, b, distance, broadcast))
+
+    def fake_compile():
+        compiled.append(True)
+        return c._sample_sum
+
+    monkeypatch.setattr(c, "_compiled_sum", fake_compile)
+    x, y = torch.randn(1, 16, 4, 4), torch.randn(1, 16, 4, 4)
+    eager = contrastive_loss(x, y)
+    assert seen == [False] and compiled == []
+    assert torch.allclose(contrastive_loss(x, y, backend="compiled"), eager)
+    assert seen == [False, True] and compiled == [True]

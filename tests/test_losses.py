@@ -184,3 +184,94 @@ def test_called_without_a_temperature_the_losses_use_their_documented_one():
     assert float(kd_loss(s, t)) == pytest.approx(float(by_hand), rel=1e-6)
     assert float(cwd_loss(s, t)) == pytest.approx(float(cwd_loss(s, t, temperature=4.0)), rel=1e-12)
     assert float(cwd_loss(s, t)) != pytest.approx(float(cwd_loss(s, t, temperature=5.0)), rel=1e-3)
+
+
+def _conv(x, conv):
+    return F.conv2d(x, conv.weight, conv.bias, padding=1)
+
+
+def test_the_projectors_compute_what_the_paper_draws():
+    """basic: conv3x3 -> ReLU -> conv3x3; enhanced: two conv3x3+ReLU blocks in series, each read out
+    by its own conv3x3, the two read-outs averaged (docs/method.md), by hand from their weights."""
+    from afdcd_bench.losses.afdcd import build_projector
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 6, 5, 5, dtype=torch.float64)
+    basic = build_projector("basic", 6).double()
+    assert torch.allclose(basic(x), _conv(F.relu(_conv(x, basic[0])), basic[2]))
+    enhanced = build_projector("enhanced", 6).double()
+    h1 = F.relu(_conv(x, enhanced.block_1[0]))
+    h2 = F.relu(_conv(h1, enhanced.block_2[0]))
+    assert torch.allclose(enhanced(x), (_conv(h1, enhanced.adaptor_1) + _conv(h2, enhanced.adaptor_2)) / 2)
+    with pytest.raises(ValueError, match=r"unknown projector 'mlp'; expected one of \('basic', 'enhanced'\)"):
+        build_projector("mlp", 6)
+
+
+@pytest.mark.parametrize("shape,patch,want", [((1, 1, 5, 7), (2, 3), (4, 6)), ((1, 1, 4, 6), (2, 3), (4, 6)),
+                                              ((1, 1, 45, 45), (4, 4), (44, 44))])
+def test_maps_are_cropped_top_left_to_whole_patches(shape, patch, want):
+    from afdcd_bench.losses.afdcd import crop_to_patch_multiple
+
+    x = torch.arange(math.prod(shape), dtype=torch.float32).reshape(shape)
+    out = crop_to_patch_multiple(x, patch)
+    assert tuple(out.shape[-2:]) == want and torch.equal(out, x[..., :want[0], :want[1]])
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 1, 8), (1, 1, 8, 2), (1, 1, 1, 1)])
+def test_a_map_smaller_than_one_patch_is_refused(shape):
+    from afdcd_bench.losses.afdcd import crop_to_patch_multiple
+
+    with pytest.raises(ValueError, match=rf"feature map {shape[2]}x{shape[3]} is smaller than one 2x3 patch"):
+        crop_to_patch_multiple(torch.zeros(shape), (2, 3))
+
+
+def test_afdcd_options_are_checked_with_their_message_and_edges_accepted():
+    import inspect
+
+    defaults = {k: p.default for k, p in inspect.signature(AfDCDLoss).parameters.items() if p.default is not inspect.Parameter.empty}
+    assert defaults == {"mode": "omni", "groups": 16, "patch": (4, 4), "pool": 4, "tau": 0.07, "distance": "l1", "mask": "random",
+                        "mask_ratio": 0.75, "projector": "basic", "backend": "eager"}
+    assert AfDCDLoss(8, 16, groups=4, patch=(2, 3)).patch == (2, 3)
+    assert AfDCDLoss(8, 16, groups=4, mask_ratio=0.0).mask_ratio == 0.0  # no masking: plain mimicking
+    for bad, message in [({"mask": "grid"}, r"unknown mask 'grid'; expected one of \('random', 'center'\)"),
+                         ({"mask_ratio": 1.0}, r"mask_ratio must be in \[0, 1\), got 1.0"),
+                         ({"pool": -1}, r"pool must be >= 0 \(0 = no pooling\), got -1"),
+                         ({"mode": "channel", "groups": 3}, "teacher_channels=16 is not a multiple of groups=3")]:
+        with pytest.raises(ValueError, match=message):
+            AfDCDLoss(8, 16, **{"groups": 4, **bad})
+    AfDCDLoss(8, 16, mode="spatial", groups=3)  # spatial contrasting has no channel groups
+
+
+def test_mimic_names_the_shapes_it_cannot_use():
+    loss = AfDCDLoss(8, 16, groups=4, pool=0)
+    with pytest.raises(ValueError, match=r"aligned student map \(1, 16, 4, 4\) does not match teacher map \(1, 16, 8, 8\)"):
+        loss(torch.randn(1, 8, 4, 4), torch.randn(1, 16, 8, 8))
+    with pytest.raises(ValueError, match=r"mask must be \(B, 1, H, W\) = \(2, 1, 4, 6\), got \(2, 4, 6\)"):
+        loss(torch.randn(2, 8, 4, 6), torch.randn(2, 16, 4, 6), mask=torch.ones(2, 4, 6))
+
+
+def test_a_float32_mask_on_a_bfloat16_loss_is_cast_to_the_map():
+    loss = AfDCDLoss(8, 16, groups=4, patch=(2, 2), pool=0).to(torch.bfloat16)
+    s, t = torch.randn(1, 8, 4, 4, dtype=torch.bfloat16), torch.randn(1, 16, 4, 4, dtype=torch.bfloat16)
+    fd, projected = loss.mimic(s, t, mask=torch.ones(1, 1, 4, 4))  # (CPU cdist has no bfloat16: the mimicking alone)
+    assert fd.dtype == projected.dtype == torch.bfloat16 and torch.isfinite(fd)
+
+
+def test_channel_contrasting_uses_the_whole_map_uncropped():
+    torch.manual_seed(1)
+    loss = AfDCDLoss(8, 16, mode="channel", groups=4, patch=(4, 4), pool=0).double()
+    s, t = torch.randn(1, 8, 5, 5, dtype=torch.float64), torch.randn(1, 16, 5, 5, dtype=torch.float64)
+    keep = torch.ones(1, 1, 5, 5, dtype=torch.float64)
+    _, ctr = loss(s, t, mask=keep)
+    p = loss.projector(loss.align(s))
+    assert ctr.item() == pytest.approx(contrastive_loss(p, t, mode="channel", groups=4).item(), rel=1e-12)
+
+
+def test_the_compiled_backend_is_handed_to_the_contrastive_term(monkeypatch):
+    import afdcd_bench.losses.contrastive as c
+
+    compiled = []
+    monkeypatch.setattr(c, "_compiled_sum", lambda: compiled.append(True) or c._sample_sum)
+    loss = AfDCDLoss(8, 16, groups=4, patch=(2, 2), pool=0, backend="compiled")
+    loss(torch.randn(1, 8, 4, 4), torch.randn(1, 16, 4, 4))
+    assert compiled == [True]
