@@ -197,3 +197,49 @@ def test_similarity_losses_stay_fp32_under_bf16_autocast():
                  token_dice(token_masks(zt, w))]
     for a, b in zip(plain, mixed):
         assert b.dtype == torch.float32 and torch.equal(a, b)
+
+
+def test_pairwise_pool_edges_defaults_and_messages():
+    import inspect
+
+    assert inspect.signature(pairwise_loss).parameters["pool"].default == 2
+    fs, ft = _rand(1, 3, 2, 2, seed=1), _rand(1, 5, 2, 2, seed=2)
+    # pool 1: every position is a node
+    ns = [fs[0, :, y, x] / fs[0, :, y, x].norm() for y in range(2) for x in range(2)]
+    nt = [ft[0, :, y, x] / ft[0, :, y, x].norm() for y in range(2) for x in range(2)]
+    want = sum(float(ns[i] @ ns[j] - nt[i] @ nt[j]) ** 2 for i in range(4) for j in range(4)) / 16
+    assert pairwise_loss(fs, ft, pool=1).item() == pytest.approx(want, rel=1e-10)
+    with pytest.raises(ValueError, match="pool must be >= 1, got 0"):
+        pairwise_loss(fs, ft, pool=0)
+    with pytest.raises(ValueError, match=r"student and teacher maps give \(1, 4, 4\) vs \(1, 1, 1\) nodes"):
+        pairwise_loss(_rand(1, 2, 4, 4), _rand(1, 2, 2, 2), pool=2)
+
+
+def test_self_attention_by_hand():
+    from afdcd_bench.losses.skd import SelfAttention
+
+    torch.manual_seed(0)
+    att = SelfAttention(16).double()
+    with torch.no_grad():
+        att.gamma.fill_(0.7)
+    x = _rand(2, 16, 3, 4, seed=3)
+    q, k, v = (F_conv1x1(x, m).flatten(2) for m in (att.query, att.key, att.value))  # (B, C', N)
+    out = torch.empty_like(x)
+    for b in range(2):
+        weights = torch.softmax(q[b].T @ k[b], dim=1)  # row i: how position i attends to every j
+        out[b] = (0.7 * (v[b] @ weights.T)).view(16, 3, 4) + x[b]
+    assert torch.allclose(att(x), out)
+
+
+def F_conv1x1(x, conv):
+    return torch.nn.functional.conv2d(x, conv.weight, conv.bias)
+
+
+def test_discriminator_blocks_are_the_released_ones_and_take_half_precision_logits():
+    d = Discriminator(5)
+    for block in (d.block1, d.block2, d.block3, d.block4):
+        conv, act = block
+        assert conv.stride == (2, 2) and conv.kernel_size == (4, 4) and conv.padding == (1, 1)
+        assert isinstance(act, torch.nn.LeakyReLU) and act.negative_slope == 0.1
+    out = d(torch.randn(1, 5, 64, 64).bfloat16())  # logits under autocast: scored in the discriminator's dtype
+    assert out.dtype == torch.float32 and out.shape == (1, 1, 1, 1)
