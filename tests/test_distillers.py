@@ -243,3 +243,66 @@ def test_discriminator_blocks_are_the_released_ones_and_take_half_precision_logi
         assert isinstance(act, torch.nn.LeakyReLU) and act.negative_slope == 0.1
     out = d(torch.randn(1, 5, 64, 64).bfloat16())  # logits under autocast: scored in the discriminator's dtype
     assert out.dtype == torch.float32 and out.shape == (1, 1, 1, 1)
+
+
+def test_ifvd_defaults_shape_messages_and_labels_outside_the_classes():
+    import inspect
+
+    params = inspect.signature(ifvd_loss).parameters
+    assert params["count_ignored"].default is False and params["ignore_index"].default == 255
+    fs, ft = _rand(2, 3, 4, 4, seed=4), _rand(2, 5, 4, 4, seed=5)
+    with pytest.raises(ValueError, match=r"ifvd_loss: student \(2, 3, 4, 4\) and teacher \(1, 5, 4, 4\) maps differ"):
+        ifvd_loss(fs, _rand(1, 5, 4, 4), torch.zeros(2, 4, 4, dtype=torch.long), 4)
+    labels = torch.randint(0, 4, (2, 4, 4), generator=torch.Generator().manual_seed(0))
+    base = ifvd_loss(fs, ft, labels, 4)
+    # labels 4 (= num_classes) and 9 are outside the classes: not counted, like the ignore label
+    for outside in (4, 9, 255):
+        odd = labels.clone()
+        odd[0, 0, 0] = outside
+        trimmed = labels.clone()
+        trimmed[0, 0, 0] = 255
+        assert ifvd_loss(fs, ft, odd, 4).item() == pytest.approx(ifvd_loss(fs, ft, trimmed, 4).item(), rel=1e-12)
+    assert base.item() > 0
+
+
+def test_cirkd_defaults_messages_and_the_temperature_squared():
+    import inspect
+
+    from afdcd_bench.losses.cirkd import cirkd_memory_kl, cirkd_minibatch_loss
+
+    assert inspect.signature(cirkd_minibatch_loss).parameters["tau"].default == 0.1
+    memory = inspect.signature(cirkd_memory_kl).parameters
+    assert (memory["tau"].default, memory["temperature"].default) == (0.1, 1.0)
+    x = _rand(1, 4, 2, 2)
+    with pytest.raises(ValueError, match="tau must be > 0, got 0"):
+        cirkd_minibatch_loss(x, x, tau=0)
+    with pytest.raises(ValueError, match=r"anchors \(3, 4\) / \(2, 4\) and contrasts \(5, 4\) differ in width"):
+        cirkd_memory_kl(_rand(3, 4), _rand(2, 4), _rand(5, 4))
+    with pytest.raises(ValueError, match=r"anchors \(3, 4\) / \(3, 4\) and contrasts \(5, 6\) differ in width"):
+        cirkd_memory_kl(_rand(3, 4), _rand(3, 4), _rand(5, 6))
+    s, t, q = _rand(3, 4, seed=1), _rand(3, 4, seed=2), _rand(5, 4, seed=3)
+    got = cirkd_memory_kl(s, t, q, tau=0.5, temperature=3.0)
+    for a in range(3):
+        ps = _softmax([float(s[a] @ q[m]) / 1.5 for m in range(5)])
+        pt = _softmax([float(t[a] @ q[m]) / 1.5 for m in range(5)])
+        assert got[a].item() == pytest.approx(9 * _kl(pt, ps), rel=1e-9)
+
+
+def test_maskd_token_dice_of_one_and_two_tokens_and_shape_messages():
+    from afdcd_bench.losses.maskd import maskd_loss, token_dice, token_masks
+
+    one = torch.rand(2, 1, 3, 3, dtype=D64)
+    assert token_dice(one).item() == 0.0  # a single token overlaps nothing
+    two = torch.rand(2, 2, 3, 3, dtype=D64, generator=torch.Generator().manual_seed(1))
+    want = []
+    for b in range(2):
+        m0, m1 = two[b, 0].flatten(), two[b, 1].flatten()
+        want.append(2 * float(m0 @ m1) / (float(m0 @ m0) + 1e-12 + float(m1 @ m1) + 1e-12))
+    assert token_dice(two).item() == pytest.approx(sum(want) / 2, rel=1e-9)
+    with pytest.raises(ValueError, match="tokens of 5 classes for logits of 3"):
+        token_masks(torch.zeros(1, 3, 4, 6), torch.zeros(2, 5))
+    z = torch.zeros(1, 3, 4, 6)
+    with pytest.raises(ValueError, match=r"maskd_loss: student \(1, 3, 4, 6\), teacher \(1, 2, 4, 6\) and masks \(1, 2, 4, 6\) differ"):
+        maskd_loss(z, torch.zeros(1, 2, 4, 6), torch.zeros(1, 2, 4, 6))
+    with pytest.raises(ValueError, match=r"and masks \(1, 2, 4, 5\) differ"):
+        maskd_loss(z, z, torch.zeros(1, 2, 4, 5))
