@@ -48,3 +48,14 @@ def slurm_cluster():
     res = subprocess.run([str(script)], capture_output=True, text=True, timeout=900)
     assert res.returncode == 0, f"scripts/slurm_local.sh failed: {res.stdout[-2000:]}{res.stderr[-2000:]}"
     return True
+
+
+@pytest.fixture(scope="session")
+def inprocess_chain(tmp_path_factory):
+    """teacher, baseline and KD of the demo at tiny settings trained in one process, one after another
+    (one CPU thread): the reference records of the executor tests, and a teacher for them to reuse."""
+    from scale_helpers import reproduce
+
+    tmp = tmp_path_factory.mktemp("inprocess-chain")
+    reproduce(tmp, "a", "--executor", "inprocess", "--methods", "kd")
+    return tmp / "a"

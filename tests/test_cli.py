@@ -92,7 +92,7 @@ def test_reproduce_cityscapes_on_a_tiny_fake_tree(tmp_path):
     tiny = ["student.pretrained=false", "data.crop_size=[128,256]", "data.num_workers=0", "train.iterations=2",
             "train.effective_batch=2", "train.val_interval=2", "train.checkpoint_interval=2", "train.mixed_precision=no"]
     res = subprocess.run(
-        [str(ROOT / "reproduce.sh"), "cityscapes", "--data-root", str(root), "--seeds", "1", "--only", "deeplabv3_resnet18",
+        [str(ROOT / "reproduce.sh"), "cityscapes", "--data-root", str(root), "--seeds", "1", "--only", "deeplabv3_resnet18", "--parallel", "2",
          "--methods", "kd,afdcd",
          "--results-dir", str(tmp_path / "res"), "--output-dir", str(tmp_path / "runs"), *tiny],
         capture_output=True, text=True, timeout=600, cwd=tmp_path,

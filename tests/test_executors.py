@@ -15,23 +15,15 @@ from scale_helpers import fail_teacher, records, reproduce, same_runs
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def one_at_a_time(tmp_path_factory):
-    """teacher, baseline and KD trained in one process, one after another: the reference records."""
-    tmp = tmp_path_factory.mktemp("inprocess")
-    reproduce(tmp, "a", "--executor", "inprocess", "--methods", "kd")
-    return tmp / "a"
-
-
 def _started(log: str) -> datetime.datetime:
     first = next(ln for ln in open(log) if ln.startswith("# "))
     return datetime.datetime.fromisoformat(first.split()[1])
 
 
-def test_parallel_2_writes_the_records_of_one_run_at_a_time_and_runs_side_by_side(tmp_path, one_at_a_time):
+def test_parallel_2_writes_the_records_of_one_run_at_a_time_and_runs_side_by_side(tmp_path, inprocess_chain):
     reproduce(tmp_path, "b", "--executor", "local", "--parallel", "2", "--methods", "kd")
     mine = records(tmp_path / "b/res")
-    same_runs(records(one_at_a_time / "res"), mine)
+    same_runs(records(inprocess_chain / "res"), mine)
     assert {r["launch"]["executor"] for r in mine.values()} == {"local"}
     jobs = json.loads((tmp_path / "b/res/jobs.json").read_text())["runs"]
     # the baseline needs no teacher: it started while the teacher trained; KD only after the teacher ended

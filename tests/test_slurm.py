@@ -38,7 +38,7 @@ def _ended(statuses):
     return all(s.state not in ("queued", "running") for s in statuses.values())
 
 
-def test_the_chain_runs_as_jobs_that_wait_for_the_teacher_and_equal_one_process(tmp_path, slurm_cluster):
+def test_the_chain_runs_as_jobs_that_wait_for_the_teacher_and_equal_one_process(tmp_path, slurm_cluster, inprocess_chain):
     res = reproduce(tmp_path, "s", *SLURM, "--methods", "kd")  # submits and returns
     assert "afdcd-bench status" in res.stdout
     jobs = _jobs(tmp_path / "s/res")
@@ -52,23 +52,27 @@ def test_the_chain_runs_as_jobs_that_wait_for_the_teacher_and_equal_one_process(
     assert {r["launch"]["job_id"] for r in mine.values()} == set(jobs.values())
     assert {r["launch"]["executor"] for r in mine.values()} == {"slurm"}
     # the same three runs in one process, one CPU thread as each job has: the same weights and scores
-    reproduce(tmp_path, "i", "--executor", "inprocess", "--methods", "kd")
-    same_runs(records(tmp_path / "i/res"), mine)
+    same_runs(records(inprocess_chain / "res"), mine)
 
 
 LONGER = ["train.iterations=60", "train.val_interval=30", "train.checkpoint_interval=60"]  # no checkpoint before the end
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory):
-    """The teacher and a 60-step baseline, run straight through on this node (one thread)."""
+def uninterrupted(tmp_path_factory, inprocess_chain):
+    """A 60-step baseline run straight through on this node (one thread); the teacher given, not trained."""
     tmp = tmp_path_factory.mktemp("uninterrupted")
-    reproduce(tmp, "u", "--executor", "local", "--threads", "1", "--methods", "baseline", extra=LONGER)
+    reproduce(tmp, "u", "--executor", "local", "--threads", "1", "--only", "baseline", "--teacher", _teacher(inprocess_chain),
+              extra=LONGER)
     return tmp / "u"
 
 
-def test_a_requeued_job_resumes_to_the_weights_of_an_uninterrupted_run(tmp_path, slurm_cluster, uninterrupted):
-    teacher = str(uninterrupted / "runs/demo/teacher/seed0/best.safetensors")
+def _teacher(chain) -> str:
+    return str(chain / "runs/demo/teacher/seed0/best.safetensors")
+
+
+def test_a_requeued_job_resumes_to_the_weights_of_an_uninterrupted_run(tmp_path, slurm_cluster, uninterrupted, inprocess_chain):
+    teacher = _teacher(inprocess_chain)
     reproduce(tmp_path, "q", *SLURM, "--only", "baseline", "--teacher", teacher, extra=LONGER)
     job = _jobs(tmp_path / "q/res")["demo/baseline@seed0"]
     log = tmp_path / "q/runs/demo/baseline/seed0/slurm" / job / f"{job}_0_log.out"
@@ -86,11 +90,14 @@ def test_a_requeued_job_resumes_to_the_weights_of_an_uninterrupted_run(tmp_path,
     same_runs({"b": records(uninterrupted / "res")["demo__baseline__seed0.json"]}, {"b": rec})
 
 
-def test_a_job_near_its_time_limit_saves_requeues_itself_and_resumes(tmp_path, slurm_cluster, uninterrupted):
+def test_a_job_near_its_time_limit_saves_requeues_itself_and_resumes(tmp_path, slurm_cluster, inprocess_chain):
     """SIGUSR1 50 s before a 1-minute limit (sbatch --signal, as submitit asks): the run saves at the
-    end of its step, submitit requeues the job, and the requeued job resumes from that step."""
-    teacher = str(uninterrupted / "runs/demo/teacher/seed0/best.safetensors")
-    reproduce(tmp_path, "w", *SLURM, "--only", "baseline", "--teacher", teacher, "--time", "1", "--signal-delay", "50", extra=LONGER)
+    end of its step, submitit requeues the job, and the requeued job resumes from that step. (That the
+    resumed weights equal an uninterrupted run's is the requeue test's; this run is long enough to
+    be training when the signal comes, about 10 s in.)"""
+    teacher = _teacher(inprocess_chain)
+    reproduce(tmp_path, "w", *SLURM, "--only", "baseline", "--teacher", teacher, "--time", "1", "--signal-delay", "50",
+              extra=["train.iterations=200", "train.val_interval=200", "train.checkpoint_interval=200"])
     job = _jobs(tmp_path / "w/res")["demo/baseline@seed0"]
     _wait(tmp_path / "w/res", lambda s: int(_job(job)["Restarts"]) == 1 and _job(job)["JobState"] == "PENDING", timeout=300)
     # the requeued job gets the time to finish, and starts now rather than after SLURM's hold
@@ -100,8 +107,8 @@ def test_a_job_near_its_time_limit_saves_requeues_itself_and_resumes(tmp_path, s
     log = (tmp_path / "w/runs/demo/baseline/seed0/slurm" / job / f"{job}_0_log.out").read_text()
     assert "stopped by SIGUSR1 at step" in log and "Requeued job" in log
     rec = records(tmp_path / "w/res")["demo__baseline__seed0.json"]
-    assert rec["resumed_from_step"] >= 1
-    same_runs({"b": records(uninterrupted / "res")["demo__baseline__seed0.json"]}, {"b": rec})
+    step = int(log.split("stopped by SIGUSR1 at step ")[1].split(",")[0])
+    assert rec["resumed_from_step"] == step >= 1 and rec["launch"]["job_id"] == job
 
 
 def test_a_failed_teacher_job_leaves_its_students_never_started_and_status_says_why(tmp_path, slurm_cluster):
@@ -119,9 +126,9 @@ def test_a_failed_teacher_job_leaves_its_students_never_started_and_status_says_
         subprocess.run(["scancel", *jobs.values()], check=False)
 
 
-def test_two_tasks_of_one_job_train_as_a_two_process_launch(tmp_path, slurm_cluster):
-    reproduce(tmp_path, "l", "--executor", "local", "--processes-per-run", "2", "--methods", "baseline")
-    teacher = str(tmp_path / "l/runs/demo/teacher/seed0/best.safetensors")
+def test_two_tasks_of_one_job_train_as_a_two_process_launch(tmp_path, slurm_cluster, inprocess_chain):
+    teacher = _teacher(inprocess_chain)
+    reproduce(tmp_path, "l", "--executor", "local", "--processes-per-run", "2", "--only", "baseline", "--teacher", teacher)
     reproduce(tmp_path, "t", *SLURM, "--processes-per-run", "2", "--only", "baseline", "--teacher", teacher)
     _wait(tmp_path / "t/res", _ended)
     local, slurm = records(tmp_path / "l/res"), records(tmp_path / "t/res")
