@@ -306,3 +306,20 @@ def test_maskd_token_dice_of_one_and_two_tokens_and_shape_messages():
         maskd_loss(z, torch.zeros(1, 2, 4, 6), torch.zeros(1, 2, 4, 6))
     with pytest.raises(ValueError, match=r"and masks \(1, 2, 4, 5\) differ"):
         maskd_loss(z, z, torch.zeros(1, 2, 4, 5))
+
+
+def test_called_without_them_the_competitors_losses_use_their_documented_defaults():
+    """mutmut keeps a function's signature, so a default is pinned by calling without it."""
+    from afdcd_bench.losses.cirkd import cirkd_memory_kl, cirkd_minibatch_loss
+
+    fs, ft = _rand(2, 3, 4, 4, seed=6), _rand(2, 5, 4, 4, seed=7)
+    assert pairwise_loss(fs, ft).item() == pairwise_loss(fs, ft, pool=2).item() != pairwise_loss(fs, ft, pool=1).item()
+    s, t, q = _rand(3, 4, seed=8), _rand(3, 4, seed=9), _rand(5, 4, seed=10)
+    assert torch.equal(cirkd_memory_kl(s, t, q), cirkd_memory_kl(s, t, q, tau=0.1, temperature=1.0))
+    assert not torch.equal(cirkd_memory_kl(s, t, q), cirkd_memory_kl(s, t, q, tau=0.1, temperature=2.0))
+    x, y = _rand(2, 3, 2, 2, seed=11), _rand(2, 3, 2, 2, seed=12)
+    assert cirkd_minibatch_loss(x, y).item() == cirkd_minibatch_loss(x, y, tau=0.1).item() != cirkd_minibatch_loss(x, y, tau=1.1).item()
+    labels = torch.randint(0, 4, (2, 4, 4), generator=torch.Generator().manual_seed(3))
+    labels[0, :2] = 255  # ignored pixels: only the mean's denominator depends on count_ignored
+    assert ifvd_loss(fs, ft, labels, 4).item() == ifvd_loss(fs, ft, labels, 4, count_ignored=False).item()
+    assert ifvd_loss(fs, ft, labels, 4).item() != ifvd_loss(fs, ft, labels, 4, count_ignored=True).item()

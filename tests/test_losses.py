@@ -275,3 +275,9 @@ def test_the_compiled_backend_is_handed_to_the_contrastive_term(monkeypatch):
     loss = AfDCDLoss(8, 16, groups=4, patch=(2, 2), pool=0, backend="compiled")
     loss(torch.randn(1, 8, 4, 4), torch.randn(1, 16, 4, 4))
     assert compiled == [True]
+
+
+def test_afdcd_called_without_them_uses_16_groups_and_a_4x4_pool():
+    """mutmut keeps a function's signature, so a default is pinned by what the built loss holds."""
+    loss = AfDCDLoss(8, 32)
+    assert (loss.groups, loss.pool, loss.patch, loss.tau, loss.mask_ratio) == (16, 4, (4, 4), 0.07, 0.75)
