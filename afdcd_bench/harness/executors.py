@@ -104,8 +104,7 @@ class LocalExecutor:
     name = "local"
     waits_for_dependencies = False
 
-    def __init__(self, results_dir: Path, gpus: list[int], gpus_per_run: int, parallel: int, threads: int | None,
-                 launcher: str = "accelerate"):
+    def __init__(self, results_dir: Path, gpus: list[int], gpus_per_run: int, parallel: int, threads: int | None):
         self.results_dir = results_dir
         self.gpus_per_run = gpus_per_run
         self.threads = threads
@@ -156,20 +155,39 @@ class LocalExecutor:
         return handle.state
 
     def cancel(self, handle: Handle, grace: float = 120.0) -> None:
-        """SIGTERM to the run's process group: the run saves at the end of its step (engine/stopping.py);
-        SIGKILL after `grace` seconds."""
+        """SIGTERM to the run's process group: the run saves at the end of its step (engine/stopping.py).
+        Waits for every process of the group, not only the launcher (`accelerate launch` of one process
+        dies at once and leaves the training saving); SIGKILL to what is left after `grace` seconds."""
         proc = handle.process
-        if proc is None or proc.poll() is not None:
+        if proc is None or proc.poll() is not None and not _group_alive(proc.pid):
             return
-        try:
-            os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(timeout=grace)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-        except ProcessLookupError:
-            pass
-        self.poll(handle)
+        _signal_group(proc.pid, signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        while _group_alive(proc.pid) and time.monotonic() < deadline:
+            proc.poll()  # reaps the launcher once it ended
+            time.sleep(0.2)
+        if _group_alive(proc.pid):
+            _signal_group(proc.pid, signal.SIGKILL)
+        proc.wait()
+        self.busy = {s: h for s, h in self.busy.items() if h is not handle}
+        handle.state, handle.detail = PREEMPTED, "stopped by reproduce; rerunning resumes it"
+
+
+def _signal_group(pgid: int, sig: int) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def write_jobs(results_dir: Path, executor: str, handles: dict[str, Handle]) -> None:

@@ -61,18 +61,6 @@ class Plan:
     def by_key(self) -> dict[str, PlannedRun]:
         return {r.key: r for r in self.runs}
 
-    def dependents(self, key: str) -> list[str]:
-        """Every run that needs `key`, directly or through another run."""
-        out: list[str] = []
-        frontier = [key]
-        while frontier:
-            k = frontier.pop()
-            for r in self.runs:
-                if k in r.needs and r.key not in out:
-                    out.append(r.key)
-                    frontier.append(r.key)
-        return out
-
     def save(self) -> Path:
         """plan.json in the results folder: what `status` reads (with the executor's jobs.json)."""
         self.results_dir.mkdir(parents=True, exist_ok=True)

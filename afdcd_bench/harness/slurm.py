@@ -137,8 +137,6 @@ class SlurmExecutor:
         state, reason = job_state(handle.job_id or "")
         handle.detail = "" if reason in ("None", "(null)") else reason
         handle.state = SLURM_STATES.get(state, FAILED if state else handle.state)
-        if state == "COMPLETED" and not Path(handle.log or "").exists():
-            handle.state = DONE
         return handle.state
 
     def cancel(self, handle: Handle) -> None:
