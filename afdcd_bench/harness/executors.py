@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from ..engine.stopping import EXIT_PREEMPTED
+from ..files import atomic_write
 from .plan import PlannedRun
 
 QUEUED, RUNNING, DONE, FAILED, PREEMPTED = "queued", "running", "done", "failed", "preempted"
@@ -192,12 +193,9 @@ def _group_alive(pgid: int) -> bool:
 
 def write_jobs(results_dir: Path, executor: str, handles: dict[str, Handle]) -> None:
     """jobs.json beside the records: which executor ran each run, its log, job id and last known state."""
-    path = Path(results_dir) / "jobs.json"
     body = {"executor": executor, "updated": datetime.datetime.now().isoformat(timespec="seconds"),
             "runs": {k: {"log": h.log, "job_id": h.job_id, "state": h.state, "detail": h.detail} for k, h in handles.items()}}
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(body, indent=2))
-    os.replace(tmp, path)
+    atomic_write(Path(results_dir) / "jobs.json", lambda tmp: Path(tmp).write_text(json.dumps(body, indent=2)))
 
 
 def read_jobs(results_dir: Path) -> dict[str, Any]:

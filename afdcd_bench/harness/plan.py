@@ -3,7 +3,6 @@ students, each seed a run with its resources. Every executor runs the same plan 
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -12,6 +11,7 @@ from ..config import is_teacher_recipe, load_recipe
 from ..config.runs import run_dir
 from ..engine.identity import launch, planned_identity
 from ..engine.records import record_path
+from ..files import atomic_write
 from ..methods import needs_teacher, stage_of
 
 
@@ -63,14 +63,9 @@ class Plan:
 
     def save(self) -> Path:
         """plan.json in the results folder: what `status` reads (with the executor's jobs.json)."""
-        self.results_dir.mkdir(parents=True, exist_ok=True)
-        path = self.results_dir / "plan.json"
         body = {"benchmark": self.benchmark, "given_teacher": self.given_teacher,
                 "runs": [{k: v for k, v in asdict(r).items() if k != "identity"} for r in self.runs]}
-        tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(body, indent=2))
-        os.replace(tmp, path)
-        return path
+        return atomic_write(self.results_dir / "plan.json", lambda tmp: Path(tmp).write_text(json.dumps(body, indent=2)))
 
 
 def load_plan(results_dir: Path) -> Plan:
