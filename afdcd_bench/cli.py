@@ -334,7 +334,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from .data import DatasetLayoutError
     from .engine.records import RecordError
     from .engine.run_folder import RunFolderError
-    from .engine.trainer import LaunchMismatch, TrainingDiverged
+    from .engine import LaunchMismatch, TrainingDiverged
     from .harness.execution import RunsFailed
     from .harness.reproduce import ReproduceError
     from .models import PretrainedWeightsError

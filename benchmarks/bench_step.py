@@ -28,7 +28,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from afdcd_bench.config import load_recipe  # noqa: E402
-from afdcd_bench.engine.trainer import build_optimizer, input_layout, speed_layout, teacher_forward  # noqa: E402
+from afdcd_bench.engine.building import build_optimizer, speed_layout  # noqa: E402
+from afdcd_bench.engine.stepping import input_layout, teacher_forward  # noqa: E402
 from afdcd_bench.methods import BuildContext, build_method, needs_teacher, stage_of  # noqa: E402
 from afdcd_bench.models import build_segmentor  # noqa: E402
 

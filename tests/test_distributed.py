@@ -14,7 +14,7 @@ import pytest
 import torch.nn as nn
 from safetensors.torch import load_file
 
-import afdcd_bench.engine.trainer as trainer
+from afdcd_bench.engine.building import build_student
 from afdcd_bench.config import load_recipe
 from afdcd_bench.engine import TrainHooks, train
 from distributed_helpers import strip
@@ -50,7 +50,7 @@ def _final_untrained(kinds=(nn.Dropout, nn.Dropout2d)):
 
     cfg = load_recipe("demo/baseline", TINY)
     set_seed(cfg.train.seed)  # as train() does before building the student
-    return strip(trainer.build_student(cfg, 11), kinds).state_dict()
+    return strip(build_student(cfg, 11), kinds).state_dict()
 
 
 def _max_diff(a, b):
@@ -85,7 +85,7 @@ def test_two_processes_equal_one_with_the_same_global_batch(tmp_path):
     from accelerate.utils import set_seed
 
     set_seed(one.train.seed)
-    init = strip(trainer.build_student(one, 11), (nn.Dropout, nn.Dropout2d)).state_dict()
+    init = strip(build_student(one, 11), (nn.Dropout, nn.Dropout2d)).state_dict()
     assert _param_diff(a, init) > 1e-3  # it trained (lr 1e-12 moves the parameters 2e-13)
     assert _max_diff(a, b) < 1e-5
     r1 = json.loads((tmp_path / "res1/demo__baseline__seed0.json").read_text())

@@ -9,6 +9,8 @@ from safetensors.torch import load_file, save_file
 
 from afdcd_bench.config import load_recipe
 from afdcd_bench.engine import TrainHooks, train
+from afdcd_bench.engine.identity import file_sha256
+from afdcd_bench.engine.stage import save_stage_weights
 from afdcd_bench.losses.maskd import maskd_loss, masked_logits, token_dice, token_masks
 from conftest import TINY, reset_accelerate
 
@@ -118,6 +120,9 @@ def test_token_stage_resumes_exactly_and_its_teacher_mode_decides_batch_dependen
         _tokens(tmp_path, teacher, "resumed", [], TrainHooks(after_checkpoint=stop))
     reset_accelerate()
     assert torch.equal(_tokens(tmp_path, teacher, "resumed", []), straight)
+    # the students name the stage's file by its hash: equal tokens must make the same bytes
+    stage_file = "demo/maskd_tokens/seed0/stage.safetensors"
+    assert file_sha256(tmp_path / "resumed" / stage_file) == file_sha256(tmp_path / "straight" / stage_file)
     # eval (default): the teacher's logits do not depend on the batch they are in, so 2 micro-batches
     # of 2 learn what one batch of 4 learns; train (the release): BN statistics of each micro-batch do
     from afdcd_bench.engine import trainer
@@ -135,6 +140,15 @@ def test_token_stage_resumes_exactly_and_its_teacher_mode_decides_batch_dependen
     assert (split("eval-split", "eval") - straight).abs().max() < 1e-4 * moved
     whole = _tokens(tmp_path, teacher, "train-whole", ["method.maskd_tokens.teacher_mode=train"])
     assert (split("train-split", "train") - whole).abs().max() > 0.1 * moved
+
+
+def test_stage_weights_are_the_same_bytes_at_every_save(tmp_path):
+    # safetensors orders a metadata dict of several keys differently from one save to the next
+    weights = {"tokens": torch.arange(6.0).reshape(2, 3)}
+    facts = {"method": "maskd_tokens", "recipe": "demo/maskd_tokens", "step": 8}
+    hashes = {file_sha256(save_stage_weights(weights, tmp_path / f"{i}.safetensors", facts)) for i in range(6)}
+    assert len(hashes) == 1
+    assert torch.equal(load_file(str(tmp_path / "0.safetensors"))["tokens"], weights["tokens"])
 
 
 def test_stage_two_without_its_tokens_names_the_stage_recipe_and_refuses_other_class_counts(tmp_path):

@@ -51,6 +51,16 @@ def load_training_state(accelerator: Accelerator, path: Path) -> dict[str, Any]:
     return json.loads((path / "progress.json").read_text())
 
 
+def resume_or_start(accelerator: Accelerator, state: Path | None, current: dict[str, Any],
+                    fresh: dict[str, Any]) -> tuple[dict[str, Any], int | None]:
+    """The run's progress: `fresh` for a new run, else the saved one (weights and optimiser states
+    loaded into what Accelerate prepared). Returns it, with the current settings, and the step
+    resumed from (None: a fresh start)."""
+    progress = load_training_state(accelerator, state) if state is not None else fresh
+    progress["settings"] = current
+    return progress, (progress["step"] if state is not None else None)
+
+
 class RunTimes:
     """A run's seconds over all its sessions, carried by the checkpoint: training (from the first
     step to each checkpoint) and wall (every session, from its start)."""

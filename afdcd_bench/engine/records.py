@@ -90,7 +90,7 @@ def run_facts(cfg: RecipeConfig, accelerator: Any, per_device: int, accum: int, 
         "distributed_type": str(accelerator.distributed_type.value),
         "per_device_batch": per_device,
         "grad_accumulation": accum,
-        "mixed_precision": tc.mixed_precision,  # fp16 is refused where it would not run (trainer.train)
+        "mixed_precision": tc.mixed_precision,  # fp16 is refused where it would not run (launching.make_accelerator)
         "inputs": progress["settings"]["inputs"],  # sha256 of the teacher and stage files (engine/identity.py)
         "resumed_from_step": resumed_from,
         "wall_seconds": wall_before + session_wall,  # every session of the run, up to its end (a resumed run's earlier ones too)

@@ -1,4 +1,6 @@
-"""One optimiser update: backward, the method's partial gradient clip, step, for DDP and DeepSpeed alike.
+"""One training step's pieces: the inputs' layout, the frozen teacher's forward, the finite-loss
+check, and the optimiser update (backward, the method's partial gradient clip, step) for DDP and
+DeepSpeed alike. The loop around them is engine/loop.py.
 
 Why a module of its own: under DeepSpeed, `accelerator.backward` also runs the engine's step, so
 there is no moment to clip the Af-DCD projector alone, and `accelerator.clip_grad_norm_` only
@@ -11,12 +13,51 @@ Accelerate drops a `gradient_clipping: 0.0` it is given; the paper clips nothing
 """
 from __future__ import annotations
 
-from typing import Sequence
+from pathlib import Path
+from typing import Any, Sequence
 
 import torch
 import torch.nn as nn
 from accelerate import Accelerator
 from accelerate.utils import DistributedType
+
+from ..models import SegmentorOutput
+
+
+class TrainingDiverged(RuntimeError):
+    pass
+
+
+def input_layout(images: torch.Tensor, tc: Any) -> torch.Tensor:
+    """A batch in the memory layout the networks were given (building.speed_layout)."""
+    return images.contiguous(memory_format=torch.channels_last) if tc.channels_last else images
+
+
+def teacher_forward(teacher: nn.Module, images: torch.Tensor, tc: Any, autocast: Any) -> SegmentorOutput:
+    """The frozen teacher's outputs, under no_grad or (train.teacher_inference_mode) inference_mode.
+    Inference tensors may not be saved for a backward pass; no loss here saves the teacher's outputs
+    as they are (each detaches, casts or normalises them first), but a new method might: they are
+    copied out as plain tensors (a few maps, against a whole forward)."""
+    if not tc.teacher_inference_mode:
+        with torch.no_grad(), autocast():
+            return teacher(images)
+    with torch.inference_mode(), autocast():
+        out = teacher(images)
+    return SegmentorOutput(*(t.clone() if isinstance(t, torch.Tensor) else t for t in out))
+
+
+def check_finite(accelerator: Accelerator, loss: torch.Tensor, terms: dict[str, torch.Tensor], name: str, step: int,
+                 run_dir: Path) -> None:
+    """Stop every process, before any update, when the loss of any one is not finite (one process
+    raising alone would leave the others waiting at the next collective)."""
+    finite = torch.isfinite(loss.detach()).float()
+    if accelerator.num_processes > 1:
+        finite = accelerator.reduce(finite, reduction="min")
+    if finite.item() < 1:
+        raise TrainingDiverged(
+            f"{name}: loss became {loss.detach().item()} at step {step} ({ {k: float(v.detach()) for k, v in terms.items()} }); "
+            f"stopped without saving. The last good checkpoint in {run_dir / 'state'} is intact."
+        )
 
 
 def uses_deepspeed(accelerator: Accelerator) -> bool:

@@ -26,10 +26,12 @@ _early: list[int] = []  # stop signals that came before the loop (catch_early)
 
 def catch_early() -> None:
     """From the command's first line: a stop signal that arrives while the run starts (imports, data,
-    networks) is kept, and the loop stops after its first step, instead of the process dying unsaved."""
+    networks) is kept, and the loop stops after its first step, instead of the process dying unsaved.
+    A parent that started this process with them blocked (harness/slurm.py) has them delivered now."""
     if threading.current_thread() is threading.main_thread():
         for sig in STOP_SIGNALS:
             signal.signal(sig, lambda signum, frame: _early.append(signum))
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
 
 
 class StopRequests:

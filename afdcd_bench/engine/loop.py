@@ -1,0 +1,151 @@
+"""The step loop both training loops run: the student's (trainer.py) and a teacher-side stage's
+(stage.py).
+
+Once here for both: the poly lr of each step, gradient accumulation, the finite-loss check, the
+update, the progress bar and heartbeat, the loss lines, the checkpoint interval, a stop signal
+(save at the step, exit 75: stopping.py) and Ctrl-C (the message says from which step a rerun
+resumes). What differs between the loops comes in as callables: the forward of a micro-batch, the
+update of parts with their own optimiser, what happens at a log line and at a validation step.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+import torch
+import torch.nn as nn
+from accelerate import Accelerator
+
+from .checkpointing import RunTimes
+from .progress import Heartbeat, make_progress
+from .schedule import poly_lr
+from .stepping import backward_and_step, check_finite
+from .stopping import StopRequests, stop_if_requested
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C during training; the message says from which step the same command resumes."""
+
+
+@dataclass
+class TrainHooks:
+    """Points where a caller (tests, a sweep) may step into the loop without patching it."""
+
+    adapt_student: Callable[[nn.Module], nn.Module] | None = None  # right after the student is built
+    after_checkpoint: Callable[[int], None] | None = None  # after each saved training state (the step)
+    before_update: Callable[[int], None] | None = None  # before each backward and optimiser step (micro-batch count)
+
+
+def interrupted(name: str, step: int, saved_step: int) -> TrainingInterrupted:
+    again = f"rerun the same command to resume from step {saved_step}" if saved_step else "nothing was saved yet; rerun the same command to start again"
+    return TrainingInterrupted(f"{name} interrupted at step {step}; {again}")
+
+
+def resumed_batches(accelerator: Accelerator, dataset: Any, loader: Any, micro: int) -> Iterator[Any]:
+    """The loader's batches from micro-batch `micro` on, epoch after epoch: each epoch's shuffle and
+    augmentation seeded by its number, so a resumed run skips exactly what it had consumed."""
+    while True:
+        epoch, skip = divmod(micro, len(loader))
+        dataset.set_epoch(epoch)
+        loader.set_epoch(epoch)
+        for batch in (accelerator.skip_first_batches(loader, skip) if skip else loader):
+            micro += 1
+            yield batch
+
+
+def note_trained(progress: dict[str, Any], names: Any) -> None:
+    """Add the names of terms that trained to the run's progress, saved with every checkpoint, so a
+    resumed run's record lists those of its earlier sessions too."""
+    seen = progress.setdefault("trained_terms", [])
+    if any(n not in seen for n in names):
+        progress["trained_terms"] = sorted({*seen, *names})
+
+
+Forward = Callable[[dict[str, Any]], dict[str, torch.Tensor]]
+
+
+class StepLoop:
+    """A run's loop from its saved step to its last; enter it (progress display and stop signals)
+    before logging or evaluating under it, then `run` it once."""
+
+    def __init__(self, name: str, tc: Any, accelerator: Accelerator, run_dir: Path, progress_state: dict[str, Any],
+                 hooks: TrainHooks, show_progress: bool):
+        self.name, self.tc, self.accelerator, self.run_dir = name, tc, accelerator, run_dir
+        self.state, self.hooks = progress_state, hooks
+        self.times = RunTimes(progress_state)
+        show = show_progress and accelerator.is_main_process
+        self.progress = make_progress(show)
+        self.bar = self.progress if show else None  # for evaluations shown under the loop's display
+        self.log: Callable[..., Any] = self.progress.console.log if show else (lambda *a, **k: None)
+        self.heartbeat = Heartbeat(name, tc.iterations, progress_state["step"], self.progress.console.print,
+                                   show and not self.progress.console.is_terminal)
+        self.stops = StopRequests()
+
+    def __enter__(self) -> "StepLoop":
+        self.progress.__enter__()
+        self.stops.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stops.__exit__(*exc)
+        self.progress.__exit__(*exc)
+
+    def checkpoint(self, step: int) -> None:
+        self.times.checkpoint(self.accelerator, self.run_dir, self.state, step, self.hooks.after_checkpoint)
+
+    def run(self, dataset: Any, loader: Any, accum: int, model: nn.Module, optimizer: torch.optim.Optimizer,
+            forward: Forward, clip_params: Sequence[nn.Parameter] = (), max_norm: float = 0.0,
+            after_update: Callable[[], dict[str, float]] = dict,
+            at_log: Callable[[int, dict[str, float]], None] | None = None,
+            validate: Callable[[int, float], None] | None = None) -> tuple[int, dict[str, float]]:
+        """Train from the saved step to the last; returns that step and the last micro-batch's terms.
+        `after_update` runs after each optimiser step (parts with their own optimiser) and returns
+        their terms; `validate(step, lr)` runs at each validation step."""
+        tc, accelerator, state = self.tc, self.accelerator, self.state
+        step = state["step"]
+        task = self.progress.add_task(self.name, total=tc.iterations, completed=step, info="")
+        micro = step * accum
+        self.times.start_training()
+        last: dict[str, float] = {}
+        try:
+            if step >= tc.iterations:
+                return step, last
+            for batch in resumed_batches(accelerator, dataset, loader, micro):
+                lr = poly_lr(tc.lr, step, tc.iterations, tc.poly_power, tc.lr_floor)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                if self.hooks.before_update is not None:
+                    self.hooks.before_update(micro)
+                with accelerator.accumulate(model):
+                    terms = forward(batch)
+                    loss = sum(terms.values())
+                    check_finite(accelerator, loss, terms, self.name, step, self.run_dir)
+                    backward_and_step(accelerator, loss, optimizer, clip_params, max_norm)
+                micro += 1
+                last = {k: float(v.detach()) for k, v in terms.items()}
+                note_trained(state, last)
+                if not accelerator.sync_gradients:
+                    continue
+                own_terms = after_update()
+                note_trained(state, own_terms)
+                step += 1
+                self.progress.update(task, advance=1, info=f"loss {sum(last.values()):.3f} lr {lr:.2e}")
+                self.heartbeat.step(step, f"loss {sum(last.values()):.3f}")
+                if step % tc.log_interval == 0 or step == tc.iterations:
+                    shown = {**last, **own_terms}
+                    accelerator.log({**{f"train/{k}": v for k, v in shown.items()}, "train/lr": lr}, step=step)
+                    self.log(f"step {step}/{tc.iterations} " + " ".join(f"{k} {v:.4f}" for k, v in shown.items()))
+                    if at_log is not None:
+                        at_log(step, shown)
+                if validate is not None and (step % tc.val_interval == 0 or step == tc.iterations):
+                    validate(step, lr)
+                if step % tc.checkpoint_interval == 0 or step == tc.iterations:
+                    self.checkpoint(step)
+                if step >= tc.iterations:
+                    break
+                stop_if_requested(self.stops, accelerator, self.times, self.run_dir, state, step, self.name,
+                                  self.hooks.after_checkpoint)
+        except KeyboardInterrupt:
+            raise interrupted(self.name, step, self.times.saved_step) from None
+        return step, last
