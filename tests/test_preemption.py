@@ -74,3 +74,19 @@ def test_the_command_exits_75_on_sigterm_and_says_how_to_resume(tmp_path):
     assert "stopped by SIGTERM at step" in err and "rerun the same command to resume" in err
     step = json.loads((latest_state(tmp_path / "demo/baseline/seed0") / "progress.json").read_text())["step"]
     assert 3 <= step < 400
+
+
+def test_a_signal_while_a_slurm_task_starts_its_training_stops_it_after_one_saved_step(tmp_path):
+    """SLURM signals every process of a job, a child still importing too: born with the stop signals
+    blocked, it keeps the signal and stops after its first step, saved (unblocked, Python's default
+    would end it at once; never unblocked, it would train to the end)."""
+    from afdcd_bench.harness.slurm import start_command
+
+    argv = ["train", "demo/baseline", *TINY, "train.iterations=400", "train.checkpoint_interval=400", f"output_dir={tmp_path}"]
+    child = start_command(argv, {**os.environ, "OMP_NUM_THREADS": "1"})
+    child.send_signal(signal.SIGUSR1)  # at once: the interpreter has not even started
+    try:
+        assert child.wait(timeout=120) == EXIT_PREEMPTED
+    finally:
+        child.kill()
+    assert json.loads((latest_state(tmp_path / "demo/baseline/seed0") / "progress.json").read_text())["step"] == 1

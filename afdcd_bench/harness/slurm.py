@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..engine.stopping import EXIT_PREEMPTED
+from ..engine.stopping import EXIT_PREEMPTED, STOP_SIGNALS
 from .executors import DONE, FAILED, QUEUED, RUNNING, Handle
 from .plan import PlannedRun, Resources
 
@@ -47,7 +47,7 @@ class SlurmRun(submitit.helpers.Checkpointable):
 
     def __call__(self) -> str:
         env = {**os.environ, **self.env, **self.rendezvous()}
-        self.child = subprocess.Popen([sys.executable, "-m", "afdcd_bench", *self.argv], env=env)
+        self.child = start_command(self.argv, env)
         _wait_exited(self.child.pid, None)
         rc = self.child.wait()
         if rc == EXIT_PREEMPTED:
@@ -66,6 +66,17 @@ class SlurmRun(submitit.helpers.Checkpointable):
                 pass
             _wait_exited(self.child.pid, time.monotonic() + float(os.environ.get("AFDCD_SAVE_SECONDS", "300")))
         return submitit.helpers.DelayedSubmission(SlurmRun(self.argv, self.env))
+
+
+def start_command(argv: list[str], env: dict[str, str]) -> subprocess.Popen:
+    """`afdcd-bench ARGV` in a child born with the stop signals blocked: SLURM signals every process of
+    the job, and one that came while the child starts (before stopping.catch_early keeps them and
+    unblocks) would otherwise end it unsaved rather than stop it after its first step."""
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    try:
+        return subprocess.Popen([sys.executable, "-m", "afdcd_bench", *argv], env=env)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def _wait_exited(pid: int, deadline: float | None) -> None:
