@@ -86,8 +86,9 @@ def _train(cfg: RecipeConfig, accelerator: Accelerator, run_dir: Path, state: Pa
                            cfg.method.clip_grad_norm, after_update=run.method.after_step, validate=validation)
     session_wall = loop.times.session()
 
+    final_student = run.full_student.current()  # a collective (rank 0's buffers to all): on every process
     if accelerator.is_main_process:
-        save_segmentor(run.full_student.current(), run_dir / "final.safetensors", {"step": step})
+        save_segmentor(final_student, run_dir / "final.safetensors", {"step": step})
     record = _student_record(cfg, accelerator, run_dir, per_device, accum, progress_state, resumed_from,
                              loop.times.wall_before, session_wall, run, trackers)
     if accelerator.is_main_process and results_dir is not None:
