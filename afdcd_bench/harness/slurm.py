@@ -97,6 +97,30 @@ def check_slurm() -> None:
                          "scripts/slurm_local.sh starts a one-node SLURM for trying it")
 
 
+def job_parameters(run: PlannedRun, need_jobs: list[str], options: dict[str, Any]) -> dict[str, Any]:
+    """submitit's SLURM parameters of a run: `nodes` nodes with one task per process on each (each task
+    one training process, SlurmRun.rendezvous), afterok on the jobs it needs, requeue allowed."""
+    res, o = run.resources, options
+    extra: dict[str, Any] = {"requeue": True, **o.get("additional", {})}
+    if need_jobs:
+        extra["dependency"] = "afterok:" + ":".join(need_jobs)
+    threads = o.get("cpus_per_task") or res.threads or 1
+    params: dict[str, Any] = {
+        "job_name": f"afdcd:{run.key}", "nodes": res.nodes, "ntasks_per_node": res.processes,
+        "cpus_per_task": threads, "time": int(o.get("time", 24 * 60)),
+        "signal_delay_s": int(o.get("signal_delay_s", 120)), "stderr_to_stdout": True, "additional_parameters": extra,
+        "setup": [f"export OMP_NUM_THREADS={threads}"],
+    }
+    if res.gpus:
+        params["gpus_per_node"] = res.gpus
+    for key in ("partition", "account", "qos", "constraint"):
+        if o.get(key):
+            params[key] = o[key]
+    if o.get("mem_gb"):
+        params["mem"] = f"{int(o['mem_gb'])}GB"
+    return params
+
+
 class SlurmExecutor:
     name = "slurm"
     waits_for_dependencies = True
@@ -111,26 +135,7 @@ class SlurmExecutor:
         return 1 << 30
 
     def parameters(self, run: PlannedRun, needs: list[Handle]) -> dict[str, Any]:
-        res = run.resources
-        o = self.options
-        extra: dict[str, Any] = {"requeue": True, **o.get("additional", {})}
-        ids = [h.job_id for h in needs if h.job_id]
-        if ids:
-            extra["dependency"] = "afterok:" + ":".join(ids)
-        params: dict[str, Any] = {
-            "job_name": f"afdcd:{run.key}", "nodes": res.nodes, "ntasks_per_node": res.processes,
-            "cpus_per_task": o.get("cpus_per_task") or res.threads or 1, "time": int(o.get("time", 24 * 60)),
-            "signal_delay_s": int(o.get("signal_delay_s", 120)), "stderr_to_stdout": True, "additional_parameters": extra,
-            "setup": [f"export OMP_NUM_THREADS={o.get('cpus_per_task') or res.threads or 1}"],
-        }
-        if res.gpus:
-            params["gpus_per_node"] = res.gpus
-        for key in ("partition", "account", "qos", "constraint"):
-            if o.get(key):
-                params[key] = o[key]
-        if o.get("mem_gb"):
-            params["mem"] = f"{int(o['mem_gb'])}GB"
-        return params
+        return job_parameters(run, [h.job_id for h in needs if h.job_id], self.options)
 
     def submit(self, run: PlannedRun, needs: list[Handle]) -> Handle:
         folder = Path(run.run_dir) / "slurm"
