@@ -1,5 +1,6 @@
 """One test over every registered method: it builds from its recipe, trains 2 steps on digits,
-resumes exactly after a stop, and 2 gloo processes give what 1 gives (the SyncBN stand-in of
+resumes exactly after a stop, and, where the method reaches across processes or keeps state beyond
+its weights (observed, not listed), 2 gloo processes give what 1 gives (the SyncBN stand-in of
 tests/distributed_helpers.py, dropout removed: its draws differ between 1 and 2 processes).
 Af-DCD's and FD's masks are the fixed centre mask here for the same reason."""
 import json
@@ -14,7 +15,8 @@ from safetensors.torch import load_file
 
 from afdcd_bench.config import ConfigError, load_recipe, recipes_root
 from afdcd_bench.engine import TrainHooks, train
-from afdcd_bench.methods import METHODS
+from afdcd_bench.methods import METHODS, BuildContext, build_method, stage_of
+from afdcd_bench.models import build_segmentor, load_segmentor
 from conftest import TINY, reset_accelerate as _reset
 from distributed_helpers import strip
 
@@ -55,6 +57,37 @@ def _runs(teacher, tokens):
     released = ["method.cirkd.pixel_enqueue=released", "method.cirkd.enqueue=before_loss"]
     out.append(("cirkd-released", "demo/cirkd", [*TINY, f"teacher.checkpoint={teacher}", *PER_METHOD["cirkd"], *released]))
     return out
+
+
+def _crosses_processes(cfg) -> bool:
+    """Whether a run's method reaches across processes (a gather, a mean or a sum over them) or keeps
+    state beyond its weights (own parts, run states), observed on one step built as for 2 processes.
+    Those, a stage (its own loop) and KD (the teacher-side path of the student loop) are run again
+    on 2 processes; the rest add nothing to what tests/test_distributed.py checks of the loop."""
+    if stage_of(cfg.method.name):
+        return True
+    calls = []
+
+    def spy(t):
+        calls.append(t.shape)
+        return t
+
+    torch.manual_seed(0)
+    s = cfg.student
+    student = build_segmentor(s.arch, s.backbone, cfg.num_classes, False, s.aux, s.head_width).train()
+    teacher = load_segmentor(cfg.teacher.checkpoint).eval()
+    ctx = BuildContext(student=student.output_channels, teacher=teacher.output_channels, num_classes=cfg.num_classes,
+                       crop_size=tuple(cfg.data.crop_size), num_processes=2, gather=spy, reduce_mean=spy, sum_across=spy,
+                       per_device_batch=2)
+    method = build_method(cfg.method, ctx)
+    for part in method.own_parts().values():
+        part.optimizer = part.make_optimizer(list(part.module.parameters()))
+    images, labels = torch.randn(2, 3, *cfg.data.crop_size), torch.randint(0, cfg.num_classes, (2, *cfg.data.crop_size))
+    with torch.no_grad():
+        teacher_out = teacher(images)
+    method(student(images), teacher_out, labels)
+    method.after_step()
+    return bool(calls or method.own_parts() or method.run_states())
 
 
 def _state(run):
@@ -121,6 +154,8 @@ def test_every_method_trains_resumes_exactly_and_two_processes_equal_one(tmp_pat
         if label == "maskd":
             assert rec["method_state_bytes"]["maskd"] == 8 * 11 * 4 and rec["method_parameters"] == 0  # frozen tokens
 
+    runs = [(label, recipe, extra) for label, recipe, extra in runs if label == "kd" or _crosses_processes(load_recipe(recipe, extra))]
+    assert {label for label, _, _ in runs} == {"kd", "adv", "cirkd", "cirkd-released", "dist", "maskd_tokens"}
     many = json.dumps([[recipe, [*extra, f"output_dir={tmp_path / 'two' / label}"]] for label, recipe, extra in runs])
     cmd = [sys.executable, str(ROOT / "tests/distributed_helpers.py"), "demo/kd", "--sync-bn", "--many", many]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=ROOT)
