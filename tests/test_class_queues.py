@@ -115,3 +115,51 @@ def test_the_queues_are_no_module_state_so_no_wrapper_broadcasts_them():
     assert method.state_bytes() == {"cirkd": 11 * 44 * 128 * 4, "kd": 0}
     with pytest.raises(ValueError, match="minibatch_images=2 must divide the per-device batch 3"):
         build_method(cfg.method, BuildContext({"logits": 11, "head": 64}, {"logits": 11, "head": 128}, 11, per_device_batch=3))
+
+
+def test_queues_start_as_unit_vectors_and_the_defaults_are_16_per_image_and_seed_0():
+    from afdcd_bench.methods._class_queues import queue_bytes
+
+    q = ClassQueues(3, pixel_size=20, region_size=4, dim=6)
+    assert torch.allclose(q.pixel.norm(dim=2), torch.ones(3, 20)) and torch.allclose(q.region.norm(dim=2), torch.ones(3, 4))
+    same = ClassQueues(3, pixel_size=20, region_size=4, dim=6, per_image=16, seed=0)
+    assert torch.equal(q.pixel, same.pixel) and torch.equal(q.region, same.region) and q.per_image == 16
+    assert q.nbytes == queue_bytes(3, 20, 4, 6) == 3 * 24 * 6 * 4
+    assert not torch.equal(q.pixel, ClassQueues(3, pixel_size=20, region_size=4, dim=6, seed=1).pixel)
+    # the contrast sample: floor(n / K) + 1 slots of every class
+    pixels, regions = q.sample(7, 3)
+    assert pixels.shape == (3 * 3, 6) and regions.shape == (3 * 2, 6)
+
+
+def test_bad_queue_settings_are_refused_with_the_values():
+    with pytest.raises(ValueError) as err:
+        ClassQueues(3, pixel_size=5, region_size=2, dim=2, pixel_enqueue="bogus")
+    assert str(err.value) == "pixel_enqueue must be one of ('class', 'released'), got 'bogus'"
+    with pytest.raises(ValueError) as err:
+        ClassQueues(3, pixel_size=5, region_size=2, dim=2, per_image=6)
+    assert str(err.value) == "per_image 6 exceeds the pixel queue's 5 slots"
+    assert ClassQueues(3, pixel_size=5, region_size=2, dim=2, per_image=5).per_image == 5  # as many as the slots: fits
+
+
+def test_free_memory_is_memavailable_or_else_the_available_pages(monkeypatch):
+    import io
+    import os
+
+    from afdcd_bench.methods import _class_queues
+
+    meminfo = "MemTotal:       24000000 kB\nMemFree:         1000000 kB\nMemAvailable:   12345678 kB\n"
+
+    def fake_open(path, *a, **k):
+        assert path == "/proc/meminfo"
+        return io.StringIO(meminfo)
+
+    monkeypatch.setattr(_class_queues, "open", fake_open, raising=False)
+    assert _class_queues.free_memory_bytes(torch.device("cpu")) == 12345678 * 1024
+
+    def no_proc(path, *a, **k):
+        raise OSError("no /proc here")
+
+    monkeypatch.setattr(_class_queues, "open", no_proc, raising=False)
+    got = _class_queues.free_memory_bytes(torch.device("cpu"))
+    want = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    assert got == pytest.approx(want, rel=0.1)  # free pages move between the two reads

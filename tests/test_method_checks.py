@@ -152,3 +152,38 @@ def test_cirkd_refuses_queues_over_half_the_free_memory_with_the_figures(monkeyp
         cls(small, ctx)
     monkeypatch.setattr("afdcd_bench.methods.cirkd.free_memory_bytes", lambda device: None)  # unknown: not checked
     assert cls(small, ctx).run_state().pixel.shape == (4, 40, 16)
+
+
+def test_adv_refuses_bad_betas_and_a_crop_too_small_for_its_discriminator_with_the_figures():
+    cls = METHODS["adv"]
+    cfg = load_recipe("demo/kd", ["data.crop_size=[512, 512]"])
+    for betas in ([0.9], [0.9, 1.0], [0.9, 0.99, 0.5], [-0.1, 0.9]):
+        with pytest.raises(ConfigError) as err:
+            cls.check_recipe(dataclasses.replace(cls.Options(), betas=betas), cfg, "method.adv")
+        assert str(err.value) == f"method.adv.betas must be two numbers in [0, 1), got {betas!r}"
+    cls.check_recipe(dataclasses.replace(cls.Options(), betas=[0.0, 0.5]), cfg, "method.adv")
+    small = load_recipe("demo/kd", ["data.crop_size=[504, 1024]"])
+    with pytest.raises(ConfigError) as err:
+        cls.check_recipe(cls.Options(), small, "method.adv")
+    assert str(err.value) == ("method.adv: the discriminator needs logit maps of at least 64x64 (data.crop_size >= 512 a "
+                              "side); data.crop_size [504, 1024] gives 63x128")
+    cls.check_recipe(cls.Options(), load_recipe("demo/kd", ["data.crop_size=[505, 505]"]), "method.adv")  # 505/8 rounds up
+
+
+def test_afdcd_refuses_a_crop_without_one_whole_patch_with_the_map_size():
+    cls = METHODS["afdcd"]
+    o = cls.Options()  # pool 4, patch 4x4
+    with pytest.raises(ConfigError) as err:
+        cls.check_recipe(o, load_recipe("demo/kd", ["data.crop_size=[100, 160]"]), "method.afdcd")
+    assert str(err.value) == ("data.crop_size [100, 160] gives a 3x5 map after output stride 8 and method.afdcd.pool 4, "
+                              "smaller than one method.afdcd.patch [4, 4]: use a larger crop, a smaller pool or a smaller patch")
+    cls.check_recipe(o, load_recipe("demo/kd", ["data.crop_size=[121, 121]"]), "method.afdcd")  # 121/8 rounds up to 16
+    no_pool = dataclasses.replace(o, pool=0)
+    cls.check_recipe(no_pool, load_recipe("demo/kd", ["data.crop_size=[25, 25]"]), "method.afdcd")  # 4x4, not pooled
+    with pytest.raises(ConfigError, match=r"gives a 3x3 map after output stride 8 and method\.afdcd\.pool 0"):
+        cls.check_recipe(no_pool, load_recipe("demo/kd", ["data.crop_size=[24, 24]"]), "method.afdcd")
+    for patch, says in (([4], " must be two sides [height, width], got [4]"), ([4, 0], "[1] must be > 0, got 0")):
+        with pytest.raises(ConfigError) as err:
+            cls.check_recipe(dataclasses.replace(o, patch=patch), load_recipe("demo/kd", ["data.crop_size=[512, 512]"]),
+                             "method.afdcd")
+        assert str(err.value) == f"method.afdcd.patch{says}"

@@ -95,7 +95,7 @@ OPTIONS = {
     "dist": dict(weight=0.9, beta=0.7, gamma=1.3, aux_weight=0.3),
     "ifvd": dict(weight=1.7, count_ignored=True),
     "skd": dict(weight=0.4, pool=3),
-    "adv": dict(weight=0.2, d_weight=0.3, lr=1e-3, betas=[0.5, 0.9], eps=1e-6),
+    "adv": dict(weight=0.2, d_weight=0.3, lr=2e-3, betas=[0.5, 0.9], eps=1e-6),
     "maskd": dict(weight=0.8, aux_weight=0.3),
     "maskd_tokens": dict(num_tokens=3, init_std=0.5, dice_weight=0.6),
     "cirkd": dict(minibatch_weight=0.7, pixel_weight=0.3, region_weight=0.2, tau=0.3, temperature=2.0, pixel_queue=30,
@@ -336,3 +336,62 @@ def test_equal_widths_need_no_align_conv(name, tokens_file):
         assert isinstance(m.align, torch.nn.Identity) and not list(m.parameters())
     else:
         assert m.projector[0].weight.shape == (20, 20, 1, 1) and m.projector[0].bias is None
+
+
+@pytest.mark.parametrize("setting", ["aux", "noaux"])
+def test_the_task_term_is_the_ce_plus_the_aux_weight_times_the_aux_ce_and_the_record_says_so(setting):
+    from afdcd_bench.config.schema import MethodConfig
+    from afdcd_bench.methods import Method
+
+    cfg = MethodConfig(name="kd", aux_weight=0.3, options={"kd": METHODS["kd"].Options(**OPTIONS["kd"])})
+    m = Method(cfg, _context(setting))
+    s, t, y = _outputs(setting)
+    terms = m(s, t, y)
+    want = segmentation_ce(s.logits, y, IGNORE)
+    if setting == "aux":
+        want = want + 0.3 * segmentation_ce(s.aux_logits, y, IGNORE)
+    assert float(terms["task"]) == pytest.approx(float(want), rel=1e-6)
+    assert float(terms["kd"]) == pytest.approx(float(0.7 * kd_loss(s.logits, t.logits, 3.0)), rel=1e-6)
+    assert m.weights() == {"task": 1.0, **({"task_aux": 0.3} if setting == "aux" else {}), "kd": 0.7}
+
+
+def test_adv_averages_the_discriminator_loss_over_accumulated_micro_batches_and_never_trains_it_through_the_student():
+    m, o, ctx = _build("adv", {}, "aux", None)
+    d = copy.deepcopy(m.discriminator)
+    batches = [_outputs("aux", seed=i) for i in (1, 2)]
+    for s, t, y in batches:
+        term = m(s, t, y)["adv"]
+        term.backward()
+        assert all(p.grad is None for p in m.discriminator.parameters())  # the student's term trains the student only
+        assert s.logits.grad is not None
+    got = m.after_step()["d"]
+    with torch.no_grad():
+        for s, _, _ in batches:  # the student's forwards: spectral norm's power iteration steps on each call
+            d(s.logits)
+    losses = [o.d_weight * discriminator_hinge(d(t.logits), d(s.logits.detach())) for s, t, _ in batches]
+    want = sum(losses) / 2
+    assert got == pytest.approx(float(want), rel=1e-6)
+    opt = torch.optim.Adam(d.parameters(), lr=o.lr, betas=tuple(o.betas), eps=o.eps)
+    grads = torch.autograd.grad(want, list(d.parameters()))
+    for p, g in zip(d.parameters(), grads):
+        p.grad = ctx.reduce_mean(g)
+    opt.step()
+    for (k, p), q in zip(m.discriminator.named_parameters(), d.parameters()):
+        assert torch.allclose(p, q, rtol=1e-5, atol=1e-7), k
+    assert m.after_step() == {}  # nothing pending: no step
+
+
+def test_stage_of_names_the_method_a_stage_trains_for():
+    from afdcd_bench.methods import stage_of
+
+    assert stage_of("maskd_tokens") == "maskd"
+    assert stage_of("kd") is None and stage_of("maskd") is None
+    assert stage_of("maskd_tokens+kd") is None  # a stage with a student's term is no stage (refused at recipe load)
+    assert stage_of("nosuch") is None
+    assert stage_of("maskd_tokens+nosuch") == "maskd"  # unknown names are refused elsewhere, not here
+
+
+def test_afdcd_passes_its_backend_to_the_contrastive_term():
+    for backend in ("eager", "compiled"):
+        m, _, _ = _build("afdcd", {"backend": backend}, "aux", None)
+        assert m.feature_loss.backend == backend
