@@ -281,3 +281,20 @@ def test_afdcd_called_without_them_uses_16_groups_and_a_4x4_pool():
     """mutmut keeps a function's signature, so a default is pinned by what the built loss holds."""
     loss = AfDCDLoss(8, 32)
     assert (loss.groups, loss.pool, loss.patch, loss.tau, loss.mask_ratio) == (16, 4, (4, 4), 0.07, 0.75)
+
+
+def test_fitnet_loss_is_the_mean_squared_difference_over_every_element_in_fp32():
+    from afdcd_bench.losses import fitnet_loss
+
+    g = torch.Generator().manual_seed(3)
+    s = torch.randn(2, 6, 4, 5, generator=g, dtype=torch.float64, requires_grad=True)
+    t = torch.randn(2, 6, 4, 5, generator=g, dtype=torch.float64)
+    by_hand = sum(float(a - b) ** 2 for a, b in zip(s.detach().flatten(), t.flatten())) / s.numel()
+    assert fitnet_loss(s, t).item() == pytest.approx(by_hand, rel=1e-12)
+    fitnet_loss(s, t.requires_grad_()).backward()
+    assert t.grad is None  # the teacher's map is a target
+    assert torch.allclose(s.grad, 2 * (s - t).detach() / s.numel())
+    half = fitnet_loss(s.detach().bfloat16(), t.detach().bfloat16())
+    assert half.dtype == torch.float32
+    with pytest.raises(ValueError, match=r"fitnet_loss: the aligned student map \(2, 6, 4, 5\) and the teacher's \(2, 6, 4, 4\) differ"):
+        fitnet_loss(s, t[..., :4])

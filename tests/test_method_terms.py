@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 
 from afdcd_bench.losses import (AfDCDLoss, cirkd_memory_kl, cirkd_minibatch_loss, cwd_loss, discriminator_hinge,
-                                dist_loss, generator_hinge, ifvd_loss, kd_loss, pairwise_loss)
+                                dist_loss, fitnet_loss, generator_hinge, ifvd_loss, kd_loss, pairwise_loss)
 from afdcd_bench.losses.ifvd import labels_at
 from afdcd_bench.losses.maskd import maskd_loss, masked_logits, token_dice, token_masks
 from afdcd_bench.losses.task import segmentation_ce
@@ -94,6 +94,7 @@ OPTIONS = {
     "cwd": dict(feature_weight=0.8, logit_weight=0.6, temperature=2.5),
     "dist": dict(weight=0.9, beta=0.7, gamma=1.3, aux_weight=0.3),
     "ifvd": dict(weight=1.7, count_ignored=True),
+    "fitnet": dict(weight=3.0),
     "skd": dict(weight=0.4, pool=3),
     "adv": dict(weight=0.2, d_weight=0.3, lr=2e-3, betas=[0.5, 0.9], eps=1e-6),
     "maskd": dict(weight=0.8, aux_weight=0.3),
@@ -160,6 +161,11 @@ def ref_dist(m, o, ctx, s, t, y, steps):
     for k, v in _aux(s, t, o.aux_weight, lambda a, b: dist_loss(a, b, o.beta, o.gamma, across)).items():
         terms["dist_aux"] = o.weight * o.aux_weight * v
     return [terms] * steps, None
+
+
+def ref_fitnet(m, o, ctx, s, t, y, steps):
+    aligned = F.conv2d(s.features, m.adapter.weight)  # a 1x1 conv without bias, to the teacher's channels
+    return [{"fitnet": o.weight * fitnet_loss(aligned, t.features)}] * steps, None
 
 
 def ref_ifvd(m, o, ctx, s, t, y, steps):
@@ -244,6 +250,7 @@ WEIGHTS = {
     "cwd": lambda o, aux: {"cwd_feature": o.feature_weight, "cwd_logit": o.logit_weight},
     "dist": lambda o, aux: {"dist": o.weight, **({"dist_aux": o.weight * o.aux_weight} if aux else {})},
     "ifvd": lambda o, aux: {"ifvd": o.weight},
+    "fitnet": lambda o, aux: {"fitnet": o.weight},
     "skd": lambda o, aux: {"pairwise": o.weight},
     "adv": lambda o, aux: {"adv": o.weight, "d": o.d_weight},
     "maskd": lambda o, aux: {"maskd": o.weight, **({"maskd_aux": o.weight * o.aux_weight} if aux else {})},

@@ -140,7 +140,7 @@ def test_every_method_trains_resumes_exactly_and_two_processes_equal_one(tmp_pat
         _reset()
         assert again["resumed_from_step"] == 1, label
         for key in ("history", "best_miou", "best_step", "final_miou", "final_iou", "best_iou", "method_terms", "loss_history",
-                    "final_terms"):  # what the table prints comes out of a resumed run as out of a straight one
+                    "final_terms", "term_ratios"):  # what the table prints comes out of a resumed run as out of a straight one
             assert json.dumps(again.get(key)) == json.dumps(rec.get(key)), f"{label}: the resumed run's record differs in {key}"
         name = straight.name
         a, b = _state(tmp_path / "one" / label / name / "seed0"), _state(tmp_path / "resumed" / label / name / "seed0")

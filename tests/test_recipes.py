@@ -1,6 +1,7 @@
 """Every published pair has its recipes, with the published settings of docs/method.md."""
 import csv
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -133,7 +134,25 @@ def test_cityscapes_r18_variants_and_ablations_differ_from_the_main_recipe_in_on
     assert diff == ["method.cirkd.enqueue: 'before_loss' -> 'after_step'", "method.cirkd.pixel_enqueue: 'released' -> 'class'"]
     expected["ablations/cirkd_class_queue"] = diff
     assert not any("ablations" in n or "_enhanced" in n for n in plan("cityscapes"))
-    assert set(plan("cityscapes", ablations=True)) - set(plan("cityscapes")) == {f"cityscapes/deeplabv3_resnet18/{v}" for v in expected}
+    fitnet = {f"cityscapes/{pair}/ablations/{v}" for pair in ("deeplabv3_resnet18", "deeplabv3_mobilenetv2", "pspnet_resnet18")
+              for v in ("fitnet", "fitnet_kd")}
+    assert set(plan("cityscapes", ablations=True)) - set(plan("cityscapes")) == {
+        f"cityscapes/deeplabv3_resnet18/{v}" for v in expected if not v.startswith("ablations/fitnet")} | fitnet
+
+
+def test_every_pair_with_a_kd_recipe_has_fitnet_alone_and_with_kd_differing_in_the_fitnet_term_only():
+    from afdcd_bench.config import settings, settings_diff, to_dict
+
+    pairs = sorted(n.rsplit("/", 1)[0] for n in list_recipes() if n.endswith("/kd") and "/ablations/" not in n)
+    assert len(pairs) == 10  # 9 benchmark pairs and the demo
+    for pair in pairs:
+        for variant, main, name in (("fitnet", "baseline", "fitnet"), ("fitnet_kd", "kd", "kd+fitnet")):
+            cfg = load_recipe(f"{pair}/ablations/{variant}")
+            main_cfg = load_recipe(f"{pair}/{main}")
+            assert cfg.ablation_of == main_cfg.name and cfg.published.miou is None, (pair, variant)
+            diff = settings_diff(settings(to_dict(main_cfg)), settings(to_dict(cfg)))
+            assert diff[:1] == ["method.fitnet: '<unset>' -> {'weight': 10.0}"], (pair, variant, diff)
+            assert diff[1:] == [f"method.name: {main_cfg.method.name!r} -> {name!r}"], (pair, variant, diff)
 
 
 def test_recipes_json_names_benchmark_pair_and_method(capsys):
@@ -147,9 +166,13 @@ def test_recipes_json_names_benchmark_pair_and_method(capsys):
     assert by_name["cityscapes/teacher"]["method"] == "teacher"
 
 
-def test_ablations_of_a_benchmark_without_any_are_refused():
+def test_ablations_of_a_benchmark_without_any_are_refused(tmp_path, monkeypatch):
     from afdcd_bench.harness.reproduce import ReproduceError, plan
 
+    assert plan("voc", ablations=True)  # every benchmark has some now (FitNet's): one without, in a recipes root of its own
+    root = tmp_path / "recipes"
+    shutil.copytree(recipes_root() / "voc", root / "voc", ignore=shutil.ignore_patterns("ablations"))
+    monkeypatch.setenv("AFDCD_RECIPES", str(root))
     with pytest.raises(ReproduceError, match="voc has no ablation recipes"):
         plan("voc", ablations=True)
 

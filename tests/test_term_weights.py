@@ -119,3 +119,33 @@ def test_the_record_lists_the_terms_that_were_trained(tmp_path, teacher):
     assert rec["method_terms"] == {"task": 1.0, "task_aux": 0.4, "fd": cfg.method.options["afdcd"].lambda_fd,
                                    "ctr": cfg.method.options["afdcd"].lambda_ctr}
     assert Path(rec["checkpoint"]).name == "final.safetensors"
+    # each term against the task loss over the first steps (here every step: 2 of them)
+    ratios = rec["term_ratios"]
+    assert ratios["steps"] == 2 and set(ratios["ratios"]) == {"fd", "ctr"}
+    assert all(0 < v < float("inf") for v in ratios["ratios"].values())
+
+
+def test_term_ratios_sum_each_term_over_the_first_steps_only_and_divide_by_the_task_sum():
+    from accelerate import Accelerator
+
+    from afdcd_bench.engine.loop import RATIO_STEPS, note_first_terms, term_ratios
+
+    from conftest import reset_accelerate
+
+    try:
+        accelerator = Accelerator(cpu=True)
+        progress: dict = {}
+        sums = {"task": 0.0, "fitnet": 0.0}
+        for step in range(RATIO_STEPS + 5):
+            for micro in range(2):  # accumulation: both micro-batches of a step count
+                terms = {"task": torch.tensor(1.0 + step + micro), "fitnet": torch.tensor(0.5 * step + micro, requires_grad=True)}
+                note_first_terms(progress, accelerator, terms, step, updated=micro == 1)
+                if step < RATIO_STEPS:
+                    sums = {k: sums[k] + float(v) for k, v in terms.items()}
+        got = term_ratios(progress)
+        assert got == {"steps": RATIO_STEPS, "ratios": {"fitnet": pytest.approx(sums["fitnet"] / sums["task"], rel=1e-6)}}
+        stage: dict = {}  # a run without a task loss (a stage on the teacher alone) has none
+        note_first_terms(stage, accelerator, {"tokens_ce": torch.tensor(1.0)}, 0, True)
+        assert term_ratios(stage) is None and term_ratios({}) is None
+    finally:
+        reset_accelerate()

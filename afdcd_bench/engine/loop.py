@@ -62,6 +62,33 @@ def note_trained(progress: dict[str, Any], names: Any) -> None:
         progress["trained_terms"] = sorted({*seen, *names})
 
 
+RATIO_STEPS = 20  # the first steps over which the record gives each term's size against the task loss
+
+
+def note_first_terms(progress: dict[str, Any], accelerator: Accelerator, terms: dict[str, torch.Tensor], step: int,
+                     updated: bool) -> None:
+    """Sum each term (mean over processes) over the run's first RATIO_STEPS steps, into the progress
+    saved with every checkpoint: a weight tuned elsewhere (FitNet's, on another layer) shows here
+    as a term far larger or smaller than the task loss (docs/runs.md, "term_ratios")."""
+    if step >= RATIO_STEPS or "task" not in terms:
+        return
+    names = sorted(terms)
+    values = accelerator.reduce(torch.stack([terms[n].detach().float() for n in names]), reduction="mean")
+    first = progress.setdefault("first_terms", {"steps": 0, "sums": {}})
+    for n, v in zip(names, values.tolist()):
+        first["sums"][n] = first["sums"].get(n, 0.0) + v
+    first["steps"] += int(updated)
+
+
+def term_ratios(progress: dict[str, Any]) -> dict[str, Any] | None:
+    """Each method term's sum over the first steps divided by the task loss's (None: no task loss)."""
+    first = progress.get("first_terms")
+    if not first or not first["sums"].get("task"):
+        return None
+    task = first["sums"]["task"]
+    return {"steps": first["steps"], "ratios": {k: v / task for k, v in sorted(first["sums"].items()) if k != "task"}}
+
+
 Forward = Callable[[dict[str, Any]], dict[str, torch.Tensor]]
 
 
@@ -123,6 +150,7 @@ class StepLoop:
                     check_finite(accelerator, loss, terms, self.name, step, self.run_dir)
                     backward_and_step(accelerator, loss, optimizer, clip_params, max_norm)
                 micro += 1
+                note_first_terms(state, accelerator, terms, step, accelerator.sync_gradients)
                 last = {k: float(v.detach()) for k, v in terms.items()}
                 note_trained(state, last)
                 if not accelerator.sync_gradients:

@@ -19,7 +19,7 @@ from .checkpointing import resume_or_start
 from .evaluate import evaluate
 from .identity import file_sha256, identity, input_files, launch
 from .launching import LaunchMismatch, flat_hparams, make_accelerator, prepare_run_folder, split_batch, trackers_of
-from .loop import StepLoop, TrainHooks, TrainingInterrupted
+from .loop import StepLoop, TrainHooks, TrainingInterrupted, term_ratios
 from .records import record_path, run_facts, write_record
 from .stage import train_stage
 from .stepping import TrainingDiverged, input_layout, teacher_forward
@@ -126,6 +126,7 @@ def _student_record(cfg: RecipeConfig, accelerator: Accelerator, run_dir: Path, 
     record = {
         **run_facts(cfg, accelerator, per_device, accum, progress_state, resumed_from, wall_before, session_wall),
         "method_terms": trained_weights(method.weights(), set(progress_state.get("trained_terms", []))),
+        "term_ratios": term_ratios(progress_state),  # each term against the task loss over the first steps
         "method_parameters": sum(p.numel() for p in method.parameters()),  # trained with the student
         "own_parts": {k: sum(p.numel() for p in part.module.parameters()) for k, part in run.own_parts.items()},
         "method_state_bytes": method.state_bytes(),  # state beyond trained weights (CIRKD's queues), per method

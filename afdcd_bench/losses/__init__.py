@@ -4,6 +4,7 @@ from .cirkd import cirkd_memory_kl, cirkd_minibatch_loss
 from .contrastive import contrastive_loss
 from .cwd import cwd_loss
 from .dist import dist_loss
+from .fitnet import fitnet_loss
 from .ifvd import ifvd_loss
 from .kd import kd_loss
 from .skd import Discriminator, discriminator_hinge, generator_hinge, pairwise_loss
@@ -21,6 +22,7 @@ __all__ = [
     "cwd_loss",
     "discriminator_hinge",
     "dist_loss",
+    "fitnet_loss",
     "generator_hinge",
     "ifvd_loss",
     "kd_loss",
