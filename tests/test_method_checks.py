@@ -187,3 +187,30 @@ def test_afdcd_refuses_a_crop_without_one_whole_patch_with_the_map_size():
             cls.check_recipe(dataclasses.replace(o, patch=patch), load_recipe("demo/kd", ["data.crop_size=[512, 512]"]),
                              "method.afdcd")
         assert str(err.value) == f"method.afdcd.patch{says}"
+
+
+def test_cirkd_refuses_more_contrasts_than_a_queue_holds_with_the_counts():
+    cls = METHODS["cirkd"]
+    cfg = load_recipe("demo/kd", ["data.crop_size=[512, 512]"])  # 11 classes
+    o = cls.Options(pixel_contrasts=4096, pixel_queue=372)  # floor(4096 / 11) + 1 = 373 entries of each class
+    with pytest.raises(ConfigError) as err:
+        cls.check_recipe(o, cfg, "method.cirkd")
+    assert str(err.value) == ("method.cirkd.pixel_contrasts=4096 samples 373 entries of each of 11 classes, more than "
+                              "method.cirkd.pixel_queue=372")
+    cls.check_recipe(dataclasses.replace(o, pixel_queue=373), cfg, "method.cirkd")
+    o = cls.Options(region_contrasts=1024, region_queue=93)  # 94 of each class
+    with pytest.raises(ConfigError) as err:
+        cls.check_recipe(o, cfg, "method.cirkd")
+    assert str(err.value) == ("method.cirkd.region_contrasts=1024 samples 94 entries of each of 11 classes, more than "
+                              "method.cirkd.region_queue=93")
+    with pytest.raises(ConfigError) as err:
+        cls.check_recipe(cls.Options(pixels_per_image=17, pixel_queue=16, pixel_contrasts=11), cfg, "method.cirkd")
+    assert str(err.value) == "method.cirkd.pixels_per_image must not exceed method.cirkd.pixel_queue"
+
+
+def test_afdcd_checks_each_side_against_its_own_patch_side():
+    cls = METHODS["afdcd"]
+    o = dataclasses.replace(cls.Options(), pool=0, patch=[2, 4])
+    cls.check_recipe(o, load_recipe("demo/kd", ["data.crop_size=[24, 32]"]), "method.afdcd")  # a 3x4 map: one 2x4 patch
+    with pytest.raises(ConfigError, match=r"gives a 4x3 map"):
+        cls.check_recipe(o, load_recipe("demo/kd", ["data.crop_size=[32, 24]"]), "method.afdcd")

@@ -270,6 +270,16 @@ STATE_BYTES["cirkd"] = _state_bytes
 STATE_BYTES["maskd"] = lambda o, state: 4 * 3 * K  # the 3 x K tokens of the file
 
 
+# parameters trained with the student (None: checked through the reference's own modules)
+PARAMETERS = {name: (lambda o: 0) for name in ("kd", "dist", "ifvd", "skd", "adv", "maskd")}  # adv's is an own part
+PARAMETERS.update({
+    "cwd": lambda o: CH["head"] * CH_T["head"],  # a 1x1 conv without bias (a bias is invisible to CWD's spatial softmax)
+    "fitnet": lambda o: CH["features"] * CH_T["features"],
+    "maskd_tokens": lambda o: o.num_tokens * K,
+    "cirkd": lambda o: (CH["head"] * CH_T["head"] + 2 * CH_T["head"] + CH_T["head"] ** 2) if o.pixel_weight or o.region_weight else 0,
+})
+
+
 def _cases():
     for name in sorted(METHODS):
         if name == "baseline":
@@ -317,6 +327,11 @@ def test_each_term_is_its_weight_times_its_loss_computed_by_hand(name, extra, se
             assert v.requires_grad, f"{name}: the {k} term trains nothing"
         got.append({k: v.detach().double() for k, v in terms.items()} | m.after_step())
     assert m.state_bytes() == STATE_BYTES[name](o, state), name
+    want_params = PARAMETERS.get(name, lambda o: None)(o)
+    if want_params is not None:  # the record's method_parameters: what trains with the student
+        assert sum(p.numel() for p in m.parameters()) == want_params, name
+    clipped = list(m.feature_loss.parameters()) if name in ("afdcd", "fd") else []  # Af-DCD's, as released
+    assert [id(p) for p in m.clip_parameters()] == [id(p) for p in clipped] and (clipped or name not in ("afdcd", "fd"))
     if state is not None:  # the run state the method holds after the same steps
         held, ref = m.run_state().state_dict(), state.state_dict()
         assert sorted(held) == sorted(ref)
@@ -386,6 +401,18 @@ def test_adv_averages_the_discriminator_loss_over_accumulated_micro_batches_and_
     for (k, p), q in zip(m.discriminator.named_parameters(), d.parameters()):
         assert torch.allclose(p, q, rtol=1e-5, atol=1e-7), k
     assert m.after_step() == {}  # nothing pending: no step
+    # a second update (Adam's first step does not depend on its betas; the second does)
+    s, t, y = batches[0]
+    m(s, t, y)
+    m.after_step()
+    with torch.no_grad():
+        d(s.logits)
+    loss = o.d_weight * discriminator_hinge(d(t.logits), d(s.logits.detach()))
+    for p, g in zip(d.parameters(), torch.autograd.grad(loss, list(d.parameters()))):
+        p.grad = ctx.reduce_mean(g)
+    opt.step()
+    for (k, p), q in zip(m.discriminator.named_parameters(), d.parameters()):
+        assert torch.allclose(p, q, rtol=1e-5, atol=1e-7), k
 
 
 def test_stage_of_names_the_method_a_stage_trains_for():
@@ -402,3 +429,14 @@ def test_afdcd_passes_its_backend_to_the_contrastive_term():
     for backend in ("eager", "compiled"):
         m, _, _ = _build("afdcd", {"backend": backend}, "aux", None)
         assert m.feature_loss.backend == backend
+
+
+def test_ifvd_uses_the_context_ignore_label_even_inside_the_class_range():
+    cls = METHODS["ifvd"]
+    ctx = BuildContext(student=dict(CH), teacher=dict(CH_T), num_classes=K, ignore_index=1)
+    m = cls(cls.Options(weight=2.0), ctx)
+    s, t, y = _outputs("aux")
+    y[y == IGNORE] = 0
+    got = float(m(s, t, y)["ifvd"])
+    assert got == pytest.approx(2.0 * float(ifvd_loss(s.head, t.head, y, K, 1)), rel=1e-6)
+    assert got != pytest.approx(2.0 * float(ifvd_loss(s.head, t.head, y, K, 255)), rel=1e-3)
