@@ -440,3 +440,14 @@ def test_ifvd_uses_the_context_ignore_label_even_inside_the_class_range():
     got = float(m(s, t, y)["ifvd"])
     assert got == pytest.approx(2.0 * float(ifvd_loss(s.head, t.head, y, K, 1)), rel=1e-6)
     assert got != pytest.approx(2.0 * float(ifvd_loss(s.head, t.head, y, K, 255)), rel=1e-3)
+
+
+@pytest.mark.parametrize("name", ["afdcd", "fd", "cwd", "fitnet"])
+def test_only_afdcds_align_and_projector_are_clipped(name, tokens_file):
+    """method.clip_grad_norm clips Af-DCD's align conv and projector (as released), no other method's parts."""
+    m, _, _ = _build(name, {}, "aux", tokens_file)
+    clipped = [id(p) for p in m.clip_parameters()]
+    if name in ("afdcd", "fd"):
+        assert clipped == [id(p) for p in m.feature_loss.parameters()] and len(clipped) > 2
+    else:
+        assert clipped == [] and list(m.parameters())
