@@ -47,9 +47,9 @@ def test_summary_means_stds_deltas_and_published(records):
 
 def test_missing_runs_show_as_missing_never_zero(records):
     frame = records_frame(records)
-    from afdcd_bench.config import list_recipes
+    from afdcd_bench.harness.reproduce import plan
 
-    t = summary(frame, expected_runs(list_recipes("cityscapes")))
+    t = summary(frame, expected_runs(plan("cityscapes")))  # as `table` does: ablations only where some ran
     kd = t[(t.student == "deeplabv3-resnet18_deepstem") & (t.method == "kd")].iloc[0]
     assert kd.n == 0 and math.isnan(kd.final_mean) and math.isnan(kd.delta_best)
     mbv2 = t[t.student == "deeplabv3-mobilenetv2_100"]
