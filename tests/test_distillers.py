@@ -323,3 +323,45 @@ def test_called_without_them_the_competitors_losses_use_their_documented_default
     labels[0, :2] = 255  # ignored pixels: only the mean's denominator depends on count_ignored
     assert ifvd_loss(fs, ft, labels, 4).item() == ifvd_loss(fs, ft, labels, 4, count_ignored=False).item()
     assert ifvd_loss(fs, ft, labels, 4).item() != ifvd_loss(fs, ft, labels, 4, count_ignored=True).item()
+
+
+def test_released_spectral_norm_runs_v_then_u_at_every_forward_and_finds_the_top_singular_value():
+    from afdcd_bench.losses.skd import ReleasedSpectralNormConv
+
+    torch.manual_seed(3)
+    conv = ReleasedSpectralNormConv(3, 6, 4, stride=2, padding=1).double()
+    torch.manual_seed(3)  # torch's parametrization draws u then v from the same state
+    ref = torch.nn.utils.parametrizations.spectral_norm(torch.nn.Conv2d(3, 6, 4, stride=2, padding=1))
+    torch.manual_seed(3)
+    torch.nn.Conv2d(3, 6, 4, stride=2, padding=1)
+    draws = torch.randn(6), torch.randn(48)
+    u0, v0 = (torch.nn.functional.normalize(d.double(), dim=0) for d in draws)
+    assert torch.allclose(conv._u, u0) and torch.allclose(conv._v, v0)
+    x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
+    mat = conv.weight.detach().flatten(1)
+    v1 = torch.nn.functional.normalize(mat.t() @ u0, dim=0)  # v from u first (the release's order)
+    u1 = torch.nn.functional.normalize(mat @ v1, dim=0)
+    sigma = float(u1 @ mat @ v1)
+    want = torch.nn.functional.conv2d(x, conv.weight / sigma, conv.bias, stride=2, padding=1)
+    conv.eval()  # the release iterates in eval mode too
+    assert torch.allclose(conv(x), want)
+    assert torch.allclose(conv._u, u1) and torch.allclose(conv._v, v1)
+    conv.train()
+    for _ in range(200):
+        conv(x)
+    top = torch.linalg.svdvals(mat)[0]
+    assert float(conv._u @ mat @ conv._v) == pytest.approx(float(top), rel=1e-6)
+    assert ref.parametrizations.weight.original.shape == conv.weight.shape  # the same layer, another estimate
+
+
+def test_discriminator_spectral_norm_choice():
+    torch.manual_seed(0)
+    released = Discriminator(5)
+    torch.manual_seed(0)
+    torched = Discriminator(5, spectral_norm="torch")
+    x = torch.randn(1, 5, 64, 64)
+    # the same weights (the same draws in the same order), another sigma estimate at the first step
+    assert torch.equal(released.block2[0].weight, torched.block2[0].parametrizations.weight.original)
+    assert not torch.allclose(released(x), torched(x))
+    with pytest.raises(ValueError, match="spectral_norm must be one of"):
+        Discriminator(5, spectral_norm="sagan")

@@ -162,6 +162,10 @@ def test_adv_refuses_bad_betas_and_a_crop_too_small_for_its_discriminator_with_t
             cls.check_recipe(dataclasses.replace(cls.Options(), betas=betas), cfg, "method.adv")
         assert str(err.value) == f"method.adv.betas must be two numbers in [0, 1), got {betas!r}"
     cls.check_recipe(dataclasses.replace(cls.Options(), betas=[0.0, 0.5]), cfg, "method.adv")
+    with pytest.raises(ConfigError) as err:
+        cls.check_recipe(dataclasses.replace(cls.Options(), spectral_norm="sagan"), cfg, "method.adv")
+    assert str(err.value) == "method.adv.spectral_norm must be one of release, torch, got 'sagan'"
+    cls.check_recipe(dataclasses.replace(cls.Options(), spectral_norm="torch"), cfg, "method.adv")
     small = load_recipe("demo/kd", ["data.crop_size=[504, 1024]"])
     with pytest.raises(ConfigError) as err:
         cls.check_recipe(cls.Options(), small, "method.adv")

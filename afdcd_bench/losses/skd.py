@@ -50,7 +50,42 @@ class SelfAttention(nn.Module):
         return self.gamma * out.view(b, c, h, w) + x
 
 
-def _sn_conv(cin: int, cout: int) -> nn.Sequential:
+class ReleasedSpectralNormConv(nn.Conv2d):
+    """A convolution whose weight is divided by its largest singular value, estimated as the SKD
+    release does (its SAGAN-style layer): u and v drawn from N(0, 1) with no warm-up, and one power
+    iteration at every forward, train or eval, computing v from u first, then u from v. torch's
+    parametrization (`spectral_norm: torch`) runs u first, 15 iterations when built and none in eval
+    mode; its first-step scores differ from the release's by 1-17% (docs/distillers.md, "SKD")."""
+
+    def __init__(self, *args, eps: float = 1e-12, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.eps = eps
+        # drawn in the order torch's parametrization draws them (u, then v), so the modules built
+        # after this one start from the same random state either way
+        u = self.weight.new_empty(self.weight.shape[0]).normal_(0, 1)
+        v = self.weight.new_empty(self.weight[0].numel()).normal_(0, 1)
+        self.register_buffer("_u", F.normalize(u, dim=0, eps=eps))
+        self.register_buffer("_v", F.normalize(v, dim=0, eps=eps))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        mat = self.weight.flatten(1)
+        with torch.no_grad():
+            v = F.normalize(mat.t() @ self._u, dim=0, eps=self.eps)
+            u = F.normalize(mat @ v, dim=0, eps=self.eps)
+            self._u.copy_(u)
+            self._v.copy_(v)
+        # u and v, not the buffers: a second forward before the backward (the discriminator scores
+        # the teacher's and the student's logits) updates the buffers in place
+        sigma = torch.dot(u, mat @ v)
+        return self._conv_forward(x, self.weight / sigma, self.bias)
+
+
+SPECTRAL_NORMS = ("release", "torch")
+
+
+def _sn_conv(cin: int, cout: int, spectral: str) -> nn.Sequential:
+    if spectral == "release":
+        return nn.Sequential(ReleasedSpectralNormConv(cin, cout, 4, stride=2, padding=1), nn.LeakyReLU(0.1))
     return nn.Sequential(spectral_norm(nn.Conv2d(cin, cout, 4, stride=2, padding=1)), nn.LeakyReLU(0.1))
 
 
@@ -59,14 +94,16 @@ class Discriminator(nn.Module):
 
     MIN_SIZE = 64
 
-    def __init__(self, num_classes: int):
+    def __init__(self, num_classes: int, spectral_norm: str = "release"):
         super().__init__()
+        if spectral_norm not in SPECTRAL_NORMS:
+            raise ValueError(f"spectral_norm must be one of {SPECTRAL_NORMS}, got {spectral_norm!r}")
         self.norm = nn.BatchNorm2d(num_classes)
-        self.block1 = _sn_conv(num_classes, 64)
-        self.block2 = _sn_conv(64, 128)
-        self.block3 = _sn_conv(128, 256)
+        self.block1 = _sn_conv(num_classes, 64, spectral_norm)
+        self.block2 = _sn_conv(64, 128, spectral_norm)
+        self.block3 = _sn_conv(128, 256, spectral_norm)
         self.attn1 = SelfAttention(256)
-        self.block4 = _sn_conv(256, 512)
+        self.block4 = _sn_conv(256, 512, spectral_norm)
         self.attn2 = SelfAttention(512)
         self.last = nn.Conv2d(512, 1, 4)
 

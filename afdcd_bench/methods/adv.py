@@ -13,6 +13,7 @@ import torch
 from ..config.checks import OUTPUT_STRIDE, positive
 from ..config.schema import ConfigError
 from ..losses import Discriminator, discriminator_hinge, generator_hinge
+from ..losses.skd import SPECTRAL_NORMS
 from .base import Component, OwnPart, check_option_ranges, register
 
 
@@ -23,6 +24,9 @@ class AdvOptions:
     lr: float = 4e-4
     betas: list[float] = field(default_factory=lambda: [0.9, 0.99])
     eps: float = 1e-8  # Adam's
+    # release: the SKD release's power iteration (v then u, no warm-up, every forward); torch: torch's
+    # parametrization (u then v, 15 warm-up iterations, none in eval mode)
+    spectral_norm: str = "release"
 
 
 @register("adv")
@@ -35,7 +39,7 @@ class Adversarial(Component):
         super().__init__(options, ctx)
         betas = tuple(options.betas)
         self._own["discriminator"] = OwnPart(
-            Discriminator(ctx.num_classes), lambda params: torch.optim.Adam(params, lr=options.lr, betas=betas, eps=options.eps))
+            Discriminator(ctx.num_classes, options.spectral_norm), lambda params: torch.optim.Adam(params, lr=options.lr, betas=betas, eps=options.eps))
         self._pending: list[tuple[torch.Tensor, torch.Tensor]] = []
 
     @classmethod
@@ -44,6 +48,8 @@ class Adversarial(Component):
         positive(options.eps, f"{path}.eps")
         if len(options.betas) != 2 or not all(0 <= b < 1 for b in options.betas):
             raise ConfigError(f"{path}.betas must be two numbers in [0, 1), got {options.betas!r}")
+        if options.spectral_norm not in SPECTRAL_NORMS:
+            raise ConfigError(f"{path}.spectral_norm must be one of {', '.join(SPECTRAL_NORMS)}, got {options.spectral_norm!r}")
         sides = [-(-s // OUTPUT_STRIDE) for s in cfg.data.crop_size]
         if min(sides) < Discriminator.MIN_SIZE:
             raise ConfigError(
