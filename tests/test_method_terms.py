@@ -18,7 +18,8 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 
 from afdcd_bench.losses import (AfDCDLoss, cirkd_memory_kl, cirkd_minibatch_loss, cwd_loss, discriminator_hinge,
-                                dist_loss, fitnet_loss, generator_hinge, ifvd_loss, kd_loss, pairwise_loss)
+                                dist_loss, fitnet_loss, generator_hinge, ifvd_loss, kd_loss, kt_feature_terms,
+                                kt_logit_tailoring_loss, pairwise_loss)
 from afdcd_bench.losses.ifvd import labels_at
 from afdcd_bench.losses.maskd import maskd_loss, masked_logits, token_dice, token_masks
 from afdcd_bench.losses.task import segmentation_ce
@@ -95,6 +96,9 @@ OPTIONS = {
     "dist": dict(weight=0.9, beta=0.7, gamma=1.3, aux_weight=0.3),
     "ifvd": dict(weight=1.7, count_ignored=True),
     "fitnet": dict(weight=3.0),
+    # the switch after the first of the two steps (round(5e-5 x 40000) = 2): both directions are checked
+    "kt": dict(kd_weight=0.6, aux_factor=0.3, lt_weight=0.7, ft_weight=0.8, triplet_weight=0.9, temperature=2.0,
+               switch_fraction=5e-5, train_tailoring=True),
     "skd": dict(weight=0.4, pool=3),
     "adv": dict(weight=0.2, d_weight=0.3, lr=2e-3, betas=[0.5, 0.9], eps=1e-6),
     "maskd": dict(weight=0.8, aux_weight=0.3),
@@ -110,6 +114,7 @@ VARIANTS = {  # further option sets a method's reference must also match
     "afdcd": [dict(mask="center", lambda_kd=0.0, mode="spatial")],
     "fd": [dict(mask="center", projector="basic")],
     "ifvd": [dict(count_ignored=False)],
+    "kt": [dict(train_tailoring=False, switch_fraction=0.5)],
 }
 
 
@@ -166,6 +171,25 @@ def ref_dist(m, o, ctx, s, t, y, steps):
 def ref_fitnet(m, o, ctx, s, t, y, steps):
     aligned = F.conv2d(s.features, m.adapter.weight)  # a 1x1 conv without bias, to the teacher's channels
     return [{"fitnet": o.weight * fitnet_loss(aligned, t.features)}] * steps, None
+
+
+def ref_kt(m, o, ctx, s, t, y, steps):
+    out = []
+    for step in range(steps):
+        student_tailored = step + 1 < round(o.switch_fraction * ctx.iterations)  # 1-based iterations, as released
+        ft, tri = kt_feature_terms(s.head, t.head, student_tailored, m.tailor_student, m.tailor_teacher, m.anchor, o.temperature)
+        terms = {"kt_kd": o.kd_weight * cwd_loss(s.logits, t.logits, o.temperature),
+                 "kt_lt": o.lt_weight * kt_logit_tailoring_loss(s.logits, t.logits, y, K, o.temperature, IGNORE),
+                 "kt_ft": o.ft_weight * ft, "kt_triplet": o.triplet_weight * tri}
+        for k, v in _aux(s, t, 1.0, lambda a, b: cwd_loss(a, b, o.temperature)).items():
+            terms["kt_kd_aux"] = o.aux_factor * o.kd_weight ** 2 * v
+        out.append(terms)
+    return out, None
+
+
+def _tailoring_size(c):  # Tailoring(c, c // 2): three 1x1 convs with biases
+    h = c // 2
+    return c * h + h + h * h + h + h * c + c
 
 
 def ref_ifvd(m, o, ctx, s, t, y, steps):
@@ -251,6 +275,8 @@ WEIGHTS = {
     "dist": lambda o, aux: {"dist": o.weight, **({"dist_aux": o.weight * o.aux_weight} if aux else {})},
     "ifvd": lambda o, aux: {"ifvd": o.weight},
     "fitnet": lambda o, aux: {"fitnet": o.weight},
+    "kt": lambda o, aux: {"kt_kd": o.kd_weight, **({"kt_kd_aux": o.aux_factor * o.kd_weight ** 2} if aux else {}),
+                          "kt_lt": o.lt_weight, "kt_ft": o.ft_weight, "kt_triplet": o.triplet_weight},
     "skd": lambda o, aux: {"pairwise": o.weight},
     "adv": lambda o, aux: {"adv": o.weight, "d": o.d_weight},
     "maskd": lambda o, aux: {"maskd": o.weight, **({"maskd_aux": o.weight * o.aux_weight} if aux else {})},
@@ -275,6 +301,8 @@ PARAMETERS = {name: (lambda o: 0) for name in ("kd", "dist", "ifvd", "skd", "adv
 PARAMETERS.update({
     "cwd": lambda o: CH["head"] * CH_T["head"],  # a 1x1 conv without bias (a bias is invisible to CWD's spatial softmax)
     "fitnet": lambda o: CH["features"] * CH_T["features"],
+    # the release never trains its tailoring modules and anchor conv; the variant trains them
+    "kt": lambda o: (_tailoring_size(CH_T["head"]) + _tailoring_size(CH["head"]) + CH["head"] * CH_T["head"]) if o.train_tailoring else 0,
     "maskd_tokens": lambda o: o.num_tokens * K,
     "cirkd": lambda o: (CH["head"] * CH_T["head"] + 2 * CH_T["head"] + CH_T["head"] ** 2) if o.pixel_weight or o.region_weight else 0,
 })
@@ -329,7 +357,7 @@ def test_each_term_is_its_weight_times_its_loss_computed_by_hand(name, extra, se
     assert m.state_bytes() == STATE_BYTES[name](o, state), name
     want_params = PARAMETERS.get(name, lambda o: None)(o)
     if want_params is not None:  # the record's method_parameters: what trains with the student
-        assert sum(p.numel() for p in m.parameters()) == want_params, name
+        assert sum(p.numel() for p in m.parameters() if p.requires_grad) == want_params, name
     clipped = list(m.feature_loss.parameters()) if name in ("afdcd", "fd") else []  # Af-DCD's, as released
     assert [id(p) for p in m.clip_parameters()] == [id(p) for p in clipped] and (clipped or name not in ("afdcd", "fd"))
     if state is not None:  # the run state the method holds after the same steps

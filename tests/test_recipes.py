@@ -1,5 +1,6 @@
 """Every published pair has its recipes, with the published settings of docs/method.md."""
 import csv
+import io
 import json
 import shutil
 from pathlib import Path
@@ -40,9 +41,31 @@ def recipe_table():
 
 
 def test_vendored_published_table_matches_the_shared_reference():
+    """The shared reference's rows, unchanged and in order, then the rows added since (KT's), each
+    naming its source."""
     shared = Path(__file__).resolve().parents[2] / "shared" / "reference" / "published_results.csv"
+    ours = (recipes_root() / "published_results.csv").read_text()
     if shared.is_file():  # beside the checkout in CI and in development
-        assert shared.read_text() == (recipes_root() / "published_results.csv").read_text()
+        assert ours.startswith(shared.read_text())
+        added = list(csv.DictReader(io.StringIO(ours)))[len(list(csv.DictReader(io.StringIO(shared.read_text())))):]
+        assert [(r["student"], r["method"], r["miou"]) for r in added] == [
+            ("deeplabv3-resnet18", "kt", "77.98"), ("deeplabv3-mobilenetv2", "kt", "76.17"), ("pspnet-resnet18", "kt", "76.49")]
+        assert all(r["source"].startswith("KT README") for r in added)
+
+
+def test_kt_recipes_carry_the_published_numbers_and_the_release_schedule():
+    rows = {(r["student"], r["method"]): r for r in published_rows() if r["method"] == "kt"}
+    for student, net in (("deeplabv3-resnet18", "deeplabv3_resnet18"), ("deeplabv3-mobilenetv2", "deeplabv3_mobilenetv2"),
+                         ("pspnet-resnet18", "pspnet_resnet18")):
+        cfg = load_recipe(f"cityscapes/{net}/kt")
+        assert cfg.published.miou == float(rows[(student, "kt")]["miou"])
+        t, k = cfg.train, cfg.method.kt
+        assert (t.iterations, t.effective_batch, t.lr, t.weight_decay, t.val_interval, t.lr_floor) == (40000, 16, 0.02, 5e-4, 800, 0.0)
+        assert (k.kd_weight, k.aux_factor, k.lt_weight, k.ft_weight, k.triplet_weight, k.temperature) == (1, 0.4, 1, 1, 1, 4.0)
+        assert round(k.switch_fraction * t.iterations) == 10000 and not k.train_tailoring
+        variant = load_recipe(f"cityscapes/{net}/ablations/kt_trained_tailoring")
+        assert variant.ablation_of == cfg.name and variant.method.kt.train_tailoring and variant.published.miou is None
+    assert "DeepLabV3-ResNet18" in (recipes_root() / "cityscapes/deeplabv3_mobilenetv2/kt.yaml").read_text()  # the mislabel, said
 
 
 def test_every_published_row_of_our_methods_has_a_recipe_with_its_number():
@@ -75,7 +98,7 @@ def test_recipes_carry_the_papers_settings(bench):
         d = cfg.data
         assert cfg.num_classes == classes and d.crop_size == crop and d.scale_range == [0.5, 2.0] and d.scale_step == 0.1 and d.flip
         t = cfg.train
-        if name.endswith("_authors_schedule") or name.endswith("/maskd_tokens"):  # DIST's and MasKD's own (test below)
+        if name.endswith("_authors_schedule") or name.endswith("/maskd_tokens") or cfg.method.name == "kt":  # their own (tests below)
             continue
         # teachers too: CIRKD v1's defaults, 40k (COCO-Stuff 80k) at batch 16, lr 0.02
         assert (t.iterations, t.effective_batch, t.lr, t.momentum, t.weight_decay, t.poly_power, t.optimizer) == (iters, 16, 0.02, 0.9, 1e-4, 0.9, "sgd")
@@ -135,7 +158,7 @@ def test_cityscapes_r18_variants_and_ablations_differ_from_the_main_recipe_in_on
     expected["ablations/cirkd_class_queue"] = diff
     assert not any("ablations" in n or "_enhanced" in n for n in plan("cityscapes"))
     fitnet = {f"cityscapes/{pair}/ablations/{v}" for pair in ("deeplabv3_resnet18", "deeplabv3_mobilenetv2", "pspnet_resnet18")
-              for v in ("fitnet", "fitnet_kd")}
+              for v in ("fitnet", "fitnet_kd", "kt_trained_tailoring")}
     assert set(plan("cityscapes", ablations=True)) - set(plan("cityscapes")) == {
         f"cityscapes/deeplabv3_resnet18/{v}" for v in expected if not v.startswith("ablations/fitnet")} | fitnet
 

@@ -80,7 +80,7 @@ def build_context(cfg: RecipeConfig, accelerator: Accelerator, per_device: int, 
         num_processes=processes, gather=accelerator.gather,
         reduce_mean=lambda t: accelerator.reduce(t, reduction="mean"),
         sum_across=differentiable_sum if processes > 1 else (lambda t: t),
-        device=accelerator.device, per_device_batch=per_device, seed=cfg.train.seed)
+        device=accelerator.device, per_device_batch=per_device, seed=cfg.train.seed, iterations=cfg.train.iterations)
 
 
 def build_student_method(cfg: RecipeConfig, accelerator: Accelerator, per_device: int, student: Segmentor,

@@ -10,7 +10,7 @@ import torch.nn as nn
 from accelerate import Accelerator
 from accelerate.utils import set_seed
 
-from ..config import RecipeConfig, project_root, run_dir as run_folder, settings, to_dict
+from ..config import RecipeConfig, budget_slug, project_root, run_dir as run_folder, settings, to_dict
 from ..config.runs import recorded_path
 from ..methods import stage_of
 from ..models import save_segmentor
@@ -40,7 +40,7 @@ def train(
     """Train one recipe; returns (and writes to results_dir) its run record."""
     tc = cfg.train
     trackers = trackers_of(tc)
-    run_dir = run_folder(cfg.output_dir, cfg.name, tc.seed)
+    run_dir = run_folder(cfg.output_dir, cfg.name, tc.seed, budget_slug(cfg.budget))
     accelerator, per_device, accum = make_accelerator(cfg, run_dir, per_device_batch, trackers)
     current = identity(settings(to_dict(cfg)), input_files(cfg), launch(accelerator.num_processes, per_device, accum))
     results = Path(results_dir) if results_dir is not None else None
@@ -92,7 +92,7 @@ def _train(cfg: RecipeConfig, accelerator: Accelerator, run_dir: Path, state: Pa
     record = _student_record(cfg, accelerator, run_dir, per_device, accum, progress_state, resumed_from,
                              loop.times.wall_before, session_wall, run, trackers)
     if accelerator.is_main_process and results_dir is not None:
-        record["record_path"] = str(write_record(record_path(results_dir, cfg.name, tc.seed), record))
+        record["record_path"] = str(write_record(record_path(results_dir, cfg.name, tc.seed, budget_slug(cfg.budget)), record))
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return record
@@ -127,7 +127,7 @@ def _student_record(cfg: RecipeConfig, accelerator: Accelerator, run_dir: Path, 
         **run_facts(cfg, accelerator, per_device, accum, progress_state, resumed_from, wall_before, session_wall),
         "method_terms": trained_weights(method.weights(), set(progress_state.get("trained_terms", []))),
         "term_ratios": term_ratios(progress_state),  # each term against the task loss over the first steps
-        "method_parameters": sum(p.numel() for p in method.parameters()),  # trained with the student
+        "method_parameters": sum(p.numel() for p in method.parameters() if p.requires_grad),  # trained with the student
         "own_parts": {k: sum(p.numel() for p in part.module.parameters()) for k, part in run.own_parts.items()},
         "method_state_bytes": method.state_bytes(),  # state beyond trained weights (CIRKD's queues), per method
         "student": f"{cfg.student.arch}-{cfg.student.backbone}",

@@ -7,6 +7,7 @@ from .dist import dist_loss
 from .fitnet import fitnet_loss
 from .ifvd import ifvd_loss
 from .kd import kd_loss
+from .kt import kt_feature_terms, kt_logit_tailoring_loss
 from .skd import Discriminator, discriminator_hinge, generator_hinge, pairwise_loss
 from .task import IGNORE_INDEX, segmentation_ce, task_loss, upsample_to
 
@@ -26,6 +27,8 @@ __all__ = [
     "generator_hinge",
     "ifvd_loss",
     "kd_loss",
+    "kt_feature_terms",
+    "kt_logit_tailoring_loss",
     "pairwise_loss",
     "random_mask",
     "segmentation_ce",

@@ -59,6 +59,7 @@ class BuildContext:
     device: torch.device | str = "cpu"  # where the run computes (state held outside modules goes there)
     per_device_batch: int = 1  # images per forward on each process
     seed: int = 0  # the run's seed, for state a method draws itself (identical on every process)
+    iterations: int = 40000  # the run's optimiser steps (a method whose terms change during the schedule: KT)
 
 
 @dataclass
