@@ -130,7 +130,18 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
               only=args.only, ablations=args.ablations,
               methods=[m for m in (args.methods or "").split(",") if m] or None, resources=resources,
               parallel=args.parallel, dry_run=args.dry_run, step_times=args.step_times,
-              slurm=slurm_options(args) if args.executor == "slurm" else None, wait=args.wait)
+              slurm=slurm_options(args) if args.executor == "slurm" else None, wait=args.wait,
+              equal_compute=args.equal_compute, schedule_scale=args.schedule_scale, costs=args.costs)
+    return 0
+
+
+def _cmd_costs(args: argparse.Namespace) -> int:
+    from .harness.reproduce import measure_benchmark_costs
+
+    path = measure_benchmark_costs(args.benchmark, Path(args.out), methods=[m for m in (args.methods or "").split(",") if m] or None,
+                                   ablations=args.ablations, quick=args.quick, extra=args.overrides,
+                                   processes=args.processes_per_run * args.nodes, steps=args.steps)
+    print(f"wrote {path}: give it to `reproduce {args.benchmark} --equal-compute REF --costs {path}`")
     return 0
 
 
@@ -297,7 +308,26 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--ablations", action="store_true",
                     help="also run the variants and ablations of a main recipe (e.g. cityscapes: projector/mask readings, "
                          "FD or contrast only, spatial/channel contrasting, L2)")
+    rp.add_argument("--equal-compute", default=None, metavar="REF",
+                    help="give every student run the training cost of REF's run (a method or recipe file name, e.g. afdcd): "
+                         "its iterations become REF's x REF's cost per step / its own (docs/equal_compute.md)")
+    rp.add_argument("--schedule-scale", type=float, default=1.0, metavar="K",
+                    help="K x every student recipe's iterations (with --equal-compute: K x REF's budget)")
+    rp.add_argument("--costs", default=None, metavar="FILE",
+                    help="costs per step from this JSON (`afdcd-bench costs`) instead of measuring them here")
     rp.set_defaults(func=_cmd_reproduce)
+
+    co = sub.add_parser("costs", help="measure the cost of a training step of a benchmark's student recipes (for --equal-compute)")
+    co.add_argument("benchmark", help="demo, cityscapes, voc, camvid, ade20k or coco_stuff_164k")
+    co.add_argument("overrides", nargs="*", help="dotted.key=value applied to every recipe (as given to reproduce)")
+    co.add_argument("--out", default="costs.json", help="the JSON to write (default costs.json)")
+    co.add_argument("--methods", default=None, metavar="M1,M2", help="only these methods' recipes, with the baselines")
+    co.add_argument("--ablations", action="store_true", help="also the ablation recipes")
+    co.add_argument("--quick", action="store_true", help="at the --quick reproduction's shapes")
+    co.add_argument("--processes-per-run", type=int, default=1, help="processes per run and node the runs will use (sets the batch measured)")
+    co.add_argument("--nodes", type=int, default=1, help="nodes per run")
+    co.add_argument("--steps", type=int, default=10, help="timed steps per recipe (after 3 untimed)")
+    co.set_defaults(func=_cmd_costs)
     st = sub.add_parser("status", help="each planned run of a reproduction: done, running (step, ETA), queued, failed, not started")
     st.add_argument("results_dir", help="the reproduction's results folder, e.g. results/cityscapes")
     st.add_argument("--lines", type=int, default=5, help="last log lines shown for a failed run")

@@ -2,7 +2,7 @@
 instead of running to a NaN record or failing deep inside torch."""
 from __future__ import annotations
 
-from .schema import COMPILE_TARGETS, OPTIMIZER_KERNELS, ConfigError, RecipeConfig
+from .schema import BUDGET_KINDS, COMPILE_TARGETS, OPTIMIZER_KERNELS, ConfigError, RecipeConfig
 
 OUTPUT_STRIDE = 8  # every backbone here is dilated to stride 8 (models/backbones.py)
 PRECISIONS = ("no", "fp16", "bf16", "fp8")
@@ -25,6 +25,20 @@ def pair(values: list, key: str) -> None:
         raise ConfigError(f"{key} must be two sides [height, width], got {values!r}")
     for i, v in enumerate(values):
         positive(v, f"{key}[{i}]")
+
+
+def check_budget(cfg: RecipeConfig) -> None:
+    b = cfg.budget
+    if b.kind not in BUDGET_KINDS:
+        raise ConfigError(f"budget.kind must be one of {', '.join(BUDGET_KINDS)}, got {b.kind!r}")
+    positive(b.scale, "budget.scale")
+    if b.kind == "compute":
+        missing = [k for k in ("reference", "reference_iterations", "reference_cost_ms", "cost_ms", "recipe_iterations")
+                   if getattr(b, k) is None]
+        if missing:
+            raise ConfigError(f"budget.kind compute needs budget.{', budget.'.join(missing)} (reproduce --equal-compute sets them)")
+        for k in ("reference_cost_ms", "cost_ms"):
+            positive(getattr(b, k), f"budget.{k}")
 
 
 def check_ranges(cfg: RecipeConfig) -> None:
@@ -56,6 +70,7 @@ def check_ranges(cfg: RecipeConfig) -> None:
         raise ConfigError(f"published.selected_on must be val or test, got {cfg.published.selected_on!r}")
     if cfg.published.selected_on == "test" and not d.test_split:
         raise ConfigError("published.selected_on: test needs data.test_split (the split the published number selected on)")
+    check_budget(cfg)
     positive(e.batch_size, "eval.batch_size")
     if not e.scales:
         raise ConfigError("eval.scales must list at least one scale, e.g. [1.0]")

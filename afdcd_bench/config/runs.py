@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -71,8 +72,23 @@ def resolve_recorded(path: str | os.PathLike, project: Path) -> Path:
     return p if p.is_absolute() else project / p
 
 
-def run_dir(output_dir: str | os.PathLike, recipe: str, seed: int) -> Path:
-    return Path(output_dir) / recipe / f"seed{seed}"
+def budget_slug(budget: Any) -> str:
+    """The folder and file-name part of a run's training budget ("" for the recipe's own iterations,
+    "compute-afdcd", "x2", "compute-afdcd-x2"): runs of one recipe and seed under other budgets are
+    other runs, with their own run folder and record (harness/budget.py)."""
+    get = (lambda k: budget.get(k)) if isinstance(budget, dict) else (lambda k: getattr(budget, k, None))  # noqa: E731
+    if budget is None:
+        return ""
+    scale = float(get("scale") or 1.0)
+    parts = [f"compute-{get('reference')}"] if get("kind") == "compute" else []
+    if scale != 1.0:
+        parts.append(f"x{scale:g}")
+    return re.sub(r"[^A-Za-z0-9_.+-]", "_", "-".join(parts))
+
+
+def run_dir(output_dir: str | os.PathLike, recipe: str, seed: int, budget: str = "") -> Path:
+    """budget: budget_slug() of the run (its folder sits beside the recipe's seeds: <recipe>/<budget>-seed<seed>)."""
+    return Path(output_dir) / recipe / (f"{budget}-seed{seed}" if budget else f"seed{seed}")
 
 
 def teacher_checkpoint(output_dir: str | os.PathLike, teacher_recipe: str) -> Path:
@@ -85,9 +101,21 @@ def stage_weights(output_dir: str | os.PathLike, stage_recipe: str) -> Path:
     return run_dir(output_dir, stage_recipe, 0) / "stage.safetensors"
 
 
+def default_budget() -> dict[str, Any]:
+    import dataclasses
+
+    from .schema import BudgetConfig
+
+    return dataclasses.asdict(BudgetConfig())
+
+
 def settings(config: dict[str, Any]) -> dict[str, Any]:
-    """What a run computes: the resolved config without its locations and reporting options."""
+    """What a run computes: the resolved config without its locations and reporting options. The
+    default budget (the recipe's own iterations) is left out, so runs from before budgets existed
+    keep their settings ids."""
     out = copy.deepcopy(config)
+    if out.get("budget") == default_budget():
+        out.pop("budget")
     for key in LOCATION_KEYS:
         *parents, last = key.split(".")
         node: Any = out

@@ -122,6 +122,24 @@ class PublishedConfig:
     selected_on: str = "val"
 
 
+BUDGET_KINDS = ("iterations", "compute")
+
+
+@dataclass
+class BudgetConfig:
+    """How a run's iteration count was chosen (docs/equal_compute.md). Set by `reproduce --equal-compute`
+    and `--schedule-scale`, never by hand: the default is the recipe's own count (equal iterations)."""
+
+    kind: str = "iterations"  # iterations: the recipe's count x scale | compute: the reference's cost x scale
+    scale: float = 1.0
+    reference: Optional[str] = None  # compute: the recipe whose iterations x cost per step every run gets
+    reference_iterations: Optional[int] = None  # that recipe's own count
+    reference_cost_ms: Optional[float] = None  # its measured cost of one training step
+    cost_ms: Optional[float] = None  # this recipe's measured cost of one training step
+    recipe_iterations: Optional[int] = None  # this recipe's own count, before the budget
+    costs_device: Optional[str] = None  # where the costs were measured
+
+
 @dataclass
 class RecipeConfig:
     name: str = ""
@@ -134,6 +152,7 @@ class RecipeConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     published: PublishedConfig = field(default_factory=PublishedConfig)
+    budget: BudgetConfig = field(default_factory=BudgetConfig)
     ablation_of: Optional[str] = None  # the main recipe this one varies; run by `reproduce --ablations`
     on_request: bool = False  # reproduce runs it only when --methods names it (slow extras of the demo)
     output_dir: str = "runs"  # run folders: <output_dir>/<name>/seed<seed> (config/runs.py)

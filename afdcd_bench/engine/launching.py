@@ -10,7 +10,7 @@ import torch
 from accelerate import Accelerator, DataLoaderConfiguration, InitProcessGroupKwargs
 from accelerate.utils import DistributedType, GradientAccumulationPlugin, broadcast_object_list
 
-from ..config import RecipeConfig
+from ..config import RecipeConfig, budget_slug
 from .checkpointing import latest_state
 from .records import record_path
 from .run_folder import RunFolderError, RunLock, check_record_slot, check_resumable, check_writable, read_progress, set_aside
@@ -110,7 +110,7 @@ def prepare_run_folder(accelerator: Accelerator, name: str, run_dir: Path, resul
             check_writable(run_dir.parent, "output folder (output_dir)")
             if results_dir is not None:
                 check_writable(results_dir, "results folder")
-                check_record_slot(record_path(results_dir, name, current["train"]["seed"]), current)
+                check_record_slot(record_path(results_dir, name, current["train"]["seed"], budget_slug(current.get("budget"))), current)
             lock = RunLock(run_dir.with_name(run_dir.name + ".lock"))
             lock.acquire()
             if not resume:

@@ -116,8 +116,9 @@ def where_ran(accelerator: Any) -> dict[str, Any]:
     }
 
 
-def record_path(results_dir: Path, name: str, seed: int) -> Path:
-    return Path(results_dir) / f"{name.replace('/', '__')}__seed{seed}.json"
+def record_path(results_dir: Path, name: str, seed: int, budget: str = "") -> Path:
+    """budget: config/runs.py budget_slug() of the run ("" for the recipe's own iterations)."""
+    return Path(results_dir) / f"{name.replace('/', '__')}{'__' + budget if budget else ''}__seed{seed}.json"
 
 
 def record_digest(record: dict[str, Any]) -> str:

@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..config import is_teacher_recipe, load_recipe
+from ..config import budget_slug, is_teacher_recipe, load_recipe
 from ..config.runs import run_dir
 from ..engine.identity import launch, planned_identity
 from ..engine.records import record_path
@@ -40,11 +40,12 @@ class PlannedRun:
     run_dir: str = ""
     effective_batch: int = 0
     iterations: int = 0
+    budget: str = ""  # config/runs.py budget_slug() ("" for the recipe's own iterations)
     identity: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @property
     def key(self) -> str:
-        return f"{self.recipe}@seed{self.seed}"
+        return f"{self.recipe}{'@' + self.budget if self.budget else ''}@seed{self.seed}"
 
     def train_args(self, results_dir: Path) -> list[str]:
         """`afdcd-bench train` arguments of this run (the same for every executor)."""
@@ -78,9 +79,10 @@ def load_plan(results_dir: Path) -> Plan:
 
 
 def build_runs(names: list[str], seeds: int, common: list[str], quick_overrides: dict[str, list[str]], teacher: str | None,
-               resources: Resources, results_dir: Path) -> list[PlannedRun]:
+               resources: Resources, results_dir: Path, budgets: dict[str, list[str]] | None = None) -> list[PlannedRun]:
     """One run per recipe and seed (one for the teacher and the stages: every seed's students share
-    them), each needing the teacher run and the stage runs whose outputs it reads."""
+    them), each needing the teacher run and the stage runs whose outputs it reads. budgets: a student
+    recipe named there also runs under those overrides (harness/budget.py), beside its own schedule."""
     runs: list[PlannedRun] = []
     teacher_key: str | None = None
     stage_keys: dict[str, str] = {}
@@ -90,8 +92,9 @@ def build_runs(names: list[str], seeds: int, common: list[str], quick_overrides:
             continue
         base = load_recipe(name, [*common, *quick_overrides.get(name, [])])
         once = is_teacher or stage_of(base.method.name)
-        for seed in [0] if once else range(seeds):
-            overrides = [*common, *quick_overrides.get(name, []), f"train.seed={seed}"]
+        variants = [[], (budgets or {})[name]] if name in (budgets or {}) and not once else [[]]
+        for seed, variant in [(seed, v) for v in variants for seed in ([0] if once else range(seeds))]:
+            overrides = [*common, *quick_overrides.get(name, []), *variant, f"train.seed={seed}"]
             if teacher and not is_teacher:
                 overrides.append(f"teacher.checkpoint={Path(teacher).resolve()}")
             cfg = load_recipe(name, overrides)
@@ -104,9 +107,9 @@ def build_runs(names: list[str], seeds: int, common: list[str], quick_overrides:
                     needs.append(stage_keys[stage])
             procs = resources.total_processes()
             run = PlannedRun(name, seed, overrides, needs, resources, name=cfg.name,
-                             record=str(record_path(results_dir, cfg.name, seed)),
-                             run_dir=str(run_dir(cfg.output_dir, cfg.name, seed)), effective_batch=cfg.train.effective_batch,
-                             iterations=cfg.train.iterations,
+                             record=str(record_path(results_dir, cfg.name, seed, budget_slug(cfg.budget))),
+                             run_dir=str(run_dir(cfg.output_dir, cfg.name, seed, budget_slug(cfg.budget))), effective_batch=cfg.train.effective_batch,
+                             iterations=cfg.train.iterations, budget=budget_slug(cfg.budget),
                              identity=planned_identity(cfg, launch(procs, cfg.train.effective_batch // procs, 1)))
             if cfg.train.effective_batch % procs:
                 raise ValueError(f"{name}: effective batch {cfg.train.effective_batch} does not split over {procs} processes")

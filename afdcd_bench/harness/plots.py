@@ -129,6 +129,48 @@ def plot_curves(bench: str, student: str, by_method: dict[str, list[dict[str, An
     return _save(fig, ax, out / f"{slug}__val_miou.png")
 
 
+def pareto_front(points: list[tuple[float, float]]) -> list[int]:
+    """Indices of the points no other point beats: none costs at most as much with at least as high a
+    score, better in one of the two."""
+    front = []
+    for i, (c, m) in enumerate(points):
+        if not any((c2 <= c and m2 >= m) and (c2 < c or m2 > m) for j, (c2, m2) in enumerate(points) if j != i):
+            front.append(i)
+    return front
+
+
+def plot_budgets(bench: str, student: str, rows: Any, out: Path, slug: str) -> Path | None:
+    """Best mIoU (mean over seeds) against training cost (mean train seconds; GPU-hours on CUDA), one
+    line per method through its budgets (x1 iterations, equal compute, xK), the Pareto front circled.
+    rows: the frame's rows of one benchmark and student, every budget."""
+    if rows["budget"].nunique() < 2:
+        return None
+    g = rows.groupby(["method", "budget"], dropna=False).agg(best=("best", "mean"), cost=("train_s", "mean"), n=("best", "count"),
+                                                             device=("device", "first")).reset_index()
+    g = g.dropna(subset=["best", "cost"])
+    if g.empty:
+        return None
+    gpu = any("cuda" in str(d).lower() or "nvidia" in str(d).lower() or "h100" in str(d).lower() for d in g["device"])
+    g["x"] = g["cost"] / 3600 if gpu else g["cost"]
+    methods = _method_order(set(g["method"]))
+    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    for m in methods:
+        part = g[g["method"] == m].sort_values("x")
+        colour = _colour_of(m, methods)
+        ax.plot(part["x"], part["best"], marker="o", ms=4, color=colour, label=m, lw=1.2)
+        for r in part.itertuples():
+            ax.annotate(r.budget.replace(" iterations", "").replace("equal compute", "eq"), (r.x, r.best), fontsize=6,
+                        xytext=(3, 3), textcoords="offset points", color=colour)
+    front = pareto_front(list(zip(g["x"], g["best"])))
+    f = g.iloc[front].sort_values("x")
+    ax.plot(f["x"], f["best"], ls=":", color="grey", lw=1, zorder=1)
+    ax.scatter(f["x"], f["best"], s=110, facecolors="none", edgecolors="black", lw=1, zorder=6, label="Pareto front")
+    ax.set_xlabel("training GPU-hours per run" if gpu else "training CPU-seconds per run (evaluations excluded)")
+    ax.set_ylabel("best val mIoU (%), mean over seeds")
+    ax.set_title(f"{bench}, {student}: mIoU against training cost, per budget", fontsize=9)
+    return _save(fig, ax, out / f"{slug}__budgets_pareto.png")
+
+
 def plot_results(results_dir: str | Path, out_dir: str | Path | None = None, qualitative: bool = False,
                  problems: list[str] | None = None) -> list[Path]:
     """Write the figures under out_dir (default RESULTS_DIR/figures); returns their paths."""
@@ -149,6 +191,12 @@ def plot_results(results_dir: str | Path, out_dir: str | Path | None = None, qua
     paths = []
     if groups:
         out.mkdir(parents=True, exist_ok=True)
+    frame = frame_of(records, Path(results_dir))
+    students = frame[frame["method"] != "teacher"]
+    for (bench, student), rows in students.groupby(["benchmark", "student"]):
+        figure = plot_budgets(bench, student, rows, out, f"{_slug(bench)}__{_slug(student)}")
+        if figure is not None:
+            paths.append(figure)
     for (bench, student, protocol), by_method in sorted(groups.items()):
         slug = f"{_slug(bench)}__{_slug(student)}" + (f"__{protocol}" if len(protocols[(bench, student)]) > 1 else "")
         figures = [plot_class_deltas(bench, student, by_method, out, slug), plot_curves(bench, student, by_method, teachers[bench], out, slug)]

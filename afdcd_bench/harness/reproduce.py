@@ -20,6 +20,7 @@ from ..engine.records import RecordError, read_record
 from ..methods import needs_teacher, stage_of
 from .execution import EXECUTORS, NOT_STARTED, execute, make_executor, report_failures, resolve_resources
 from .executors import FAILED
+from .budget import Budget, BudgetError, budget_label, budget_overrides, measure_costs, read_costs, write_costs
 from .plan import Plan, Resources, build_runs, show_plan, step_rates
 from .status import wait_for_jobs
 from .table import expected_runs, records_frame, render, summary, write_tables
@@ -28,19 +29,27 @@ class ReproduceError(RuntimeError):
     pass
 
 
-def plan(benchmark: str, ablations: bool = False, methods: list[str] | None = None) -> list[str]:
+# what an equal-compute comparison is about (docs/equal_compute.md): the canonical feature and logit +
+# feature KD (ablation recipes of baseline and kd) and KT (on request in the demo), which
+# `--equal-compute` runs without being asked
+EQUAL_COMPUTE_EXTRAS = ("fitnet", "fitnet_kd", "kt")
+
+
+def plan(benchmark: str, ablations: bool = False, methods: list[str] | None = None, also: tuple[str, ...] = ()) -> list[str]:
     """Recipe names in run order: the teacher first, then the stages learnt on the teacher alone
     (MasKD's tokens), then the baselines (every delta needs them),
     then the other students' recipes; recipes that are ablations of another (`ablation_of`) only
-    when asked for. methods: keep only the student recipes of these methods (a method of its
-    method.name, or the recipe's file name), baselines always."""
+    when asked for, or when methods (or `also`) names their file. methods: keep only the student recipes of these
+    methods (a method of its method.name, or the recipe's file name), baselines always."""
     runnable = list_recipes(benchmark)
     if not runnable:
         raise ReproduceError(f"no recipes for {benchmark!r} under {recipes_root() / benchmark}")
     configs = {n: load_recipe(n) for n in runnable}
     if ablations and not any(c.ablation_of for c in configs.values()):
         raise ReproduceError(f"{benchmark} has no ablation recipes (recipes with ablation_of)")
-    runnable = [n for n in runnable if ablations or configs[n].ablation_of is None]
+    # an ablation runs with --ablations, or when --methods names its file (fitnet_kd)
+    named = {*(methods or []), *also}
+    runnable = [n for n in runnable if ablations or configs[n].ablation_of is None or n.rsplit("/", 1)[-1] in named]
     if methods:
         def names(n: str) -> set[str]:  # its main method (the first of method.name) and its file name; a stage: its method's
             main = stage_of(configs[n].method.name) or configs[n].method.components[0]
@@ -53,7 +62,7 @@ def plan(benchmark: str, ablations: bool = False, methods: list[str] | None = No
         runnable = [n for n in runnable if is_teacher_recipe(n) or configs[n].method.name == "baseline"
                     or set(methods) & names(n)]
     else:
-        runnable = [n for n in runnable if not configs[n].on_request]
+        runnable = [n for n in runnable if not configs[n].on_request or n.rsplit("/", 1)[-1] in also]
     teachers = [n for n in runnable if is_teacher_recipe(n)]
     stages = [n for n in runnable if stage_of(configs[n].method.name)]  # on the teacher alone, before the students
     students = sorted((n for n in runnable if n not in teachers and n not in stages),
@@ -140,6 +149,67 @@ def output_folder(output_dir: str | None, extra: list[str], quick: bool) -> str 
     return str(project_root() / DEFAULT_OUTPUT_DIR / "quick") if quick else None
 
 
+def budget_runs(names: list[str], common: list[str], per_recipe: dict[str, list[str]], budget: Budget, costs: str | None,
+                out: Path, processes: int, console: Console) -> dict[str, list[str]]:
+    """Each student recipe's overrides for the budget (harness/budget.py); the plan runs them beside
+    the recipe's own schedule, so one reproduction holds both sides of the comparison. The costs come
+    from --costs, else from the results folder's costs.json, which an earlier start measured (so a rerun
+    gives the same counts); recipes it lacks are measured now on this machine and added to it."""
+    students = student_configs(names, common, per_recipe)
+    measured = None
+    source = out / "costs.json"
+    try:
+        if budget.kind == "compute":
+            if costs:
+                measured, source = read_costs(costs), Path(costs)
+            else:
+                measured = read_costs(source) if source.is_file() else None
+                if measured:
+                    console.log(f"using the costs per step measured at {measured.get('measured_at')} on {measured.get('device')} "
+                                f"({source}); delete that file to measure them anew")
+                missing = {n: (c, [*common, *per_recipe.get(n, [])]) for n, c in students.items()
+                           if n not in (measured or {}).get("recipes", {})}
+                if missing:
+                    console.log(f"measuring the cost of a training step of {len(missing)} recipe(s) on this machine")
+                    new = measure_costs(missing, processes, log=console.log)
+                    if measured and measured.get("device") != new["device"]:
+                        raise BudgetError(f"{source} was measured on {measured.get('device')}, this machine is {new['device']}: "
+                                          "costs of one comparison come from one device; delete it to measure all anew")
+                    measured = {**new, "recipes": {**(measured or {}).get("recipes", {}), **new["recipes"]}}
+                    write_costs(measured, source)
+                    console.log(f"wrote {source}: a rerun of this reproduction uses these costs")
+        extra = budget_overrides(students, budget, measured, processes, str(source))
+    except BudgetError as exc:
+        raise ReproduceError(str(exc)) from None
+    for name, over in extra.items():
+        console.log(f"{name}: {over[0].split('=', 1)[1]} iterations under {budget_label(_fields(over))}, "
+                    f"{students[name].train.iterations} under its own schedule")
+    return extra
+
+
+def student_configs(names: list[str], common: list[str], per_recipe: dict[str, list[str]]) -> dict[str, Any]:
+    """The student recipes among names, loaded with their overrides (the runs a budget applies to)."""
+    return {n: load_recipe(n, [*common, *per_recipe.get(n, [])]) for n in names
+            if not is_teacher_recipe(n) and not stage_of(load_recipe(n).method.name)}
+
+
+def measure_benchmark_costs(benchmark: str, out: Path, methods: list[str] | None = None, ablations: bool = False,
+                            quick: bool = False, extra: list[str] | None = None, processes: int = 1, steps: int = 10,
+                            console: Console | None = None) -> Path:
+    """`afdcd-bench costs`: the costs per step of a reproduction's student recipes, measured on this
+    machine, written as the JSON `reproduce --costs` reads (on a cluster: run it on a compute node)."""
+    console = console or Console()
+    per_recipe = yaml.safe_load((recipes_root() / benchmark / "_quick.yaml").read_text()) or {} if quick else {}
+    students = student_configs(plan(benchmark, ablations, methods), list(extra or []), per_recipe)
+    measured = measure_costs({n: (c, [*(extra or []), *per_recipe.get(n, [])]) for n, c in students.items()}, processes,
+                             steps=steps, log=console.log)
+    return write_costs(measured, out)
+
+
+def _fields(overrides: list[str]) -> dict[str, Any]:
+    return {o.split("=", 1)[0][len("budget."):]: yaml.safe_load(o.split("=", 1)[1]) for o in overrides if o.startswith("budget.")}
+
+
 def reproduce(
     benchmark: str,
     seeds: int = 1,
@@ -160,6 +230,9 @@ def reproduce(
     step_times: list[str] | None = None,
     slurm: dict[str, Any] | None = None,
     wait: bool = False,
+    equal_compute: str | None = None,
+    schedule_scale: float = 1.0,
+    costs: str | None = None,
 ) -> Path:
     """only: keep the teacher and the student recipes whose name contains this text; ablations: also
     run the recipes that vary a main recipe (`ablation_of`: variants and the paper's ablation axes).
@@ -177,7 +250,17 @@ def reproduce(
         raise ReproduceError("--executor inprocess trains one process per run; several processes per run need --executor local or slurm")
     if not dry_run:
         check_data(benchmark, data_root)
-    names = plan(benchmark, ablations, methods)
+    budget = Budget("compute" if equal_compute else "iterations", float(schedule_scale), equal_compute)
+    if not budget.scale > 0:
+        raise ReproduceError(f"--schedule-scale must be > 0, got {schedule_scale}")
+    if costs and budget.kind != "compute":
+        raise ReproduceError("--costs gives the costs per step of an equal-compute reproduction: it needs --equal-compute REF")
+    if budget.kind == "compute" and executor == "slurm" and not costs:
+        raise ReproduceError("--equal-compute with --executor slurm: the costs must come from the nodes the runs use; measure them "
+                             "there (`afdcd-bench costs BENCHMARK --out costs.json` in a job) and give --costs costs.json")
+    if methods and equal_compute and equal_compute not in methods:
+        methods = [*methods, equal_compute]  # the reference's cost sets every run's budget
+    names = plan(benchmark, ablations, methods, EQUAL_COMPUTE_EXTRAS if budget.kind == "compute" and not methods else ())
     if only:
         names = needed_stages([n for n in names if is_teacher_recipe(n) or stage_of(load_recipe(n).method.name) or only in n])
         if len(names) <= 1:
@@ -189,6 +272,9 @@ def reproduce(
             raise ReproduceError(f"--quick needs {quick_file}")
         quick_overrides = yaml.safe_load(quick_file.read_text()) or {}
         seeds = 1
+        unlisted = [n for n in names if n not in quick_overrides and not (teacher and is_teacher_recipe(n))]
+        if unlisted:  # it would train its full schedule inside a smoke run
+            raise ReproduceError(f"--quick: {quick_file} has no overrides for {', '.join(unlisted)}")
     out = Path(results_dir or f"results/{benchmark}{'-quick' if quick else ''}").resolve()
     extra = list(extra or [])
     runs = output_folder(output_dir, extra, quick)
@@ -196,10 +282,13 @@ def reproduce(
     common = [*([f"output_dir={runs}"] if runs else []), *rest]
     if data_root:
         common.append(f"data.root={Path(data_root).resolve()}")
+    budgets = {} if budget.is_default else \
+        budget_runs(names, common, quick_overrides, budget, costs, out, resources.total_processes(), console)
     if teacher:
         check_teacher(teacher, {n: [*common, *quick_overrides.get(n, [])] for n in names})
     try:
-        the_plan = Plan(benchmark, out, build_runs(names, seeds, common, quick_overrides, teacher, resources, out), teacher)
+        the_plan = Plan(benchmark, out, build_runs(names, seeds, common, quick_overrides, teacher, resources, out, budgets),
+                        teacher)
     except ValueError as exc:
         raise ReproduceError(str(exc)) from None
     if teacher:
@@ -224,7 +313,8 @@ def reproduce(
         for s in wait_for_jobs(out, console):
             if s.key in handles and s.state != "done":
                 handles[s.key].state, handles[s.key].detail = FAILED if s.state == "failed" else NOT_STARTED, s.detail
-    planned = {n: [*common, *quick_overrides.get(n, [])] for n in names if not (teacher and is_teacher_recipe(n))}
+    planned = [(n, [*common, *quick_overrides.get(n, []), *variant]) for n in names if not (teacher and is_teacher_recipe(n))
+               for variant in ([[], budgets[n]] if n in budgets else [[]])]
     table = summary(records_frame(out), expected_runs(planned, with_settings=True, processes=resources.total_processes()))
     render(table, console)
     for p in write_tables(table, out):

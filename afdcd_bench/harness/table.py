@@ -11,7 +11,8 @@ import pandas as pd
 from rich.console import Console
 from rich.table import Table
 
-from ..config import load_recipe, run_method
+from ..config import load_recipe, run_method, to_dict
+from .budget import budget_label
 from ..engine.identity import launch, planned_identity, record_identity, single_process_launch
 from ..engine.records import RecordError, read_records
 from ..methods import stage_of
@@ -28,7 +29,13 @@ def _ids(identity: dict[str, Any]) -> tuple[str, str]:
     without the method, the teacher and its files (a distilled run's baseline shares its protocol)."""
     body = json.loads(json.dumps(identity, default=str))
     body.get("train", {}).pop("seed", None)
-    protocol = {k: v for k, v in body.items() if k not in ("method", "teacher", "inputs")}
+    protocol = json.loads(json.dumps({k: v for k, v in body.items() if k not in ("method", "teacher", "inputs")}))
+    if (protocol.get("budget") or {}).get("kind") == "compute":
+        # equal compute: each method's count is its own (its cost's); the budget they share is the protocol
+        for key in ("iterations", "val_interval"):
+            protocol.get("train", {}).pop(key, None)
+        for key in ("cost_ms", "recipe_iterations"):
+            protocol["budget"].pop(key, None)
     digest = lambda obj: hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:8]  # noqa: E731
     return digest(body), digest(protocol)
 
@@ -65,7 +72,7 @@ def _distinct_runs(records: list[dict[str, Any]], problems: list[str] | None) ->
 
 
 FRAME_COLUMNS = ["benchmark", "recipe", "student", "method", "base_method", "seed", "best", "final", "best_on_test", "wall_s",
-                 "img_s", "peak_mb", "device", "launch",
+                 "train_s", "img_s", "peak_mb", "device", "launch", "budget", "iterations",
                  "published", "selected_on", "precision", "split", "ablation_of", "settings", "protocol", "folder", "path"]
 
 
@@ -112,7 +119,10 @@ def frame_of(records: list[dict[str, Any]], root: Path) -> pd.DataFrame:
             "final": _points(rec.get("final_test_miou") if tested else rec.get("final_miou")),
             "best_on_test": _points(rec.get("best_test_miou")),
             "wall_s": rec.get("wall_seconds"),
+            "train_s": rec.get("train_seconds"),  # training time without evaluations: the cost a budget equalises
             "img_s": rec.get("images_per_second"),  # training images per second, evaluations excluded
+            "budget": budget_label(cfg.get("budget")),
+            "iterations": (cfg.get("train") or {}).get("iterations"),
             "peak_mb": rec.get("peak_memory_mb"),
             "device": rec.get("device"),
             "launch": launch_label(identity["launch"]),
@@ -129,9 +139,9 @@ def frame_of(records: list[dict[str, Any]], root: Path) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=FRAME_COLUMNS)
 
 
-COLUMNS = ["benchmark", "student", "method", "best_mean", "best_std", "final_mean", "final_std", "n", "delta_best", "delta_final",
-           "vs_main", "best_on_test", "published", "selected_on", "diff_published", "precision", "split", "wall_s", "img_s",
-           "peak_mb", "device", "launch", "settings",
+COLUMNS = ["benchmark", "student", "method", "budget", "best_mean", "best_std", "final_mean", "final_std", "n", "delta_best",
+           "delta_final", "vs_main", "best_on_test", "published", "selected_on", "diff_published", "precision", "split", "iterations",
+           "wall_s", "train_s", "img_s", "peak_mb", "device", "launch", "settings",
            "folder", "recipe"]
 KEY = ["benchmark", "student", "method", "settings"]
 
@@ -141,14 +151,14 @@ def method_rank(method: str) -> tuple[int, str]:
     return METHOD_ORDER.get(method.split(" ")[0], 2), method
 
 
-def summary(frame: pd.DataFrame, expected: list[tuple[str, str, str, float | None, str | None]] | None = None) -> pd.DataFrame:
+def summary(frame: pd.DataFrame, expected: list[tuple] | None = None) -> pd.DataFrame:
     """One row per experiment (benchmark, student, method and settings): mean, std, n over seeds of
     the best-of-validations score (what papers publish) and of the final checkpoint's; deltas vs the
     baseline under the same protocol; an ablation's change vs its main recipe. Runs that differ in
     any setting (a quick schedule, another lr) are separate rows, never averaged together.
 
-    expected: (benchmark, student, method label, published, settings id or None) of runs that should
-    exist; those without a record appear with n = 0 and no mIoU, never as 0. Without a settings id
+    expected: (benchmark, student, method label, published, settings id or None[, budget label]) of runs
+    that should exist; those without a record appear with n = 0 and no mIoU, never as 0. Without a settings id
     an entry counts as present when any run of its (benchmark, student, method) is.
     """
     if frame.empty and not expected:
@@ -158,14 +168,15 @@ def summary(frame: pd.DataFrame, expected: list[tuple[str, str, str, float | Non
         g = frame.groupby(KEY, dropna=False)
         out = g.agg(best_mean=("best", "mean"), best_std=("best", "std"), final_mean=("final", "mean"), final_std=("final", "std"),
                     n=("final", "count"), best_on_test=("best_on_test", "mean"), wall_s=("wall_s", "mean"),
-                    img_s=("img_s", "mean"), peak_mb=("peak_mb", "max"), device=("device", lambda d: ", ".join(sorted({str(x) for x in d if x}))),
+                    img_s=("img_s", "mean"), train_s=("train_s", "mean"), budget=("budget", "first"),
+                    iterations=("iterations", "first"), peak_mb=("peak_mb", "max"), device=("device", lambda d: ", ".join(sorted({str(x) for x in d if x}))),
                     published=("published", "first"), selected_on=("selected_on", "first"), precision=("precision", "first"),
                     split=("split", "first"), launch=("launch", "first"), ablation_of=("ablation_of", "first"), recipe=("recipe", "first"),
                     protocol=("protocol", "first"), folder=("folder", lambda f: ", ".join(sorted(set(f))))).reset_index()
     have = set(zip(out["benchmark"], out["student"], out["method"], out["settings"]))
     triples = {k[:3] for k in have}
-    missing = [dict(benchmark=b, student=st, method=m, n=0, published=p, settings=sid) for b, st, m, p, sid in (expected or [])
-               if ((b, st, m, sid) not in have if sid else (b, st, m) not in triples)]
+    missing = [dict(benchmark=b, student=st, method=m, n=0, published=p, settings=sid, budget=(rest or ["x1 iterations"])[0])
+               for b, st, m, p, sid, *rest in (expected or []) if ((b, st, m, sid) not in have if sid else (b, st, m) not in triples)]
     if missing:
         out = pd.concat([out, pd.DataFrame(missing)], ignore_index=True) if not out.empty else pd.DataFrame(missing)
         out["n"] = out["n"].astype(int)
@@ -189,27 +200,33 @@ def summary(frame: pd.DataFrame, expected: list[tuple[str, str, str, float | Non
     out["diff_published"] = pd.Series(reference, index=out.index, dtype=float) - out["published"].astype(float)
     out["order"] = out["method"].map(lambda m: method_rank(m)[0])
     out["is_teacher"] = out["method"] != "teacher"
-    out = out.sort_values(["benchmark", "is_teacher", "student", "order", "method", "settings"]).reset_index(drop=True)
+    out["budget_order"] = out["budget"].map(lambda b: (0 if str(b).startswith("x1 ") else 1, str(b)))
+    out = out.sort_values(["benchmark", "is_teacher", "student", "order", "method", "budget_order", "settings"]).reset_index(drop=True)
     return out[COLUMNS]
 
 
-def expected_runs(recipes: list[str] | dict[str, list[str]], with_settings: bool = False,
-                  processes: int = 1) -> list[tuple[str, str, str, float | None, str | None]]:
-    """(benchmark, student, method label, published, settings id) these recipes produce, to mark missing runs.
+def expected_runs(recipes: list[str] | dict[str, list[str]] | list[tuple[str, list[str]]], with_settings: bool = False,
+                  processes: int = 1) -> list[tuple[str, str, str, float | None, str | None, str]]:
+    """(benchmark, student, method label, published, settings id, budget label) these recipes produce, to mark missing runs.
 
-    A dict maps each recipe to the overrides its runs use (they may change the student);
+    A dict (or (recipe, overrides) pairs, one recipe under several budgets) gives the overrides its
+    runs use (they may change the student);
     with_settings: match records by their settings too (reproduce knows exactly what it ran).
     """
 
-    overrides = recipes if isinstance(recipes, dict) else {name: [] for name in recipes}
+    if isinstance(recipes, dict):
+        pairs = list(recipes.items())
+    else:
+        pairs = [r if isinstance(r, tuple) else (r, []) for r in recipes]
     out = []
-    for name, extra in overrides.items():
+    for name, extra in pairs:
         cfg = load_recipe(name, extra)
         if stage_of(cfg.method.name):  # a stage learnt on the teacher (MasKD's tokens): no row of its own
             continue
         run_launch = launch(processes, cfg.train.effective_batch // processes, 1) if processes > 1 else single_process_launch(cfg)
         sid = _ids(planned_identity(cfg, run_launch))[0] if with_settings else None
-        out.append((cfg.benchmark, f"{cfg.student.arch}-{cfg.student.backbone}", method_label(name, cfg.method.name), cfg.published.miou, sid))
+        out.append((cfg.benchmark, f"{cfg.student.arch}-{cfg.student.backbone}", method_label(name, cfg.method.name), cfg.published.miou, sid,
+                    budget_label(to_dict(cfg).get("budget"))))
     return out
 
 
@@ -240,8 +257,14 @@ def render(table: pd.DataFrame, console: Console | None = None) -> None:
                       "(unselected); mean +- std over seeds; deltas vs the baseline of the same protocol.", soft_wrap=True)
         notes = set()
         for student, part in by_bench.groupby("student", sort=False):
-            split = part.duplicated(["method"], keep=False).any()  # several experiments of one method: say which is which
-            cols = [("method", "method"), ("best", None), ("final", None), ("n", None), ("d best", "delta_best"), ("d final", "delta_final")]
+            split = part.duplicated(["method", "budget"], keep=False).any()  # several experiments of one method: say which is which
+            budgets = part["budget"].nunique() > 1
+            cols = [("method", "method")] + ([("budget", "budget"), ("steps", "iterations")] if budgets else [])
+            cols += [("best", None), ("final", None), ("n", None), ("d best", "delta_best"), ("d final", "delta_final")]
+            if budgets:
+                notes.add("budget: x1 iterations = each recipe's own schedule (the papers' protocol); equal compute (REF) = "
+                          "each run trained for REF's iterations x REF's cost per step / its own cost; deltas are against the "
+                          "baseline of the same budget (docs/equal_compute.md)")
             if _present(part, "vs_main"):
                 cols.append(("vs main", "vs_main"))
                 notes.add("vs main: best minus the best of the recipe it varies (ablations and variants; none were published)")
@@ -249,8 +272,11 @@ def render(table: pd.DataFrame, console: Console | None = None) -> None:
                 cols.append(("best on test", "best_on_test"))
                 notes.add("best on test: the best test score over the validations, the selection the released Af-DCD CamVid "
                           "script made; published numbers marked * were selected that way and are compared with it")
-            cols += [("published", "published"), ("best-pub", "diff_published"), ("prec", "precision"), ("wall s", "wall_s"),
-                     ("img/s", "img_s")]
+            if _present(part, "published"):
+                cols += [("published", "published"), ("best-pub", "diff_published")]
+            cols += [("prec", "precision"), ("wall s", "wall_s")]
+            cols += [("train s", "train_s")] if budgets else []
+            cols += [("img/s", "img_s")]
             if _present(part, "peak_mb"):
                 cols.append(("peak MB", "peak_mb"))
             notes.add("cost as measured: wall s = the whole run, img/s = training images per second without evaluations, "
@@ -263,7 +289,8 @@ def render(table: pd.DataFrame, console: Console | None = None) -> None:
                           "processes x per-device batch)")
             t = Table(title=f"{bench}, {student}", title_justify="left")
             for title, _ in cols:
-                t.add_column(title, justify="left" if title in ("method", "settings", "folder", "prec", "launch") else "right", no_wrap=True)
+                t.add_column(title, justify="left" if title in ("method", "budget", "settings", "folder", "prec", "launch") else "right",
+                             no_wrap=True)
             for r in part.to_dict("records"):
                 cells = []
                 for title, key in cols:
@@ -275,7 +302,9 @@ def render(table: pd.DataFrame, console: Console | None = None) -> None:
                         cells.append(str(r["n"]))
                     elif key in ("delta_best", "delta_final", "vs_main", "diff_published"):
                         cells.append(_fmt(r[key], signed=True))
-                    elif key in ("wall_s", "peak_mb"):
+                    elif key in ("wall_s", "peak_mb", "train_s"):
+                        cells.append(_fmt(r[key], ".0f"))
+                    elif key == "iterations":
                         cells.append(_fmt(r[key], ".0f"))
                     elif key == "img_s":
                         cells.append(_fmt(r[key], ".1f"))
@@ -287,6 +316,31 @@ def render(table: pd.DataFrame, console: Console | None = None) -> None:
             console.print(t)
         for note in sorted(notes):
             console.print(f"[yellow]{note}[/yellow]", soft_wrap=True)
+    compared = budget_comparison(table)
+    if not compared.empty:
+        t = Table(title="budgets side by side: best mIoU (delta vs the baseline of the same budget) [training steps]", title_justify="left")
+        for col in compared.columns:
+            t.add_column(col, justify="left" if col in ("benchmark", "student", "method") else "right", no_wrap=True)
+        for row in compared.itertuples(index=False):
+            t.add_row(*[str(v) for v in row])
+        console.print(t)
+
+
+def budget_comparison(table: pd.DataFrame) -> pd.DataFrame:
+    """Per benchmark, student and method, one column per budget: "best (delta) [steps]". Empty when the
+    table holds one budget only. The teacher is left out."""
+    rows = table[(table["n"] > 0) & (table["method"] != "teacher")]
+    if rows.empty or rows["budget"].nunique() < 2:
+        return pd.DataFrame()
+    order = sorted(rows["budget"].unique(), key=lambda b: (not b.startswith("x1 "), b))
+    cells: dict[tuple[str, str, str], dict[str, str]] = {}
+    for r in rows.itertuples():
+        cell = f"{_fmt(r.best_mean)} ({_fmt(r.delta_best, signed=True)}) [{_fmt(r.iterations, '.0f')}]"
+        cells.setdefault((r.benchmark, r.student, r.method), {})[r.budget] = cell
+    out = [{"benchmark": b, "student": st, "method": m, **{k: v.get(k, "-") for k in order}} for (b, st, m), v in cells.items()]
+    frame = pd.DataFrame(out)
+    frame["_rank"] = frame["method"].map(method_rank)
+    return frame.sort_values(["benchmark", "student", "_rank"]).drop(columns="_rank").reset_index(drop=True)
 
 
 def _latex(table: pd.DataFrame) -> str:
@@ -315,4 +369,8 @@ def write_tables(table: pd.DataFrame, out_dir: str | Path) -> list[Path]:
     table.to_csv(paths[0], index=False, float_format="%.2f")
     paths[1].write_text(table.to_markdown(index=False, floatfmt=".2f") + "\n")
     paths[2].write_text(_latex(table))
+    compared = budget_comparison(table)
+    if not compared.empty:
+        paths.append(out_dir / "budgets.md")
+        paths[-1].write_text(compared.to_markdown(index=False) + "\n")
     return paths
