@@ -25,7 +25,7 @@ def release_criterion(s, t, temperature=T):
 def release_lt(z_s, z_t, labels, ignore=255):
     target_mask = labels.clone()
     target_mask[target_mask == ignore] = K
-    one_hot = torch.zeros((labels.shape[0], K + 1) + labels.shape[1:], dtype=torch.long)
+    one_hot = torch.zeros((labels.shape[0], K + 1) + labels.shape[1:], dtype=torch.long, device=labels.device)
     class_mask = one_hot.scatter_(1, target_mask.unsqueeze(1), 1)[:, :K]
     non_class_mask = -(class_mask - 1)
     tc = F.interpolate(z_t, labels.shape[1:], mode="nearest")
