@@ -187,6 +187,22 @@ def _cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_data_prepare(args: argparse.Namespace) -> int:
+    from .data import resolve_root
+    from .data.prepare import PREPARATIONS, prepare
+
+    console = Console()
+    root = resolve_root(args.name, args.root)
+    prepare(args.name, root, Path(args.from_dir) if args.from_dir else None, args.download_only,
+            show_progress=sys.stderr.isatty(), log=console.log)
+    if args.download_only:
+        return 0
+    console.print(f"{args.name}: {PREPARATIONS[args.name].terms}; using the data is accepting them.", soft_wrap=True)
+    check = argparse.Namespace(name=args.name, root=str(root), split=None, no_decode=False, workers=None, max_problems=50,
+                               ignore_counts=args.ignore_counts)
+    return _cmd_data_check(check)
+
+
 def _cmd_data_check(args: argparse.Namespace) -> int:
     from rich.table import Table
 
@@ -354,6 +370,14 @@ def build_parser() -> argparse.ArgumentParser:
     dc.add_argument("--workers", type=int, default=None)
     dc.add_argument("--max-problems", type=int, default=50)
     dc.set_defaults(func=_cmd_data_check)
+    dp = dsub.add_parser("prepare", help="download (or take from --from), verify, extract and convert a benchmark, then check it")
+    dp.add_argument("name", help="cityscapes, voc, camvid, ade20k or coco_stuff_164k")
+    dp.add_argument("--root", default=None, help="the benchmark's folder (default $AFDCD_DATA/<folder>)")
+    dp.add_argument("--from", dest="from_dir", default=None, metavar="DIR",
+                    help="take the archives from this folder (checked the same way) instead of downloading them")
+    dp.add_argument("--download-only", action="store_true", help="fetch and verify the archives only (for a machine without network)")
+    dp.add_argument("--ignore-counts", action="store_true", help="split sizes other than the published ones are not a fault")
+    dp.set_defaults(func=_cmd_data_prepare)
     return p
 
 
@@ -362,6 +386,8 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     that `--help` and light commands do not pay for torch and Accelerate."""
     from .config import ConfigError
     from .data import DatasetLayoutError
+    from .data.download import DownloadError
+    from .data.prepare import PrepareError
     from .engine.records import RecordError
     from .engine.run_folder import RunFolderError
     from .engine import LaunchMismatch, TrainingDiverged
@@ -371,7 +397,8 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from .models.weights import WeightsMismatch
 
     return (ConfigError, DatasetLayoutError, RecordError, RunFolderError, ReproduceError, PretrainedWeightsError, WeightsMismatch,
-            LaunchMismatch, TrainingDiverged, RunsFailed, FileNotFoundError, PermissionError, ValueError)
+            LaunchMismatch, TrainingDiverged, RunsFailed, FileNotFoundError, PermissionError, ValueError, DownloadError,
+            PrepareError)
 
 
 def one_line(exc: BaseException) -> str:

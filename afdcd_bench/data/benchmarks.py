@@ -161,7 +161,9 @@ def describe(name: str, root: str | os.PathLike | None = None) -> str:
     return (
         where +
         f"  layout: {b.layout}\n"
-        f"  source: {b.source}"
+        f"  source: {b.source}\n"
+        f"  get it: afdcd-bench data prepare {name} --root {root if root is not None else default} (downloads, verifies and "
+        "converts it; --from DIR takes archives downloaded elsewhere)"
     )
 
 
