@@ -18,7 +18,7 @@ import pytest
 from PIL import Image
 
 from afdcd_bench.data.check import check_dataset
-from afdcd_bench.data.download import Archive, ChecksumMismatch, DownloadError
+from afdcd_bench.data.download import ChecksumMismatch, DownloadError
 from afdcd_bench.data import prepare as prep_mod
 from afdcd_bench.data.prepare import MARKER, PrepareError, prepare
 
