@@ -145,6 +145,16 @@ def _cmd_costs(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_weights_fetch(args: argparse.Namespace) -> int:
+    from .models.fetch import fetch, select
+
+    entries = select(args.backbones, args.teachers or [], args.released or [])
+    console = Console()
+    fetch(entries, Path(args.root) if args.root else None, Path(args.from_dir) if args.from_dir else None, args.accept_changed,
+          show_progress=sys.stderr.isatty(), log=console.log)
+    return 0
+
+
 def _cmd_status(args: argparse.Namespace) -> int:
     from .harness.status import print_status
 
@@ -359,6 +369,16 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--size", type=_parse_size, default=None, help="HxW for every model (default: each benchmark's crop)")
     m.add_argument("--format", choices=("text", "json"), default="text")
     m.set_defaults(func=_cmd_models)
+    w = sub.add_parser("weights", help="the authors' released weights")
+    wsub = w.add_subparsers(dest="weights_command", required=True)
+    wf = wsub.add_parser("fetch", help="download (gdown), record, and import the released backbones, teachers, students")
+    wf.add_argument("--backbones", action="store_true", help="the ImageNet backbones (the default when nothing else is named)")
+    wf.add_argument("--teachers", nargs="+", metavar="BENCH", help="the released teachers of these benchmarks (or all)")
+    wf.add_argument("--released", nargs="+", metavar="BENCH", help="Af-DCD's released students of these benchmarks (or all)")
+    wf.add_argument("--from", dest="from_dir", default=None, metavar="DIR", help="take the files from this folder instead of downloading")
+    wf.add_argument("--accept-changed", action="store_true", help="take a file whose sha256 differs from the one first recorded")
+    wf.add_argument("--root", default=None, help="the weights folder (default weights/ of the project, or $AFDCD_WEIGHTS)")
+    wf.set_defaults(func=_cmd_weights_fetch)
     d = sub.add_parser("data", help="dataset tools")
     dsub = d.add_subparsers(dest="data_command", required=True)
     dc = dsub.add_parser("check", help="count, pair and decode every file of a dataset folder; exit 1 on any fault")
@@ -388,6 +408,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from .data import DatasetLayoutError
     from .data.download import DownloadError
     from .data.prepare import PrepareError
+    from .models.fetch import FetchError
     from .engine.records import RecordError
     from .engine.run_folder import RunFolderError
     from .engine import LaunchMismatch, TrainingDiverged
@@ -398,7 +419,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 
     return (ConfigError, DatasetLayoutError, RecordError, RunFolderError, ReproduceError, PretrainedWeightsError, WeightsMismatch,
             LaunchMismatch, TrainingDiverged, RunsFailed, FileNotFoundError, PermissionError, ValueError, DownloadError,
-            PrepareError)
+            PrepareError, FetchError)
 
 
 def one_line(exc: BaseException) -> str:

@@ -200,8 +200,11 @@ def cityscapes_session(log: Callable[[str], None]):
 def _download_cityscapes(archives: list[Archive], downloads: Path, log: Callable[[str], None]) -> None:
     """Through cityscapesscripts' downloader (it resumes, and checks each package against the md5 the
     site serves), into a folder of its own: a package reaches the downloads folder only once checked."""
-    from cityscapesscripts.download import downloader
-
+    try:
+        from cityscapesscripts.download import downloader
+    except ImportError:
+        raise PrepareError("cityscapes: downloading uses cityscapesscripts' downloader, not installed here: "
+                           "`.venv/bin/pip install cityscapesscripts` (the project's `cityscapes` extra)") from None
     session = cityscapes_session(log)
     partial = downloads / ".cityscapes-partial"
     partial.mkdir(exist_ok=True)

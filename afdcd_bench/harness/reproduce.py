@@ -111,6 +111,24 @@ def check_teacher(teacher: str, overrides: dict[str, list[str]]) -> None:
                                  f"{wanted[0]}-{wanted[1]} for {wanted[2]} classes")
 
 
+def check_weights(overrides: dict[str, list[str]]) -> None:
+    """Every pretrained backbone file the planned runs start from, before anything runs: all the
+    missing ones in one message, each with the command that gets it (the teacher: check_teacher)."""
+    from ..models.fetch import missing_weights_hint
+
+    from ..config.runs import NAMED_WEIGHTS
+
+    missing: dict[str, str] = {}
+    for name, extra in overrides.items():
+        p = load_recipe(name, extra).student.pretrained  # the teacher recipe's too: its backbone
+        if isinstance(p, str) and p not in NAMED_WEIGHTS and not Path(p).is_file():
+            missing.setdefault(p, name)
+    if missing:
+        lines = [f"- {p} (for {name}): {missing_weights_hint(p) or 'not a released file; give its path in the recipe'}"
+                 for p, name in sorted(missing.items())]
+        raise ReproduceError("weights files the runs start from are missing; nothing was started:\n" + "\n".join(lines))
+
+
 def _existing_record(path: Path, name: str, seed: int, cfg_identity: dict, console: Console) -> bool:
     """True if a valid record of this exact run exists (the same settings, teacher and stage files by
     content, and launch: engine/identity.py). A damaged one is moved aside (never deleted) and the run
@@ -284,6 +302,8 @@ def reproduce(
         common.append(f"data.root={Path(data_root).resolve()}")
     budgets = {} if budget.is_default else \
         budget_runs(names, common, quick_overrides, budget, costs, out, resources.total_processes(), console)
+    if not dry_run:
+        check_weights({n: [*common, *quick_overrides.get(n, [])] for n in names if not (teacher and is_teacher_recipe(n))})
     if teacher:
         check_teacher(teacher, {n: [*common, *quick_overrides.get(n, [])] for n in names})
     try:

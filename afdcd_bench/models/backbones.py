@@ -53,10 +53,13 @@ def create_backbone(name: str, pretrained: bool | str = False, output_stride: in
     if isinstance(pretrained, (str, os.PathLike)) and not isinstance(pretrained, bool):
         path = os.fspath(pretrained)
         if not os.path.isfile(path):
+            from .fetch import missing_weights_hint
+
+            hint = missing_weights_hint(path)
             raise PretrainedWeightsError(
-                f"pretrained weights file not found: {path}. Give the path of a local {timm_name} "
-                f"ImageNet weights file (safetensors or .pth state dict in timm's layout), or "
-                f"import the released backbone with `afdcd-bench import-released`."
+                f"pretrained weights file not found: {path}. " + (hint + "." if hint else
+                f"Give the path of a local {timm_name} ImageNet weights file (safetensors or .pth state dict in timm's "
+                f"layout), or import the released backbone with `afdcd-bench import-released`.")
             )
         model = timm.create_model(timm_name, pretrained=False, **common)
         try:

@@ -1,0 +1,128 @@
+"""`weights fetch` without the internet: gdown fetches from a server on the loopback address (it takes
+plain URLs too) files built here in the releases' layouts; the manifest, strict import, a changed
+file refused, --from, a rerun that fetches nothing, a cut download resumed; the missing-weights
+messages of `reproduce` and `train`."""
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+import timm
+import torch
+
+from afdcd_bench.models import fetch as fetch_mod
+from afdcd_bench.models.checkpoint import read_meta
+from afdcd_bench.models.fetch import FetchError, fetch, select
+from afdcd_bench.models.weights import sha256_file
+from test_prepare import Server
+from test_released import randomise, released_resnet_names
+
+
+def _r18_release(seed=0) -> bytes:
+    import io
+
+    torch.manual_seed(seed)
+    full = randomise(timm.create_model("resnet18", stem_width=64, stem_type="deep"))
+    if seed:
+        with torch.no_grad():
+            full.conv1[0].weight.add_(seed)
+    buf = io.BytesIO()
+    torch.save(released_resnet_names(full.state_dict()), buf)
+    return buf.getvalue()
+
+
+@pytest.fixture
+def served(monkeypatch):
+    server = Server({})
+    entry = dataclasses.replace(fetch_mod.BY_KEY["r18"], mirror=server.url("resnet18-imagenet.pth"))
+    monkeypatch.setattr(fetch_mod, "RELEASED", (entry,))
+    yield server, entry
+    server.close()
+
+
+def test_fetch_records_imports_and_never_fetches_again(tmp_path, served):
+    server, entry = served
+    body = _r18_release()
+    server.files["resnet18-imagenet.pth"] = body
+    logs = []
+    (dst,) = fetch(select(True, [], []), tmp_path, show_progress=False, log=logs.append)
+    assert dst == tmp_path / "resnet18_deepstem.safetensors" and dst.is_file()
+    manifest = json.loads((tmp_path / "manifest.json").read_text())["resnet18-imagenet.pth"]
+    raw = tmp_path / "downloads" / "resnet18-imagenet.pth"
+    assert manifest["sha256"] == sha256_file(raw) == read_meta(dst)["source_sha256"] and manifest["size"] == len(body)
+    assert any("publishes no checksum" in line for line in logs)
+    count = len(server.requests)
+    again = []
+    fetch(select(True, [], []), tmp_path, show_progress=False, log=again.append)
+    assert len(server.requests) == count and any("imported from the recorded file" in line for line in again)
+
+
+def test_a_changed_file_is_refused_unless_accepted(tmp_path, served):
+    server, entry = served
+    server.files["resnet18-imagenet.pth"] = _r18_release()
+    fetch(select(True, [], []), tmp_path, show_progress=False, log=lambda s: None)
+    first = json.loads((tmp_path / "manifest.json").read_text())["resnet18-imagenet.pth"]["sha256"]
+    (tmp_path / "resnet18_deepstem.safetensors").unlink()
+    (tmp_path / "downloads" / "resnet18-imagenet.pth").unlink()
+    server.files["resnet18-imagenet.pth"] = _r18_release(seed=1)
+    with pytest.raises(FetchError, match=rf"not the {first} recorded when it was first fetched .*--accept-changed"):
+        fetch(select(True, [], []), tmp_path, show_progress=False, log=lambda s: None)
+    assert not (tmp_path / "resnet18_deepstem.safetensors").exists()
+    assert [p.name.split(".changed-")[0] for p in (tmp_path / "downloads").glob("*.changed-*")] == ["resnet18-imagenet.pth"]
+    fetch(select(True, [], []), tmp_path, accept_changed=True, show_progress=False, log=lambda s: None)
+    assert json.loads((tmp_path / "manifest.json").read_text())["resnet18-imagenet.pth"]["sha256"] != first
+
+
+def test_from_a_folder_and_a_cut_download_resumed(tmp_path, served):
+    server, entry = served
+    body = _r18_release()
+    server.files["resnet18-imagenet.pth"] = body
+    server.cut["resnet18-imagenet.pth"] = len(body) // 2
+    with pytest.raises(FetchError, match="rerun to resume"):
+        fetch(select(True, [], []), tmp_path / "w", show_progress=False, log=lambda s: None)
+    fetch(select(True, [], []), tmp_path / "w", show_progress=False, log=lambda s: None)
+    assert server.requests[-1][1] is not None and server.requests[-1][1].startswith("bytes=")  # resumed with a range
+    assert (tmp_path / "w" / "downloads" / "resnet18-imagenet.pth").read_bytes() == body
+    server.close()  # offline: the file from a folder
+    given = tmp_path / "given"
+    given.mkdir()
+    (given / "resnet18-imagenet.pth").write_bytes(body)
+    (dst,) = fetch(select(True, [], []), tmp_path / "offline", from_dir=given, show_progress=False, log=lambda s: None)
+    assert read_meta(dst)["source_sha256"] == sha256_file(given / "resnet18-imagenet.pth")
+    with pytest.raises(FetchError, match=r"--from .*: resnet18-imagenet.pth is not there \(the README's link: "
+                                         r"https://drive.google.com/file/d/1_i0n3ZePtQuh66uQIftiSwN7QAUlFb8_/view\)"):
+        fetch(select(True, [], []), tmp_path / "none", from_dir=tmp_path / "empty", show_progress=False, log=lambda s: None)
+
+
+def test_the_table_of_released_files_and_what_selects_them():
+    keys = [r.key for r in select(False, [], [])]
+    assert keys == ["r101", "r18", "mbv2"]  # the backbones by default
+    assert [r.key for r in select(False, ["cityscapes"], ["voc"])] == ["cityscapes-teacher", "voc-afdcd-r18", "voc-afdcd-psp18"]
+    assert len(select(False, ["all"], ["all"])) == 5 + 8
+    with pytest.raises(FetchError, match="no released files for 'kitti'"):
+        select(False, ["kitti"], [])
+    # the README links one file for two rows twice: said on those entries
+    shared = [r.key for r in fetch_mod.RELEASED if r.note]
+    assert shared == ["cityscapes-afdcd-r18", "cityscapes-afdcd-mbv2", "voc-afdcd-psp18", "camvid-afdcd-psp18"]
+
+
+def test_missing_weights_are_named_with_the_fetch_command_before_anything_runs(tmp_path, monkeypatch):
+    from afdcd_bench.harness.reproduce import ReproduceError, reproduce
+    from afdcd_bench.models import PretrainedWeightsError, build_segmentor
+
+    monkeypatch.setenv("AFDCD_WEIGHTS", str(tmp_path / "none"))
+    from test_cli import _fake_cityscapes
+
+    root = tmp_path / "cityscapes"
+    _fake_cityscapes(root)
+    missing = tmp_path / "weights"
+    with pytest.raises(ReproduceError) as err:
+        reproduce("cityscapes", seeds=1, data_root=str(root), results_dir=str(tmp_path / "res"), output_dir=str(tmp_path / "runs"),
+                  only="deeplabv3_resnet18", methods=["kd"], extra=[f"student.pretrained={missing}/resnet18_deepstem.safetensors"])
+    text = str(err.value)
+    assert text.startswith("weights files the runs start from are missing; nothing was started")
+    assert f"{missing}/resnet18_deepstem.safetensors (for cityscapes/" in text and "`afdcd-bench weights fetch` downloads" in text
+    assert not (tmp_path / "runs").exists()
+    with pytest.raises(PretrainedWeightsError, match=r"afdcd-bench weights fetch` downloads and imports it .*--from DIR"):
+        build_segmentor("deeplabv3", "resnet18_deepstem", 19, pretrained=str(missing / "resnet18_deepstem.safetensors"))
