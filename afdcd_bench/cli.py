@@ -56,6 +56,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 def _cmd_table(args: argparse.Namespace) -> int:
     from .config import list_recipes
+    from .harness.released_scores import with_released
     from .harness.table import expected_runs, records_frame, render, summary, write_tables
 
     folder = Path(args.results_dir)
@@ -73,7 +74,7 @@ def _cmd_table(args: argparse.Namespace) -> int:
     with_ablations = bool(frame["ablation_of"].notna().any())
     expected = [n for b in sorted({r.split("/")[0] for r in frame["recipe"]}) if list_recipes(b)
                 for n in plan(b, ablations=with_ablations)]
-    table = summary(frame, expected_runs(expected))
+    table = with_released(summary(frame, expected_runs(expected)), folder)
     render(table)
     out = args.out or (folder if args.results_dir_given else None)
     if out is not None and not table.empty:
@@ -152,6 +153,15 @@ def _cmd_weights_fetch(args: argparse.Namespace) -> int:
     console = Console()
     fetch(entries, Path(args.root) if args.root else None, Path(args.from_dir) if args.from_dir else None, args.accept_changed,
           show_progress=sys.stderr.isatty(), log=console.log)
+    return 0
+
+
+def _cmd_score_released(args: argparse.Namespace) -> int:
+    from .harness.released_scores import score_released
+
+    out = Path(args.results_dir or f"results/{args.benchmark}")
+    paths = score_released(args.benchmark, out, args.data_root, args.keys, args.overrides, log=Console().log)
+    print(f"wrote {len(paths)} record(s) under {out / 'released'}; `afdcd-bench table {out}` shows them beside the runs")
     return 0
 
 
@@ -369,6 +379,13 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--size", type=_parse_size, default=None, help="HxW for every model (default: each benchmark's crop)")
     m.add_argument("--format", choices=("text", "json"), default="text")
     m.set_defaults(func=_cmd_models)
+    sr = sub.add_parser("score-released", help="evaluate the released teachers and Af-DCD students with this suite's protocol")
+    sr.add_argument("benchmark", help="cityscapes, voc, camvid, ade20k or coco_stuff_164k")
+    sr.add_argument("overrides", nargs="*", help="dotted.key=value applied to each recipe (e.g. eval.batch_size=4)")
+    sr.add_argument("--data-root", default=None, help="the benchmark's folder (default $AFDCD_DATA/<folder>)")
+    sr.add_argument("--results-dir", default=None, help="where the records go, under released/ (default results/BENCHMARK)")
+    sr.add_argument("--keys", nargs="+", default=None, help="only these released files (e.g. cityscapes-teacher)")
+    sr.set_defaults(func=_cmd_score_released)
     w = sub.add_parser("weights", help="the authors' released weights")
     wsub = w.add_subparsers(dest="weights_command", required=True)
     wf = wsub.add_parser("fetch", help="download (gdown), record, and import the released backbones, teachers, students")

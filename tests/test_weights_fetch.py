@@ -126,3 +126,42 @@ def test_missing_weights_are_named_with_the_fetch_command_before_anything_runs(t
     assert not (tmp_path / "runs").exists()
     with pytest.raises(PretrainedWeightsError, match=r"afdcd-bench weights fetch` downloads and imports it .*--from DIR"):
         build_segmentor("deeplabv3", "resnet18_deepstem", 19, pretrained=str(missing / "resnet18_deepstem.safetensors"))
+
+
+def test_a_released_checkpoint_is_scored_by_this_suites_evaluator_and_shown_beside_the_runs(tmp_path, monkeypatch, capsys):
+    from afdcd_bench.cli import main
+    from afdcd_bench.harness.released_scores import score_released, with_released
+    from afdcd_bench.harness.table import records_frame, render, summary
+    from afdcd_bench.models import build_segmentor, save_segmentor
+    from test_budget import _record
+    from test_cli import _fake_cityscapes
+
+    weights = tmp_path / "weights"
+    monkeypatch.setenv("AFDCD_WEIGHTS", str(weights))
+    root = tmp_path / "cityscapes"
+    _fake_cityscapes(root)
+    res = tmp_path / "res"
+    with pytest.raises(FileNotFoundError, match=r"not fetched yet: .*`afdcd-bench weights fetch --released cityscapes` gets them"):
+        score_released("cityscapes", res, str(root), keys=["cityscapes-afdcd-r18"])
+    torch.manual_seed(0)
+    model = build_segmentor("deeplabv3", "resnet18_deepstem", 19, aux=True, head_width=128).eval()  # as imported
+    ckpt = weights / "released" / "cityscapes_afdcd_deeplabv3_resnet18_deepstem.safetensors"
+    ckpt.parent.mkdir(parents=True)
+    save_segmentor(model, ckpt)
+    (path,) = score_released("cityscapes", res, str(root), keys=["cityscapes-afdcd-r18"], log=lambda s: None)
+    rec = json.loads(path.read_text())
+    assert (rec["kind"], rec["recipe"], rec["split"], rec["images"], rec["published_miou"]) == (
+        "afdcd-bench-released", "cityscapes/deeplabv3_resnet18/afdcd", "val", 2, 77.03)
+    # the same number `afdcd-bench eval` gives for that checkpoint under that recipe
+    capsys.readouterr()
+    assert main(["eval", "cityscapes/deeplabv3_resnet18/afdcd", "--checkpoint", str(ckpt), f"data.root={root}"]) == 0
+    assert json.loads(capsys.readouterr().out)["miou"] == rec["miou"]
+    _record(res, "cityscapes/deeplabv3_resnet18/afdcd", 0, 0.5)
+    table = with_released(summary(records_frame(res)), res)
+    row = table[table["method"] == "afdcd"].iloc[0]
+    assert row["released"] == pytest.approx(100 * rec["miou"])
+    from rich.console import Console
+
+    console = Console(record=True, width=250)
+    render(table, console)
+    assert "released (measured)" in console.export_text()

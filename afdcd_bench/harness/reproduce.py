@@ -23,6 +23,7 @@ from .executors import FAILED
 from .budget import Budget, BudgetError, budget_label, budget_overrides, measure_costs, read_costs, write_costs
 from .plan import Plan, Resources, build_runs, show_plan, step_rates
 from .status import wait_for_jobs
+from .released_scores import with_released
 from .table import expected_runs, records_frame, render, summary, write_tables
 
 class ReproduceError(RuntimeError):
@@ -335,7 +336,8 @@ def reproduce(
                 handles[s.key].state, handles[s.key].detail = FAILED if s.state == "failed" else NOT_STARTED, s.detail
     planned = [(n, [*common, *quick_overrides.get(n, []), *variant]) for n in names if not (teacher and is_teacher_recipe(n))
                for variant in ([[], budgets[n]] if n in budgets else [[]])]
-    table = summary(records_frame(out), expected_runs(planned, with_settings=True, processes=resources.total_processes()))
+    table = with_released(summary(records_frame(out), expected_runs(planned, with_settings=True, processes=resources.total_processes())),
+                          out)
     render(table, console)
     for p in write_tables(table, out):
         console.log(f"wrote {p}")

@@ -140,7 +140,8 @@ def frame_of(records: list[dict[str, Any]], root: Path) -> pd.DataFrame:
 
 
 COLUMNS = ["benchmark", "student", "method", "budget", "best_mean", "best_std", "final_mean", "final_std", "n", "delta_best",
-           "delta_final", "vs_main", "best_on_test", "published", "selected_on", "diff_published", "precision", "split", "iterations",
+           "delta_final", "vs_main", "best_on_test", "published", "released", "selected_on", "diff_published", "precision", "split",
+           "iterations",
            "wall_s", "train_s", "img_s", "peak_mb", "device", "launch", "settings",
            "folder", "recipe"]
 KEY = ["benchmark", "student", "method", "settings"]
@@ -274,6 +275,10 @@ def render(table: pd.DataFrame, console: Console | None = None) -> None:
                           "script made; published numbers marked * were selected that way and are compared with it")
             if _present(part, "published"):
                 cols += [("published", "published"), ("best-pub", "diff_published")]
+            if _present(part, "released"):
+                cols.append(("released (measured)", "released"))
+                notes.add("released (measured): the authors' released checkpoint of that network and method, scored by this "
+                          "code's evaluator on the same split (afdcd-bench score-released)")
             cols += [("prec", "precision"), ("wall s", "wall_s")]
             cols += [("train s", "train_s")] if budgets else []
             cols += [("img/s", "img_s")]
@@ -308,7 +313,7 @@ def render(table: pd.DataFrame, console: Console | None = None) -> None:
                         cells.append(_fmt(r[key], ".0f"))
                     elif key == "img_s":
                         cells.append(_fmt(r[key], ".1f"))
-                    elif key in ("published", "best_on_test"):
+                    elif key in ("published", "best_on_test", "released"):
                         cells.append(_fmt(r[key]) + ("*" if key == "published" and r["selected_on"] == "test" else ""))
                     else:
                         cells.append("" if not isinstance(r[key], str) else r[key])
