@@ -165,3 +165,13 @@ def test_a_released_checkpoint_is_scored_by_this_suites_evaluator_and_shown_besi
     console = Console(record=True, width=250)
     render(table, console)
     assert "released (measured)" in console.export_text()
+
+
+def test_a_missing_teacher_names_the_released_one():
+    from afdcd_bench.config import load_recipe
+    from afdcd_bench.engine.building import load_teacher
+
+    cfg = load_recipe("cityscapes/deeplabv3_resnet18/kd", ["teacher.checkpoint=/nonexistent/teacher.safetensors"])
+    with pytest.raises(FileNotFoundError, match=r"weights fetch --teachers cityscapes` then teacher.checkpoint=.*"
+                                                r"teachers/cityscapes_deeplabv3_resnet101_deepstem.safetensors"):
+        load_teacher(cfg)

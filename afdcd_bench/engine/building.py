@@ -39,7 +39,13 @@ def load_teacher(cfg: RecipeConfig) -> Segmentor:
     if t is None or not t.checkpoint:
         raise FileNotFoundError("this method needs a teacher: set teacher.checkpoint=PATH (a checkpoint written by a teacher run or import-released)")
     if not Path(t.checkpoint).is_file():
-        raise FileNotFoundError(f"teacher checkpoint {t.checkpoint} not found; train the teacher recipe first or point teacher.checkpoint at it")
+        from ..models.fetch import BY_KEY, weights_root
+
+        released = BY_KEY.get(f"{cfg.benchmark}-teacher")
+        fetch = (f", or use the released one: `afdcd-bench weights fetch --teachers {cfg.benchmark}` then "
+                 f"teacher.checkpoint={weights_root() / released.dst}") if released else ""
+        raise FileNotFoundError(f"teacher checkpoint {t.checkpoint} not found; train the teacher recipe first or point "
+                                f"teacher.checkpoint at it{fetch}")
     teacher = load_segmentor(t.checkpoint)
     built = (teacher.build_args["arch"], teacher.build_args["backbone"])
     if built != (t.arch, t.backbone):
