@@ -205,3 +205,23 @@ def test_budget_flags_are_checked_before_anything_runs(tmp_path):
         reproduce("demo", equal_compute="afdcd", executor="slurm", results_dir=str(tmp_path), dry_run=True)
     with pytest.raises(ReproduceError, match="--schedule-scale must be > 0"):
         reproduce("demo", schedule_scale=0, results_dir=str(tmp_path), dry_run=True)
+
+
+def test_a_dry_run_measures_nothing_and_plans_both_budgets_from_given_costs(tmp_path):
+    from rich.console import Console
+
+    from afdcd_bench.harness.plan import load_plan
+    from afdcd_bench.harness.reproduce import ReproduceError, reproduce
+
+    with pytest.raises(ReproduceError, match=r"--dry-run starts nothing, and the costs of 3 recipe\(s\) are not measured yet"):
+        reproduce("demo", methods=["kd"], equal_compute="afdcd", results_dir=str(tmp_path / "a"), dry_run=True,
+                  console=Console(file=open("/dev/null", "w")))
+    costs = tmp_path / "costs.json"
+    costs.write_text(json.dumps(_costs({"demo/baseline": 100.0, "demo/kd": 150.0, "demo/afdcd": 240.0})))
+    console = Console(record=True, width=200)
+    reproduce("demo", seeds=2, methods=["kd"], equal_compute="afdcd", costs=str(costs), results_dir=str(tmp_path / "b"),
+              dry_run=True, console=console)
+    runs = {r.key: r.iterations for r in load_plan(tmp_path / "b").runs} if (tmp_path / "b/plan.json").is_file() else None
+    text = console.export_text()
+    assert "demo/baseline@compute-afdcd@seed1" in text and "demo/kd@compute-afdcd@seed0" in text
+    assert runs is None  # a dry run writes no plan

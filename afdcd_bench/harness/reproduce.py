@@ -169,7 +169,7 @@ def output_folder(output_dir: str | None, extra: list[str], quick: bool) -> str 
 
 
 def budget_runs(names: list[str], common: list[str], per_recipe: dict[str, list[str]], budget: Budget, costs: str | None,
-                out: Path, processes: int, console: Console) -> dict[str, list[str]]:
+                out: Path, processes: int, console: Console, dry_run: bool = False) -> dict[str, list[str]]:
     """Each student recipe's overrides for the budget (harness/budget.py); the plan runs them beside
     the recipe's own schedule, so one reproduction holds both sides of the comparison. The costs come
     from --costs, else from the results folder's costs.json, which an earlier start measured (so a rerun
@@ -188,6 +188,10 @@ def budget_runs(names: list[str], common: list[str], per_recipe: dict[str, list[
                                 f"({source}); delete that file to measure them anew")
                 missing = {n: (c, [*common, *per_recipe.get(n, [])]) for n, c in students.items()
                            if n not in (measured or {}).get("recipes", {})}
+                if missing and dry_run:
+                    raise BudgetError(f"--dry-run starts nothing, and the costs of {len(missing)} recipe(s) are not measured yet "
+                                      f"({', '.join(sorted(missing)[:3])}{', ...' if len(missing) > 3 else ''}): give --costs FILE "
+                                      f"(`afdcd-bench costs BENCHMARK`) or start the reproduction, which measures them first")
                 if missing:
                     console.log(f"measuring the cost of a training step of {len(missing)} recipe(s) on this machine")
                     new = measure_costs(missing, processes, log=console.log)
@@ -302,7 +306,7 @@ def reproduce(
     if data_root:
         common.append(f"data.root={Path(data_root).resolve()}")
     budgets = {} if budget.is_default else \
-        budget_runs(names, common, quick_overrides, budget, costs, out, resources.total_processes(), console)
+        budget_runs(names, common, quick_overrides, budget, costs, out, resources.total_processes(), console, dry_run)
     if not dry_run:
         check_weights({n: [*common, *quick_overrides.get(n, [])] for n in names if not (teacher and is_teacher_recipe(n))})
     if teacher:
