@@ -137,3 +137,22 @@ def test_eval_saves_raw_colour_and_cityscapes_label_id_predictions(tmp_path, cap
     assert np.array_equal(ids, np.vectorize(to_id.get)(raw))
     assert np.array_equal(np.asarray(colour), raw)
     assert sorted(p.name for p in (out / "raw").iterdir()) == [f"aachen_00000{i}_000019_leftImg8bit.png" for i in range(2)]
+
+
+def test_reproduce_lists_every_bad_recipe_before_the_first_run(tmp_path):
+    """Smoke overrides that three recipes refuse (their discriminator needs 512-pixel crops): all named
+    at once, before the teacher trains, instead of the first failure hours in."""
+    from afdcd_bench.harness.reproduce import ReproduceError, reproduce
+
+    root = tmp_path / "cityscapes"
+    _fake_cityscapes(root)
+    with pytest.raises(ReproduceError) as err:
+        reproduce("cityscapes", seeds=1, data_root=str(root), results_dir=str(tmp_path / "res"), output_dir=str(tmp_path / "runs"),
+                  only="deeplabv3_resnet18", extra=["data.crop_size=[128, 256]", "student.pretrained=false"])
+    text = str(err.value)
+    assert text.startswith("nothing was started: 3 problem(s) found before the first run")
+    lines = text.splitlines()[1:]
+    for recipe in ("skd", "ifvd", "cwd"):
+        assert any(line.startswith(f"- cityscapes/deeplabv3_resnet18/{recipe}: ") and
+                   "method.adv: the discriminator needs logit maps of at least 64x64" in line for line in lines), recipe
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "res").exists()

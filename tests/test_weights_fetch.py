@@ -121,8 +121,9 @@ def test_missing_weights_are_named_with_the_fetch_command_before_anything_runs(t
         reproduce("cityscapes", seeds=1, data_root=str(root), results_dir=str(tmp_path / "res"), output_dir=str(tmp_path / "runs"),
                   only="deeplabv3_resnet18", methods=["kd"], extra=[f"student.pretrained={missing}/resnet18_deepstem.safetensors"])
     text = str(err.value)
-    assert text.startswith("weights files the runs start from are missing; nothing was started")
-    assert f"{missing}/resnet18_deepstem.safetensors (for cityscapes/" in text and "`afdcd-bench weights fetch` downloads" in text
+    assert text.startswith("nothing was started: 1 problem(s) found before the first run")
+    assert f"weights file {missing}/resnet18_deepstem.safetensors (for cityscapes/" in text
+    assert "is missing: `afdcd-bench weights fetch` downloads" in text
     assert not (tmp_path / "runs").exists()
     with pytest.raises(PretrainedWeightsError, match=r"afdcd-bench weights fetch` downloads and imports it .*--from DIR"):
         build_segmentor("deeplabv3", "resnet18_deepstem", 19, pretrained=str(missing / "resnet18_deepstem.safetensors"))

@@ -112,9 +112,9 @@ def check_teacher(teacher: str, overrides: dict[str, list[str]]) -> None:
                                  f"{wanted[0]}-{wanted[1]} for {wanted[2]} classes")
 
 
-def check_weights(overrides: dict[str, list[str]]) -> None:
-    """Every pretrained backbone file the planned runs start from, before anything runs: all the
-    missing ones in one message, each with the command that gets it (the teacher: check_teacher)."""
+def check_weights(overrides: dict[str, list[str]]) -> list[str]:
+    """Every pretrained backbone file the planned runs start from that is missing, each with the
+    command that gets it (the teacher: check_teacher)."""
     from ..models.fetch import missing_weights_hint
 
     from ..config.runs import NAMED_WEIGHTS
@@ -124,10 +124,28 @@ def check_weights(overrides: dict[str, list[str]]) -> None:
         p = load_recipe(name, extra).student.pretrained  # the teacher recipe's too: its backbone
         if isinstance(p, str) and p not in NAMED_WEIGHTS and not Path(p).is_file():
             missing.setdefault(p, name)
-    if missing:
-        lines = [f"- {p} (for {name}): {missing_weights_hint(p) or 'not a released file; give its path in the recipe'}"
-                 for p, name in sorted(missing.items())]
-        raise ReproduceError("weights files the runs start from are missing; nothing was started:\n" + "\n".join(lines))
+    return [f"weights file {p} (for {name}) is missing: {missing_weights_hint(p) or 'not a released file; give its path in the recipe'}"
+            for p, name in sorted(missing.items())]
+
+
+def check_recipes(overrides: list[tuple[str, list[str]]]) -> list[str]:
+    """Every planned recipe loaded with its overrides (the checks of config/checks.py and of each
+    method): all the refusals, not only the first."""
+    from ..config.schema import ConfigError
+
+    problems = []
+    for name, extra in overrides:
+        try:
+            load_recipe(name, extra)
+        except (ConfigError, ValueError, FileNotFoundError) as exc:
+            problems.append(f"{name}: {exc}")
+    return list(dict.fromkeys(problems))
+
+
+def preflight(problems: list[str]) -> None:
+    if problems:
+        raise ReproduceError(f"nothing was started: {len(problems)} problem(s) found before the first run\n" +
+                             "\n".join(f"- {p}" for p in problems))
 
 
 def _existing_record(path: Path, name: str, seed: int, cfg_identity: dict, console: Console) -> bool:
@@ -305,10 +323,15 @@ def reproduce(
     common = [*([f"output_dir={runs}"] if runs else []), *rest]
     if data_root:
         common.append(f"data.root={Path(data_root).resolve()}")
+    base = [(n, [*common, *quick_overrides.get(n, [])]) for n in names if not (teacher and is_teacher_recipe(n))]
+    problems = check_recipes(base)
+    if not dry_run and not problems:
+        problems += check_weights(dict(base))
+    preflight(problems)
     budgets = {} if budget.is_default else \
         budget_runs(names, common, quick_overrides, budget, costs, out, resources.total_processes(), console, dry_run)
-    if not dry_run:
-        check_weights({n: [*common, *quick_overrides.get(n, [])] for n in names if not (teacher and is_teacher_recipe(n))})
+    planned = [(n, [*extra, *variant]) for n, extra in base for variant in ([[], budgets[n]] if n in budgets else [[]])]
+    preflight(check_recipes([(n, extra) for n, extra in planned if n in budgets and extra != dict(base)[n]]))
     if teacher:
         check_teacher(teacher, {n: [*common, *quick_overrides.get(n, [])] for n in names})
     try:
@@ -338,8 +361,6 @@ def reproduce(
         for s in wait_for_jobs(out, console):
             if s.key in handles and s.state != "done":
                 handles[s.key].state, handles[s.key].detail = FAILED if s.state == "failed" else NOT_STARTED, s.detail
-    planned = [(n, [*common, *quick_overrides.get(n, []), *variant]) for n in names if not (teacher and is_teacher_recipe(n))
-               for variant in ([[], budgets[n]] if n in budgets else [[]])]
     table = with_released(summary(records_frame(out), expected_runs(planned, with_settings=True, processes=resources.total_processes())),
                           out)
     render(table, console)
