@@ -4,10 +4,12 @@
 #     BENCHMARK: cityscapes | voc | camvid | ade20k | coco_stuff_164k
 # Installs what it needs into .venv/ on first use. All options: .venv/bin/afdcd-bench reproduce --help
 set -euo pipefail
-cd "$(dirname "$0")"
+# runs from the caller's directory, so relative --results-dir / --data-root / output_dir= are the
+# caller's (docs/runs.md); the defaults are the project's results/ and runs/ wherever it is called from
+here="$(cd "$(dirname "$0")" && pwd)"
 if [ $# -lt 1 ] || [ "$1" = "-h" ] || [ "$1" = "--help" ]; then
   sed -n '2,5p' "$0" | sed 's/^# \{0,1\}//'
   exit $([ $# -lt 1 ] && echo 2 || echo 0)
 fi
-scripts/bootstrap.sh
-exec .venv/bin/python -m afdcd_bench reproduce "$@"
+(cd "$here" && scripts/bootstrap.sh)
+exec "$here/.venv/bin/python" -m afdcd_bench reproduce "$@"

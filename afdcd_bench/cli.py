@@ -159,7 +159,9 @@ def _cmd_weights_fetch(args: argparse.Namespace) -> int:
 def _cmd_score_released(args: argparse.Namespace) -> int:
     from .harness.released_scores import score_released
 
-    out = Path(args.results_dir or f"results/{args.benchmark}")
+    from .config import project_root
+
+    out = Path(args.results_dir).resolve() if args.results_dir else project_root() / "results" / args.benchmark
     paths = score_released(args.benchmark, out, args.data_root, args.keys, args.overrides, log=Console().log)
     print(f"wrote {len(paths)} record(s) under {out / 'released'}; `afdcd-bench table {out}` shows them beside the runs")
     return 0

@@ -156,3 +156,11 @@ def test_reproduce_lists_every_bad_recipe_before_the_first_run(tmp_path):
         assert any(line.startswith(f"- cityscapes/deeplabv3_resnet18/{recipe}: ") and
                    "method.adv: the discriminator needs logit maps of at least 64x64" in line for line in lines), recipe
     assert not (tmp_path / "runs").exists() and not (tmp_path / "res").exists()
+
+
+def test_reproduce_sh_takes_relative_paths_from_the_callers_directory(tmp_path):
+    env = {**os.environ, "AFDCD_LOG_SECONDS": "30"}
+    res = subprocess.run([str(ROOT / "reproduce.sh"), "demo", "--dry-run", "--results-dir", "rel", "--methods", "kd"],
+                         capture_output=True, text=True, env=env, timeout=600, cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert f"planned into {tmp_path / 'rel'}" in " ".join(res.stdout.split())

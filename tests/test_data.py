@@ -43,7 +43,7 @@ def make_tree(root, name, raw_label):
 
 CASES = {
     # name: (raw values, expected mapped values)
-    "cityscapes": ([0, 7, 8, 26, 33, 34, 255], [255, 0, 1, 13, 18, 255, 255]),
+    "cityscapes": ([0, 7, 8, 26, 33, 255], [255, 0, 1, 13, 18, 255]),
     "voc": ([0, 5, 20, 255], [0, 5, 20, 255]),
     "camvid": ([0, 5, 10, 11], [0, 5, 10, 255]),
     "ade20k": ([0, 1, 2, 150], [255, 0, 1, 149]),
@@ -280,3 +280,30 @@ def test_crop_first_augmentation_equals_resizing_the_whole_image_then_cropping(s
         off += int((diff > 0).sum())
     # the README's figure: at most 0.01% of values one grey level off (measured 0.0005% to 0.003% on these cases)
     assert off <= 1e-4 * 12 * crop[0] * crop[1] * 3
+
+
+def test_data_check_flags_cityscapes_label_values_that_are_no_label_id(tmp_path):
+    """gtFine labelIds hold cityscapesscripts' ids 0..33 (and 255, the license plate's -1 in uint8):
+    a 250 is a damaged or foreign file, not "ignore"."""
+    from afdcd_bench.data.benchmarks import BENCHMARKS
+    from afdcd_bench.data.check import check_dataset
+
+    try:
+        from cityscapesscripts.helpers.labels import labels
+    except ImportError:
+        labels = None
+    if labels is not None:
+        assert BENCHMARKS["cityscapes"].valid_labels == {(lab.id % 256) for lab in labels}
+    root = tmp_path / "cs"
+    for split in ("train", "val"):
+        img = root / "leftImg8bit" / split / "aachen" / "aachen_000000_000019_leftImg8bit.png"
+        lab = root / "gtFine" / split / "aachen" / "aachen_000000_000019_gtFine_labelIds.png"
+        img.parent.mkdir(parents=True)
+        lab.parent.mkdir(parents=True)
+        Image.fromarray(np.zeros((8, 16, 3), np.uint8)).save(img)
+        label = np.full((8, 16), 7, np.uint8)
+        label[0, 0] = 250 if split == "val" else 255
+        Image.fromarray(label).save(lab)
+    report = check_dataset("cityscapes", root)
+    problems = {s.split: s.problems for s in report.splits}
+    assert problems["train"] == [] and len(problems["val"]) == 1 and "values [250] outside cityscapes's label set" in problems["val"][0]

@@ -116,7 +116,8 @@ BENCHMARKS: dict[str, Benchmark] = {
         "cityscapes", 19, {"train": 2975, "val": 500}, "cityscapes",
         "leftImg8bit/{train,val}/<city>/*_leftImg8bit.png and gtFine/{train,val}/<city>/*_gtFine_labelIds.png",
         "https://www.cityscapes-dataset.com (leftImg8bit_trainvaltest.zip, gtFine_trainvaltest.zip; registration needed)",
-        _cityscapes_pairs, CITYSCAPES_LUT, frozenset(range(256)), _cityscapes_labels,
+        # label ids 0..33 (cityscapesscripts' labels; the license plate's -1 is stored as 255 in uint8)
+        _cityscapes_pairs, CITYSCAPES_LUT, frozenset([*range(34), 255]), _cityscapes_labels,
     ),
     "voc": Benchmark(
         "voc", 21, {"train": 10582, "val": 1449}, "VOCAug",
@@ -154,10 +155,12 @@ def describe(name: str, root: str | os.PathLike | None = None) -> str:
     b = BENCHMARKS[name]
     default = default_data_root() / b.folder
     if root is not None and Path(root) != default:
-        where = f"  {name}: looked in {root} (the folder given with --data-root / data.root)\n"
+        where = (f"  {name}: looked in {root} (the folder given with --data-root for reproduce, data.root= for train "
+                 f"and eval, --root for data check and data prepare)\n")
     else:
-        where = (f"  {name}: expected in {default} (point elsewhere with --data-root PATH to this folder, "
-                 f"or set $AFDCD_DATA to the folder that holds {b.folder}/)\n")
+        where = (f"  {name}: expected in {default} (point elsewhere at this folder with --data-root PATH for reproduce, "
+                 f"data.root=PATH for train and eval, --root PATH for data check and data prepare, or set $AFDCD_DATA "
+                 f"to the folder that holds {b.folder}/)\n")
     return (
         where +
         f"  layout: {b.layout}\n"

@@ -316,7 +316,7 @@ def reproduce(
         unlisted = [n for n in names if n not in quick_overrides and not (teacher and is_teacher_recipe(n))]
         if unlisted:  # it would train its full schedule inside a smoke run
             raise ReproduceError(f"--quick: {quick_file} has no overrides for {', '.join(unlisted)}")
-    out = Path(results_dir or f"results/{benchmark}{'-quick' if quick else ''}").resolve()
+    out = Path(results_dir).resolve() if results_dir else project_root() / "results" / f"{benchmark}{'-quick' if quick else ''}"
     extra = list(extra or [])
     runs = output_folder(output_dir, extra, quick)
     rest = [o for o in extra if o.split("=", 1)[0].strip() != "output_dir"]
