@@ -61,7 +61,11 @@ def _cmd_table(args: argparse.Namespace) -> int:
 
     folder = Path(args.results_dir)
     if not folder.is_dir():
-        print(f"afdcd-bench: error: results folder {folder} does not exist", file=sys.stderr)
+        what = "is a file, not a folder of run records" if folder.exists() else "does not exist"
+        print(f"afdcd-bench: error: results folder {folder} {what}", file=sys.stderr)
+        return 2
+    if args.out and Path(args.out).exists() and not Path(args.out).is_dir():
+        print(f"afdcd-bench: error: --out {args.out} is a file; give a folder (table.csv / .md / .tex go in it)", file=sys.stderr)
         return 2
     problems: list[str] = []
     frame = records_frame(folder, problems)
@@ -125,8 +129,12 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
     from .harness.reproduce import reproduce
     from .harness.slurm_options import slurm_options
 
+    from .harness.reproduce import ReproduceError
+
+    if args.quick and args.seeds not in (None, 1):
+        raise ReproduceError(f"--quick trains one seed (a smoke run); drop --seeds {args.seeds}, or run without --quick")
     resources = {"gpus": args.gpus_per_run, "processes": args.processes_per_run, "nodes": args.nodes, "threads": args.threads}
-    reproduce(args.benchmark, seeds=args.seeds, data_root=args.data_root, teacher=args.teacher, quick=args.quick,
+    reproduce(args.benchmark, seeds=1 if args.quick else (args.seeds or 3), data_root=args.data_root, teacher=args.teacher, quick=args.quick,
               results_dir=args.results_dir, output_dir=args.output_dir, executor=args.executor, extra=args.overrides,
               only=args.only, ablations=args.ablations,
               methods=[m for m in (args.methods or "").split(",") if m] or None, resources=resources,
@@ -259,7 +267,11 @@ def _cmd_plot(args: argparse.Namespace) -> int:
     from .harness.plots import plot_results
 
     if not Path(args.results_dir).is_dir():
-        print(f"afdcd-bench: error: results folder {args.results_dir} does not exist", file=sys.stderr)
+        what = "is a file, not a folder of run records" if Path(args.results_dir).exists() else "does not exist"
+        print(f"afdcd-bench: error: results folder {args.results_dir} {what}", file=sys.stderr)
+        return 2
+    if args.out and Path(args.out).exists() and not Path(args.out).is_dir():
+        print(f"afdcd-bench: error: --out {args.out} is a file; give a folder for the figures", file=sys.stderr)
         return 2
     problems: list[str] = []
     paths = plot_results(args.results_dir, args.out, qualitative=args.qualitative, problems=problems)
@@ -316,7 +328,7 @@ def build_parser() -> argparse.ArgumentParser:
     rp = sub.add_parser("reproduce", help="teacher, baselines, distilled students, table")
     rp.add_argument("benchmark", help="demo, cityscapes, voc, camvid, ade20k or coco_stuff_164k")
     rp.add_argument("overrides", nargs="*", help="dotted.key=value applied to every run")
-    rp.add_argument("--seeds", type=int, default=3, help="seeds per student recipe (default 3; the teacher runs once)")
+    rp.add_argument("--seeds", type=int, default=None, help="seeds per student recipe (default 3; the teacher runs once)")
     rp.add_argument("--data-root", default=None, help="the benchmark's folder (default $AFDCD_DATA/<folder>)")
     rp.add_argument("--teacher", default=None, help="a teacher checkpoint to use instead of training one")
     rp.add_argument("--quick", action="store_true",

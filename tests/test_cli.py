@@ -164,3 +164,61 @@ def test_reproduce_sh_takes_relative_paths_from_the_callers_directory(tmp_path):
                          capture_output=True, text=True, env=env, timeout=600, cwd=tmp_path)
     assert res.returncode == 0, res.stderr[-2000:]
     assert f"planned into {tmp_path / 'rel'}" in " ".join(res.stdout.split())
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["table", "{file}"], "results folder {file} is a file, not a folder of run records"),
+    (["table", "{dir}", "--out", "{file}"], "--out {file} is a file; give a folder (table.csv / .md / .tex go in it)"),
+    (["plot", "{dir}", "--out", "{file}"], "--out {file} is a file; give a folder for the figures"),
+    (["reproduce", "demo", "--results-dir", "{file}", "--dry-run"], "--results-dir {file} is a file; give a folder"),
+    (["reproduce", "demo", "--quick", "--seeds", "5"], "--quick trains one seed (a smoke run); drop --seeds 5"),
+    (["train", "demo/kd", "method.name=kd+"], "method.name: 'kd+' has an empty method name before or after a '+'"),
+    (["train", "demo/kd", "method.name=baseline+kd"], "baseline is training without distillation and joins no other method"),
+    (["train", "demo/kd", "train.seed=-1"], "train.seed must be >= 0, got -1"),
+])
+def test_bad_arguments_get_one_sentence_naming_them(tmp_path, capsys, argv, message):
+    file = tmp_path / "a-file"
+    file.write_text("x")
+    (tmp_path / "d").mkdir()
+    fill = {"file": str(file), "dir": str(tmp_path / "d")}
+    assert main([a.format(**fill) for a in argv]) == 2
+    err = capsys.readouterr().err
+    assert message.format(**fill) in err and "Traceback" not in err
+
+
+def test_environment_variables_and_batch_flags_are_named_when_wrong(tmp_path, monkeypatch):
+    from afdcd_bench.data.digits import cache_root
+    from afdcd_bench.engine.launching import split_batch
+    from afdcd_bench.engine.progress import log_seconds
+
+    monkeypatch.setenv("AFDCD_LOG_SECONDS", "abc")
+    with pytest.raises(ValueError, match=r"AFDCD_LOG_SECONDS='abc': expected a number of seconds > 0"):
+        log_seconds()
+    monkeypatch.setenv("AFDCD_LOG_SECONDS", "0")
+    with pytest.raises(ValueError, match="AFDCD_LOG_SECONDS='0'"):
+        log_seconds()
+    monkeypatch.setenv("AFDCD_LOG_SECONDS", "2.5")
+    assert log_seconds() == 2.5
+    monkeypatch.setenv("AFDCD_CACHE", "")
+    with pytest.raises(ValueError, match="AFDCD_CACHE is set but empty"):
+        cache_root()
+    (tmp_path / "f").write_text("x")
+    monkeypatch.setenv("AFDCD_CACHE", str(tmp_path / "f"))
+    with pytest.raises(ValueError, match="is a file, not a folder"):
+        cache_root()
+    monkeypatch.setenv("AFDCD_CACHE", str(tmp_path / "new" / "cache"))
+    assert cache_root() == tmp_path / "new" / "cache" and cache_root().is_dir()
+    with pytest.raises(ValueError, match="--per-device-batch must be at least 1, got 0"):
+        split_batch(16, 1, 0)
+    assert split_batch(16, 2, 4) == (4, 2)
+
+
+def test_only_keeps_the_baselines_its_students_are_compared_with(tmp_path):
+    from rich.console import Console
+
+    from afdcd_bench.harness.reproduce import reproduce
+
+    console = Console(record=True, width=250)
+    reproduce("cityscapes", only="deeplabv3_resnet18/kd", dry_run=True, results_dir=str(tmp_path), console=console)
+    keys = [line.split()[1] for line in console.export_text().splitlines() if "@seed" in line]
+    assert keys == ["cityscapes/teacher@seed0", "cityscapes/deeplabv3_resnet18/baseline@seed0", "cityscapes/deeplabv3_resnet18/kd@seed0"]

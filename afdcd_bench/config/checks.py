@@ -56,6 +56,7 @@ def check_ranges(cfg: RecipeConfig) -> None:
     for key in ("iterations", "effective_batch", "val_interval", "checkpoint_interval", "log_interval"):
         positive(getattr(t, key), f"train.{key}")
     positive(t.lr, "train.lr")
+    positive(t.seed, "train.seed", strict=False)
     positive(t.weight_decay, "train.weight_decay", strict=False)
     positive(t.momentum, "train.momentum", strict=False)
     positive(t.poly_power, "train.poly_power", strict=False)

@@ -238,6 +238,13 @@ def _method_from_dict(data: dict[str, Any], path: str) -> MethodConfig:
                           f"(allowed: {sorted(common)} and the options of a method: {sorted(types)})")
     cfg = _plain_from_dict(MethodConfig, {k: v for k, v in data.items() if k in common}, path)
     names = cfg.components
+    if any(not n.strip() for n in names):
+        raise ConfigError(f"{path}.name: {cfg.name!r} has an empty method name before or after a '+' (methods join as in "
+                          f"'cwd+kd+adv')")
+    if "baseline" in names and len(names) > 1:
+        rest = "+".join(n for n in names if n != "baseline")
+        raise ConfigError(f"{path}.name: {cfg.name!r}: baseline is training without distillation and joins no other method; "
+                          f"name the others alone ({rest!r})")
     bad = [n for n in names if n not in types]
     if bad or len(set(names)) != len(names):
         raise ConfigError(f"{path}.name: {cfg.name!r} must join distinct registered methods with '+' "

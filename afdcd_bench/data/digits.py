@@ -40,7 +40,21 @@ CLASS_NAMES = ["background"] + [f"digit_{d}" for d in range(10)]
 
 
 def cache_root() -> Path:
-    return Path(os.environ.get("AFDCD_CACHE", Path.home() / ".cache" / "afdcd-bench"))
+    """$AFDCD_CACHE, else ~/.cache/afdcd-bench: a folder this process can write (checked, with the
+    variable named: an empty value would otherwise write into the working directory)."""
+    given = os.environ.get("AFDCD_CACHE")
+    if given is not None and not given.strip():
+        raise ValueError("AFDCD_CACHE is set but empty: unset it (default ~/.cache/afdcd-bench) or give a folder")
+    root = Path(given) if given else Path.home() / ".cache" / "afdcd-bench"
+    if root.exists() and not root.is_dir():
+        raise ValueError(f"AFDCD_CACHE {root} is a file, not a folder")
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ValueError(f"cache folder {root} ($AFDCD_CACHE) cannot be created: {exc.strerror}") from None
+    if not os.access(root, os.W_OK | os.X_OK):
+        raise ValueError(f"cache folder {root} ($AFDCD_CACHE) is not writable: give a writable folder")
+    return root
 
 
 def _source_digits(split: str) -> tuple[np.ndarray, np.ndarray]:

@@ -25,6 +25,8 @@ def split_batch(effective: int, processes: int, per_device: int | None) -> tuple
     if effective % processes:
         raise ValueError(f"effective batch {effective} is not divisible by {processes} processes")
     per_process = effective // processes
+    if per_device is not None and per_device < 1:
+        raise ValueError(f"--per-device-batch must be at least 1, got {per_device}")
     per_device = per_device or per_process
     if per_process % per_device:
         raise ValueError(f"per-device batch {per_device} does not divide {per_process} (effective {effective} / {processes} processes)")

@@ -23,7 +23,14 @@ def make_progress(enabled: bool) -> Progress:
 
 
 def log_seconds() -> float:
-    return float(os.environ.get("AFDCD_LOG_SECONDS", "30"))
+    text = os.environ.get("AFDCD_LOG_SECONDS", "30")
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value > 0:
+        raise ValueError(f"AFDCD_LOG_SECONDS={text!r}: expected a number of seconds > 0 (the interval of the plain progress lines)")
+    return value
 
 
 class Heartbeat:

@@ -303,9 +303,14 @@ def reproduce(
         methods = [*methods, equal_compute]  # the reference's cost sets every run's budget
     names = plan(benchmark, ablations, methods, EQUAL_COMPUTE_EXTRAS if budget.kind == "compute" and not methods else ())
     if only:
-        names = needed_stages([n for n in names if is_teacher_recipe(n) or stage_of(load_recipe(n).method.name) or only in n])
-        if len(names) <= 1:
+        kept = [n for n in names if only in n and not is_teacher_recipe(n) and not stage_of(load_recipe(n).method.name)]
+        if not kept:
             raise ReproduceError(f"--only {only!r} matches no student recipe of {benchmark}: {plan(benchmark)}")
+        nets = {(c.student.arch, c.student.backbone) for c in map(load_recipe, kept)}
+        baselines = [n for n in names if load_recipe(n).method.name == "baseline" and
+                     (load_recipe(n).student.arch, load_recipe(n).student.backbone) in nets]  # every delta needs its baseline
+        names = needed_stages([n for n in names if is_teacher_recipe(n) or stage_of(load_recipe(n).method.name) or n in kept
+                               or n in baselines])
     quick_overrides: dict[str, list[str]] = {}
     quick_file = recipes_root() / benchmark / "_quick.yaml"
     if quick:
@@ -317,6 +322,8 @@ def reproduce(
         if unlisted:  # it would train its full schedule inside a smoke run
             raise ReproduceError(f"--quick: {quick_file} has no overrides for {', '.join(unlisted)}")
     out = Path(results_dir).resolve() if results_dir else project_root() / "results" / f"{benchmark}{'-quick' if quick else ''}"
+    if out.exists() and not out.is_dir():
+        raise ReproduceError(f"--results-dir {out} is a file; give a folder for the records and tables")
     extra = list(extra or [])
     runs = output_folder(output_dir, extra, quick)
     rest = [o for o in extra if o.split("=", 1)[0].strip() != "output_dir"]
