@@ -99,11 +99,20 @@ def _network(cfg) -> str | None:
 def _cmd_recipes(args: argparse.Namespace) -> int:
     from .config import list_recipes, load_recipe, run_method, to_dict
 
+    from .config.schema import ConfigError
+
     names = list_recipes()
+    configs, broken = {}, {}
+    for n in names:  # a broken recipe is listed with its reason; the others still are
+        try:
+            configs[n] = load_recipe(n)
+        except (ConfigError, ValueError, FileNotFoundError) as exc:
+            broken[n] = one_line(exc)
+    names = [n for n in names if n in configs]
     if args.format == "json":
         rows = []
         for n in names:
-            cfg = load_recipe(n)
+            cfg = configs[n]
             distilled = cfg.teacher is not None and cfg.method.name != "baseline"
             rows.append({"recipe": n, "benchmark": cfg.benchmark, "method": run_method(n, cfg.method.name),
                          "student": _network(cfg),
@@ -113,7 +122,7 @@ def _cmd_recipes(args: argparse.Namespace) -> int:
     else:
         rows = []
         for n in names:
-            cfg = load_recipe(n)
+            cfg = configs[n]
             method = run_method(n, cfg.method.name)
             teacher = f"{cfg.teacher.arch}-{cfg.teacher.backbone}" if cfg.teacher and method not in ("baseline", "teacher") else ""
             rows.append((n, cfg.benchmark, method, _network(cfg) or "- (stage)", teacher,
@@ -122,7 +131,9 @@ def _cmd_recipes(args: argparse.Namespace) -> int:
         widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
         for r in [header, *rows]:
             print("  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip())
-    return 0
+    for n, why in broken.items():
+        print(f"afdcd-bench: error: recipe {n} does not load: {why}", file=sys.stderr)
+    return 1 if broken else 0
 
 
 def _cmd_reproduce(args: argparse.Namespace) -> int:

@@ -222,3 +222,18 @@ def test_only_keeps_the_baselines_its_students_are_compared_with(tmp_path):
     reproduce("cityscapes", only="deeplabv3_resnet18/kd", dry_run=True, results_dir=str(tmp_path), console=console)
     keys = [line.split()[1] for line in console.export_text().splitlines() if "@seed" in line]
     assert keys == ["cityscapes/teacher@seed0", "cityscapes/deeplabv3_resnet18/baseline@seed0", "cityscapes/deeplabv3_resnet18/kd@seed0"]
+
+
+def test_one_broken_recipe_is_named_and_the_others_are_still_listed(tmp_path, monkeypatch, capsys):
+    import shutil
+
+    from afdcd_bench import config
+
+    recipes = tmp_path / "recipes"
+    shutil.copytree(config.recipes_root() / "demo", recipes / "demo")
+    (recipes / "demo" / "kd.yaml").write_text("extends: _student.yaml\nmethod:\n  name: kd\n  kd:\n    weight: -1\n")
+    monkeypatch.setattr("afdcd_bench.config.loader.recipes_root", lambda: recipes)
+    assert main(["recipes"]) == 1
+    captured = capsys.readouterr()
+    assert "demo/afdcd" in captured.out and "demo/kd " not in captured.out
+    assert "recipe demo/kd does not load:" in captured.err and "method.kd.weight must be >= 0" in captured.err

@@ -76,8 +76,8 @@ def test_kill_between_checkpoints_replays_to_the_same_weights(tmp_path):
 
 def test_nan_loss_stops_with_clear_message(tmp_path):
     cfg = load_recipe("demo/baseline", TINY + [f"output_dir={tmp_path}", "train.lr=1e30", "train.iterations=6"])
-    with pytest.raises(TrainingDiverged, match="last good checkpoint"):
-        train(cfg, show_progress=False)
+    with pytest.raises(TrainingDiverged, match=r"loss became nan at step 1 .*no checkpoint was saved before it"):
+        train(cfg, show_progress=False)  # the first step: there is no checkpoint to promise
     _reset()
 
 
@@ -237,3 +237,17 @@ def test_teacher_under_inference_mode_gives_the_same_weights(tmp_path, teacher):
             _reset()
             out.append(load_file(str(tmp_path / mode / recipe / "seed0/final.safetensors")))
         assert all(torch.equal(out[0][k], out[1][k]) for k in out[0]), recipe
+
+
+def test_the_divergence_message_promises_only_a_checkpoint_that_exists(tmp_path):
+    from accelerate import Accelerator
+
+    from afdcd_bench.engine.stepping import check_finite
+
+    loss = torch.tensor(float("nan"))
+    with pytest.raises(TrainingDiverged, match=r"no checkpoint was saved before it \(the run starts over when rerun\)"):
+        check_finite(Accelerator(cpu=True), loss, {"task": loss}, "demo/kd", 1, tmp_path)
+    (tmp_path / "state").mkdir()
+    with pytest.raises(TrainingDiverged, match=rf"the last good checkpoint in {tmp_path / 'state'} is intact"):
+        check_finite(Accelerator(cpu=True), loss, {"task": loss}, "demo/kd", 3, tmp_path)
+    _reset()

@@ -54,9 +54,12 @@ def check_finite(accelerator: Accelerator, loss: torch.Tensor, terms: dict[str, 
     if accelerator.num_processes > 1:
         finite = accelerator.reduce(finite, reduction="min")
     if finite.item() < 1:
+        state = run_dir / "state"
+        kept = (f"the last good checkpoint in {state} is intact (rerunning resumes from it)" if state.is_dir() else
+                "no checkpoint was saved before it (the run starts over when rerun)")
         raise TrainingDiverged(
             f"{name}: loss became {loss.detach().item()} at step {step} ({ {k: float(v.detach()) for k, v in terms.items()} }); "
-            f"stopped without saving. The last good checkpoint in {run_dir / 'state'} is intact."
+            f"stopped without saving; {kept}. A lower train.lr or a smaller weight of the term that grew usually helps."
         )
 
 
