@@ -251,3 +251,26 @@ def test_the_divergence_message_promises_only_a_checkpoint_that_exists(tmp_path)
     with pytest.raises(TrainingDiverged, match=rf"the last good checkpoint in {tmp_path / 'state'} is intact"):
         check_finite(Accelerator(cpu=True), loss, {"task": loss}, "demo/kd", 3, tmp_path)
     _reset()
+
+
+def test_the_record_says_when_the_loss_rose_instead_of_falling():
+    from afdcd_bench.engine.loop import loss_trend, note_loss_trend
+
+    progress = {"first_terms": {"steps": 2, "sums": {"task": 4.0, "kd": 2.0}}, "first_micro": 2}
+    assert loss_trend(progress) is None  # no step ended yet
+    for total in (3.0, 3.0, 100.0):
+        note_loss_trend(progress, total)
+    assert progress["loss_ema"] == pytest.approx(0.9 * 3.0 + 0.1 * 100.0)
+    assert loss_trend(progress) == {"first": 3.0, "last": pytest.approx(12.7)}  # (4 + 2) / 2 micro-batches
+
+
+def test_a_run_whose_loss_rose_says_so(tmp_path, capsys, monkeypatch):
+    import afdcd_bench.engine.trainer as trainer_mod
+
+    monkeypatch.setattr(trainer_mod, "loss_trend", lambda progress: {"first": 1.0, "last": 134.0})
+    cfg = load_recipe("demo/baseline", TINY + [f"output_dir={tmp_path}", "train.iterations=1"])
+    rec = train(cfg, show_progress=False)
+    _reset()
+    assert rec["loss_trend"] == {"first": 1.0, "last": 134.0}
+    out = capsys.readouterr()
+    assert "loss ended at 134.000, above twice its first steps' mean (1.000): it did not train" in out.out + out.err

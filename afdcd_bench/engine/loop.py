@@ -78,6 +78,24 @@ def note_first_terms(progress: dict[str, Any], accelerator: Accelerator, terms: 
     for n, v in zip(names, values.tolist()):
         first["sums"][n] = first["sums"].get(n, 0.0) + v
     first["steps"] += int(updated)
+    progress["first_micro"] = progress.get("first_micro", 0) + 1  # the sums are over micro-batches
+
+
+def note_loss_trend(progress: dict[str, Any], total: float) -> None:
+    """A moving average of the loss (about the last 20 steps), saved with every checkpoint: the record
+    compares it with the first steps' mean (loss_trend) and the run says so when the loss rose."""
+    ema = progress.get("loss_ema")
+    progress["loss_ema"] = total if ema is None else 0.9 * ema + 0.1 * total
+
+
+def loss_trend(progress: dict[str, Any]) -> dict[str, float] | None:
+    """{"first": mean loss of the first steps, "last": the moving average at the end}: a "last" far
+    above "first" is a run that did not train (lr too high, a weight too large)."""
+    first = progress.get("first_terms")
+    if not first or not first["steps"] or progress.get("loss_ema") is None:
+        return None
+    micro = max(1, progress.get("first_micro", first["steps"]))
+    return {"first": sum(first["sums"].values()) / micro, "last": progress["loss_ema"]}
 
 
 def term_ratios(progress: dict[str, Any]) -> dict[str, Any] | None:
@@ -158,6 +176,7 @@ class StepLoop:
                 own_terms = after_update()
                 note_trained(state, own_terms)
                 step += 1
+                note_loss_trend(state, sum(last.values()))
                 self.progress.update(task, advance=1, info=f"loss {sum(last.values()):.3f} lr {lr:.2e}")
                 self.heartbeat.step(step, f"loss {sum(last.values()):.3f}")
                 if step % tc.log_interval == 0 or step == tc.iterations:

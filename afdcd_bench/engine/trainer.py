@@ -3,6 +3,7 @@ the run record. `_train` is the outline of a student run; a teacher-side stage i
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 from typing import Any, Callable
 
@@ -19,7 +20,7 @@ from .checkpointing import resume_or_start
 from .evaluate import evaluate
 from .identity import file_sha256, identity, input_files, launch
 from .launching import LaunchMismatch, flat_hparams, make_accelerator, prepare_run_folder, split_batch, trackers_of
-from .loop import StepLoop, TrainHooks, TrainingInterrupted, term_ratios
+from .loop import StepLoop, TrainHooks, TrainingInterrupted, loss_trend, term_ratios
 from .records import record_path, run_facts, write_record
 from .stage import train_stage
 from .stepping import TrainingDiverged, input_layout, teacher_forward
@@ -91,6 +92,11 @@ def _train(cfg: RecipeConfig, accelerator: Accelerator, run_dir: Path, state: Pa
         save_segmentor(final_student, run_dir / "final.safetensors", {"step": step})
     record = _student_record(cfg, accelerator, run_dir, per_device, accum, progress_state, resumed_from,
                              loop.times.wall_before, session_wall, run, trackers)
+    trend = record.get("loss_trend")
+    if trend and trend["last"] > 2 * trend["first"] and accelerator.is_main_process:  # said even without a progress display
+        print(f"afdcd-bench: warning: {cfg.name}'s loss ended at {trend['last']:.3f}, above twice its first steps' mean "
+              f"({trend['first']:.3f}): it did not train (train.lr {tc.lr:g} too high, or a term's weight too large?); "
+              "the record says so in loss_trend", file=sys.stderr)
     if accelerator.is_main_process and results_dir is not None:
         record["record_path"] = str(write_record(record_path(results_dir, cfg.name, tc.seed, budget_slug(cfg.budget)), record))
     accelerator.wait_for_everyone()
@@ -127,6 +133,7 @@ def _student_record(cfg: RecipeConfig, accelerator: Accelerator, run_dir: Path, 
         **run_facts(cfg, accelerator, per_device, accum, progress_state, resumed_from, wall_before, session_wall),
         "method_terms": trained_weights(method.weights(), set(progress_state.get("trained_terms", []))),
         "term_ratios": term_ratios(progress_state),  # each term against the task loss over the first steps
+        "loss_trend": loss_trend(progress_state),  # the first steps' mean loss and the last steps' moving average
         "method_parameters": sum(p.numel() for p in method.parameters() if p.requires_grad),  # trained with the student
         "own_parts": {k: sum(p.numel() for p in part.module.parameters()) for k, part in run.own_parts.items()},
         "method_state_bytes": method.state_bytes(),  # state beyond trained weights (CIRKD's queues), per method
