@@ -274,3 +274,11 @@ def test_a_run_whose_loss_rose_says_so(tmp_path, capsys, monkeypatch):
     assert rec["loss_trend"] == {"first": 1.0, "last": 134.0}
     out = capsys.readouterr()
     assert "loss ended at 134.000, above twice its first steps' mean (1.000): it did not train" in out.out + out.err
+
+
+def test_a_run_keeps_its_log_in_its_folder_without_a_terminal(tmp_path):
+    cfg = load_recipe("demo/baseline", TINY + [f"output_dir={tmp_path}", "train.log_interval=1"])
+    train(cfg, show_progress=False)
+    _reset()
+    log = (tmp_path / "demo/baseline/seed0/logs/train.log").read_text()
+    assert "step 1/" in log and " task " in log and "val mIoU" in log

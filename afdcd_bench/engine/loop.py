@@ -122,7 +122,23 @@ class StepLoop:
         show = show_progress and accelerator.is_main_process
         self.progress = make_progress(show)
         self.bar = self.progress if show else None  # for evaluations shown under the loop's display
-        self.log: Callable[..., Any] = self.progress.console.log if show else (lambda *a, **k: None)
+        shown: Callable[..., Any] = self.progress.console.log if show else (lambda *a, **k: None)
+        self._file = None
+        if accelerator.is_main_process:  # the run's log lines also go to <run>/logs/train.log, with or without a terminal
+            from rich.console import Console
+
+            (run_dir / "logs").mkdir(parents=True, exist_ok=True)
+            self._file = open(run_dir / "logs" / "train.log", "a", encoding="utf-8")
+            file_console = Console(file=self._file, width=160, no_color=True, log_path=False, force_terminal=False)
+
+            def both(*args: Any, **kwargs: Any) -> None:
+                shown(*args, **kwargs)
+                file_console.log(*args, **kwargs)
+                self._file.flush()
+
+            self.log = both
+        else:
+            self.log = shown
         self.heartbeat = Heartbeat(name, tc.iterations, progress_state["step"], self.progress.console.print,
                                    show and not self.progress.console.is_terminal)
         self.stops = StopRequests()
@@ -135,6 +151,10 @@ class StepLoop:
     def __exit__(self, *exc: Any) -> None:
         self.stops.__exit__(*exc)
         self.progress.__exit__(*exc)
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+            self.log = self.progress.console.log if self.bar is not None else (lambda *a, **k: None)
 
     def checkpoint(self, step: int) -> None:
         self.times.checkpoint(self.accelerator, self.run_dir, self.state, step, self.hooks.after_checkpoint)
