@@ -107,7 +107,8 @@ def test_reproduce_cityscapes_on_a_tiny_fake_tree(tmp_path):
     assert all("accelerate.commands.launch" in j["detail"] and j["state"] == "done" for j in jobs.values()) and len(jobs) == 4
     assert "step 2/2" in (tmp_path / "runs/cityscapes/teacher/seed0/logs/local.log").read_text()
     table = (tmp_path / "res" / "table.csv").read_text()
-    assert "77.03" in table and "78.07" in table  # published numbers beside the measured ones
+    # a 2-iteration smoke run is not the published schedule: no published number beside it
+    assert "77.03" not in table and "78.07" not in table
     assert (tmp_path / "res" / "table.tex").is_file()
 
 
@@ -237,3 +238,22 @@ def test_one_broken_recipe_is_named_and_the_others_are_still_listed(tmp_path, mo
     captured = capsys.readouterr()
     assert "demo/afdcd" in captured.out and "demo/kd " not in captured.out
     assert "recipe demo/kd does not load:" in captured.err and "method.kd.weight must be >= 0" in captured.err
+
+
+@pytest.mark.parametrize("bench", ["cityscapes", "voc", "camvid", "ade20k", "coco_stuff_164k"])
+def test_every_benchmark_has_a_smoke_schedule_with_folders_of_its_own(tmp_path, bench):
+    from afdcd_bench.config import project_root
+    from afdcd_bench.harness.reproduce import plan, quick_schedule, reproduce
+
+    names = plan(bench)
+    table = quick_schedule(bench, names)
+    assert set(table) == set(names) and all("train.iterations=20" in extra for extra in table.values())
+    import re
+
+    from rich.console import Console
+
+    console = Console(record=True, width=250, file=open(os.devnull, "w"))
+    out = reproduce(bench, quick=True, dry_run=True, console=console)
+    assert out == project_root() / "results" / f"{bench}-quick"  # apart from the real runs' folder
+    rows = [line for line in console.export_text().splitlines() if "@seed" in line]
+    assert rows and all(re.search(r"│\s+20\s+│", line) for line in rows), rows[:2]

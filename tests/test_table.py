@@ -54,7 +54,7 @@ def test_missing_runs_show_as_missing_never_zero(records):
     assert kd.n == 0 and math.isnan(kd.final_mean) and math.isnan(kd.delta_best)
     mbv2 = t[t.student == "deeplabv3-mobilenetv2_100"]
     assert set(mbv2.method) == {"baseline", "kd", "afdcd", "skd+kd+adv", "ifvd+kd+adv", "cwd+kd+adv", "cirkd+kd", "maskd",
-                                "maskd (maskd_authors_schedule)"} and (mbv2.n == 0).all()
+                                "maskd (maskd_authors_schedule)", "kt"} and (mbv2.n == 0).all()
     assert mbv2.set_index("method").loc["afdcd", "published"] == 76.38
     paths = write_tables(t, records / "out")
     csv = pd.read_csv(paths[0])
@@ -107,3 +107,25 @@ def test_ablations_are_shown_against_their_main_recipe(tmp_path, capsys):
     assert main(["table", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "vs main" in out and "afdcd (spatial)" in out  # ablations not run yet show as missing
+
+
+def test_published_numbers_stand_only_beside_runs_of_the_published_schedule(tmp_path):
+    from afdcd_bench.engine.records import record_path, write_record
+    from afdcd_bench.config import load_recipe, to_dict
+    from afdcd_bench.harness.table import published_schedule
+
+    def record(folder, overrides):
+        cfg = load_recipe("cityscapes/deeplabv3_resnet18/afdcd", ["train.seed=0", *overrides])
+        rec = {"kind": "afdcd-bench-run", "recipe": cfg.name, "benchmark": cfg.benchmark, "method": cfg.method.name,
+               "student": "deeplabv3-resnet18_deepstem", "seed": 0, "config": to_dict(cfg), "final_miou": 0.7, "best_miou": 0.7,
+               "wall_seconds": 1.0, "history": [{"step": 1, "miou": 0.7}], "published_miou": cfg.published.miou, "inputs": {}, "num_processes": 1,
+               "per_device_batch": cfg.train.effective_batch, "grad_accumulation": 1}
+        write_record(record_path(folder, cfg.name, 0), rec)
+        return rec
+
+    assert published_schedule(record(tmp_path / "full", []))
+    assert not published_schedule(record(tmp_path / "smoke", ["train.iterations=20", "train.effective_batch=2"]))
+    full = summary(records_frame(tmp_path / "full"))
+    smoke = summary(records_frame(tmp_path / "smoke"))
+    assert full.iloc[0]["published"] == 77.03 and full.iloc[0]["diff_published"] == pytest.approx(70 - 77.03)
+    assert pd.isna(smoke.iloc[0]["published"]) and pd.isna(smoke.iloc[0]["diff_published"])

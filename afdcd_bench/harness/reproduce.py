@@ -79,6 +79,21 @@ def needed_stages(names: list[str], configs: dict[str, Any] | None = None) -> li
     return [n for n in names if not stage_of(configs[n].method.name) or n in used]
 
 
+def quick_schedule(benchmark: str, names: list[str]) -> dict[str, list[str]]:
+    """Each recipe's overrides for `--quick` from recipes/<benchmark>/_quick.yaml: its own entry, else
+    the file's "*" entry (every recipe of the benchmarks: a smoke schedule). A recipe with neither
+    would train its full schedule inside a smoke run: refused, naming it."""
+    path = recipes_root() / benchmark / "_quick.yaml"
+    if not path.is_file():
+        raise ReproduceError(f"--quick needs {path}")
+    table = yaml.safe_load(path.read_text()) or {}
+    out = {n: table.get(n, table.get("*")) for n in names}
+    unlisted = [n for n, extra in out.items() if extra is None]
+    if unlisted:
+        raise ReproduceError(f"--quick: {path} has no overrides for {', '.join(unlisted)} (and no '*' entry)")
+    return {n: list(extra) for n, extra in out.items()}
+
+
 def check_data(benchmark: str, data_root: str | None) -> None:
     """data_root is the benchmark's own folder (default: $AFDCD_DATA/<folder>)."""
     if benchmark not in BENCHMARKS:
@@ -240,8 +255,9 @@ def measure_benchmark_costs(benchmark: str, out: Path, methods: list[str] | None
     """`afdcd-bench costs`: the costs per step of a reproduction's student recipes, measured on this
     machine, written as the JSON `reproduce --costs` reads (on a cluster: run it on a compute node)."""
     console = console or Console()
-    per_recipe = yaml.safe_load((recipes_root() / benchmark / "_quick.yaml").read_text()) or {} if quick else {}
-    students = student_configs(plan(benchmark, ablations, methods), list(extra or []), per_recipe)
+    names = plan(benchmark, ablations, methods)
+    per_recipe = quick_schedule(benchmark, names) if quick else {}
+    students = student_configs(names, list(extra or []), per_recipe)
     measured = measure_costs({n: (c, [*(extra or []), *per_recipe.get(n, [])]) for n, c in students.items()}, processes,
                              steps=steps, log=console.log)
     return write_costs(measured, out)
@@ -312,15 +328,9 @@ def reproduce(
         names = needed_stages([n for n in names if is_teacher_recipe(n) or stage_of(load_recipe(n).method.name) or n in kept
                                or n in baselines])
     quick_overrides: dict[str, list[str]] = {}
-    quick_file = recipes_root() / benchmark / "_quick.yaml"
     if quick:
-        if not quick_file.is_file():
-            raise ReproduceError(f"--quick needs {quick_file}")
-        quick_overrides = yaml.safe_load(quick_file.read_text()) or {}
+        quick_overrides = quick_schedule(benchmark, [n for n in names if not (teacher and is_teacher_recipe(n))])
         seeds = 1
-        unlisted = [n for n in names if n not in quick_overrides and not (teacher and is_teacher_recipe(n))]
-        if unlisted:  # it would train its full schedule inside a smoke run
-            raise ReproduceError(f"--quick: {quick_file} has no overrides for {', '.join(unlisted)}")
     out = Path(results_dir).resolve() if results_dir else project_root() / "results" / f"{benchmark}{'-quick' if quick else ''}"
     if out.exists() and not out.is_dir():
         raise ReproduceError(f"--results-dir {out} is a file; give a folder for the records and tables")

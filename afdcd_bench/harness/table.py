@@ -89,6 +89,23 @@ def method_label(recipe: str, method: str) -> str:
     return base if variant in (base, base.split("+")[0], "teacher") else f"{base} ({variant})"
 
 
+SCHEDULE_KEYS = (("train", "iterations"), ("train", "effective_batch"), ("train", "lr"), ("data", "crop_size"))
+
+
+def published_schedule(rec: dict[str, Any]) -> bool:
+    """Whether the run trained the schedule of its recipe's published number (iterations, batch, lr,
+    crop, and the recipe's own budget): only such a run is compared with that number (a smoke run or
+    a budget is not)."""
+    try:
+        recipe = to_dict(load_recipe(rec["recipe"]))
+    except Exception:  # the recipe is gone or changed shape: nothing to say the schedule was the published one
+        return False
+    cfg = rec.get("config") or {}
+    if cfg.get("budget") not in (None, recipe.get("budget")):
+        return False
+    return all((cfg.get(a) or {}).get(b) == (recipe.get(a) or {}).get(b) for a, b in SCHEDULE_KEYS)
+
+
 def _points(value: Any) -> float | None:
     return None if value is None else 100 * value
 
@@ -126,7 +143,7 @@ def frame_of(records: list[dict[str, Any]], root: Path) -> pd.DataFrame:
             "peak_mb": rec.get("peak_memory_mb"),
             "device": rec.get("device"),
             "launch": launch_label(identity["launch"]),
-            "published": rec.get("published_miou"),
+            "published": rec.get("published_miou") if rec.get("published_miou") is None or published_schedule(rec) else None,
             "selected_on": (cfg.get("published") or {}).get("selected_on", "val"),
             "precision": _precision((cfg.get("train") or {}).get("mixed_precision")),
             "split": rec.get("test_split") or (cfg.get("data") or {}).get("val_split"),
