@@ -60,8 +60,15 @@ def test_missing_runs_show_as_missing_never_zero(records):
     csv = pd.read_csv(paths[0])
     assert csv.loc[(csv.method == "kd") & (csv.student == "deeplabv3-resnet18_deepstem"), "final_mean"].isna().all()
     md, tex = paths[1].read_text(), paths[2].read_text()
-    assert "\\toprule" in tex and "missing" in tex and "72.00 $\\pm$ 2.00" in tex
-    assert "| kd " in md
+    assert "\\toprule" in tex and "missing" in tex and "72.00 $\\pm$ 2.00 (n=3)" in tex and "Af-DCD" in tex
+    import re
+
+    assert re.search(r"\|\s*Cityscapes\s*\|\s*DeepLabV3-R18\s*\|\s*Baseline\s*\|\s*72\.00 ± 2\.00 \(n=3\)\s*\|", md)
+    assert re.search(r"\|\s*KD\s*\|", md)
+    assert "nan" not in md and "+- -" not in md and "deeplabv3-resnet18_deepstem" not in md  # display names, no raw cells
+    assert md.startswith("mIoU (%) on val: best = the best of the periodic validations")
+    teacher = next(line for line in md.splitlines() if "| Teacher" in line)
+    assert "78.00 (n=1)" in teacher  # one seed: no std
 
 
 def test_table_command(records, capsys):

@@ -365,32 +365,15 @@ def budget_comparison(table: pd.DataFrame) -> pd.DataFrame:
     return frame.sort_values(["benchmark", "student", "_rank"]).drop(columns="_rank").reset_index(drop=True)
 
 
-def _latex(table: pd.DataFrame) -> str:
-    cols = {"benchmark": "Benchmark", "student": "Student", "method": "Method", "best": "Best (\\%)", "final": "Final (\\%)",
-            "n": "$n$", "delta": "$\\Delta$ baseline", "published": "Published", "diff_published": "$\\Delta$ published",
-            "precision": "Precision"}
-    rows = pd.DataFrame({
-        "benchmark": table["benchmark"].str.replace("_", "\\_"),
-        "student": table["student"].str.replace("_", "\\_"),
-        "method": table["method"].str.replace("_", "\\_"),
-        "best": ["missing" if n == 0 else f"{_fmt(m)} $\\pm$ {_fmt(sd)}" for m, sd, n in zip(table["best_mean"], table["best_std"], table["n"])],
-        "final": ["missing" if n == 0 else f"{_fmt(m)} $\\pm$ {_fmt(sd)}" for m, sd, n in zip(table["final_mean"], table["final_std"], table["n"])],
-        "n": table["n"].astype(int).astype(str),
-        "delta": [_fmt(v, signed=True) for v in table["delta_best"]],
-        "published": [_fmt(v) for v in table["published"]],
-        "diff_published": [_fmt(v, signed=True) for v in table["diff_published"]],
-        "precision": ["" if not isinstance(v, str) else v for v in table["precision"]],
-    }).rename(columns=cols)
-    return rows.style.hide(axis="index").to_latex(hrules=True, column_format="lllllrrrrl")
-
-
 def write_tables(table: pd.DataFrame, out_dir: str | Path) -> list[Path]:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = [out_dir / "table.csv", out_dir / "table.md", out_dir / "table.tex"]
-    table.to_csv(paths[0], index=False, float_format="%.2f")
-    paths[1].write_text(table.to_markdown(index=False, floatfmt=".2f") + "\n")
-    paths[2].write_text(_latex(table))
+    from .paper_table import to_latex, to_markdown
+
+    table.to_csv(paths[0], index=False, float_format="%.2f")  # the full frame
+    paths[1].write_text(to_markdown(table))  # what a paper or a README takes (harness/paper_table.py)
+    paths[2].write_text(to_latex(table))
     compared = budget_comparison(table)
     if not compared.empty:
         paths.append(out_dir / "budgets.md")
