@@ -136,3 +136,11 @@ def test_published_numbers_stand_only_beside_runs_of_the_published_schedule(tmp_
     smoke = summary(records_frame(tmp_path / "smoke"))
     assert full.iloc[0]["published"] == 77.03 and full.iloc[0]["diff_published"] == pytest.approx(70 - 77.03)
     assert pd.isna(smoke.iloc[0]["published"]) and pd.isna(smoke.iloc[0]["diff_published"])
+
+
+def test_a_method_has_one_colour_whatever_else_a_figure_holds():
+    from afdcd_bench.harness.plots import _colour_of
+
+    assert _colour_of("kd", ["kd"]) == _colour_of("kd", ["baseline", "cwd+kd", "kd"]) == _colour_of("kd")
+    assert _colour_of("maskd (maskd_authors_schedule)") == _colour_of("maskd")  # a variant beside its method
+    assert _colour_of("some_new_method") == _colour_of("some_new_method", ["a", "b"])

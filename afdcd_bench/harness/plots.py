@@ -30,12 +30,19 @@ CLASS_NAMES: dict[str, list[str]] = {
     "voc": ["background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow", "dining table",
             "dog", "horse", "motorbike", "person", "potted plant", "sheep", "sofa", "train", "tv/monitor"],
 }
-COLOURS = {"baseline": "#000000", "kd": "#1f77b4", "afdcd": "#d62728", "teacher": "#2ca02c"}
-OTHER_COLOURS = ["#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22", "#ff7f0e"]
+# one colour per method in every figure of every folder (a method's colour never depends on which
+# other methods a figure holds); methods not named here get one from their name
+COLOURS = {"baseline": "#000000", "kd": "#1f77b4", "afdcd": "#d62728", "teacher": "#2ca02c", "cwd+kd": "#9467bd",
+           "cwd+kd+adv": "#9467bd", "dist": "#8c564b", "cirkd+kd": "#e377c2", "maskd": "#17becf", "skd+kd+adv": "#bcbd22",
+           "ifvd+kd+adv": "#ff7f0e", "kt": "#7f7f7f", "fitnet": "#aec7e8", "kd+fitnet": "#393b79"}
+OTHER_COLOURS = ["#98df8a", "#ff9896", "#c5b0d5", "#c49c94", "#f7b6d2", "#dbdb8d", "#9edae5", "#ffbb78"]
 
 
-def _colour_of(method: str, methods: list[str]) -> str:
-    return COLOURS.get(method) or OTHER_COLOURS[methods.index(method) % len(OTHER_COLOURS)]
+def _colour_of(method: str, methods: list[str] | None = None) -> str:
+    import zlib
+
+    base = method.split(" ")[0]
+    return COLOURS.get(method) or COLOURS.get(base) or OTHER_COLOURS[zlib.crc32(method.encode()) % len(OTHER_COLOURS)]
 
 
 def _method_order(methods: Any) -> list[str]:
@@ -62,9 +69,9 @@ def _sem(table: np.ndarray) -> np.ndarray:
 
 
 def _save(fig: plt.Figure, ax: plt.Axes, path: Path) -> Path:
-    ax.legend(frameon=False)
+    ax.legend(frameon=False, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)  # beside the data, never over it
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)
     return path
 
