@@ -41,8 +41,7 @@ OTHER_COLOURS = ["#98df8a", "#ff9896", "#c5b0d5", "#c49c94", "#f7b6d2", "#dbdb8d
 def _colour_of(method: str, methods: list[str] | None = None) -> str:
     import zlib
 
-    base = method.split(" ")[0]
-    return COLOURS.get(method) or COLOURS.get(base) or OTHER_COLOURS[zlib.crc32(method.encode()) % len(OTHER_COLOURS)]
+    return COLOURS.get(method) or OTHER_COLOURS[zlib.crc32(method.encode()) % len(OTHER_COLOURS)]
 
 
 def _method_order(methods: Any) -> list[str]:
