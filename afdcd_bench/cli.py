@@ -451,6 +451,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from .data.download import DownloadError
     from .data.prepare import PrepareError
     from .models.fetch import FetchError
+    from .engine.checkpointing import DiskFull
     from .engine.records import RecordError
     from .engine.run_folder import RunFolderError
     from .engine import LaunchMismatch, TrainingDiverged
@@ -461,7 +462,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 
     return (ConfigError, DatasetLayoutError, RecordError, RunFolderError, ReproduceError, PretrainedWeightsError, WeightsMismatch,
             LaunchMismatch, TrainingDiverged, RunsFailed, FileNotFoundError, PermissionError, ValueError, DownloadError,
-            PrepareError, FetchError)
+            PrepareError, FetchError, DiskFull)
 
 
 def one_line(exc: BaseException) -> str:

@@ -1,5 +1,6 @@
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -282,3 +283,36 @@ def test_a_run_keeps_its_log_in_its_folder_without_a_terminal(tmp_path):
     _reset()
     log = (tmp_path / "demo/baseline/seed0/logs/train.log").read_text()
     assert "step 1/" in log and " task " in log and "val mIoU" in log
+
+
+def test_a_full_disk_at_a_checkpoint_keeps_the_previous_state_and_says_so(tmp_path, monkeypatch):
+    import errno
+
+    from accelerate import Accelerator
+
+    from afdcd_bench.engine.checkpointing import MARKER, DiskFull, save_training_state
+
+    acc = Accelerator(cpu=True)
+    acc.prepare(torch.nn.Linear(2, 2))
+    save_training_state(acc, tmp_path, {"step": 1})
+    assert (tmp_path / "state" / MARKER).is_file()
+
+    def full(path):
+        Path(path).mkdir(parents=True, exist_ok=True)
+        (Path(path) / "model.safetensors").write_bytes(b"\0" * 1000)  # what got written before the disk filled up
+        raise RuntimeError("[enforce fail at inline_container.cc:778] . PytorchStreamWriter failed writing file: unexpected pos 64")
+
+    monkeypatch.setattr(acc, "save_state", full)
+    with pytest.raises(DiskFull, match=r"disk full at .*: the training state needs about \d+ MB, \d+ MB are free; the partial "
+                                       r".*state.tmp was removed and the previous state .*state is kept"):
+        save_training_state(acc, tmp_path, {"step": 2})
+    assert not (tmp_path / "state.tmp").exists() and (tmp_path / "state" / MARKER).is_file()
+    assert json.loads((tmp_path / "state" / "progress.json").read_text())["step"] == 1
+
+    def other(path):
+        raise OSError(errno.EACCES, "Permission denied")
+
+    monkeypatch.setattr(acc, "save_state", other)
+    with pytest.raises(PermissionError):
+        save_training_state(acc, tmp_path, {"step": 3})  # not a full disk: raised as it is
+    _reset()

@@ -27,13 +27,41 @@ def latest_state(run_dir: Path) -> Path | None:
     return None
 
 
+class DiskFull(OSError):
+    """The training state did not fit on the disk: the previous state is kept, the partial one removed."""
+
+
+def _folder_mb(path: Path) -> float:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) / 2**20 if path.is_dir() else 0.0
+
+
+def _is_disk_full(exc: BaseException) -> bool:
+    import errno
+
+    text = str(exc)
+    return getattr(exc, "errno", None) == errno.ENOSPC or "No space left" in text or "unexpected pos" in text
+
+
 def save_training_state(accelerator: Accelerator, run_dir: Path, progress: dict[str, Any]) -> None:
     final = state_dir(run_dir)
     tmp, old = run_dir / "state.tmp", run_dir / "state.old"
     if accelerator.is_main_process:
         shutil.rmtree(tmp, ignore_errors=True)
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp))
+    try:
+        accelerator.save_state(str(tmp))
+    except (OSError, RuntimeError) as exc:  # torch reports a full disk as "unexpected pos ... inline_container.cc"
+        if not _is_disk_full(exc):
+            raise
+        written = _folder_mb(tmp)
+        shutil.rmtree(tmp, ignore_errors=True)  # a partial state would keep the disk full on every rerun
+        need = max(_folder_mb(final), written)
+        free = shutil.disk_usage(run_dir).free / 2**20
+        kept = f"the previous state {final} is kept (a rerun resumes from it)" if (final / MARKER).is_file() else \
+            "no earlier state exists"
+        raise DiskFull(f"disk full at {run_dir}: the training state needs about {need:.0f} MB, {free:.0f} MB are free; the "
+                       f"partial {tmp} was removed and {kept}. Free some space (or set output_dir to another disk) and "
+                       "rerun") from None
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         (tmp / "progress.json").write_text(json.dumps(progress, indent=2))
