@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
             x = z_s.clone().requires_grad_(True)
             loss = loss_fn(x)
             loss.backward()
-            return float(loss)
+            return float(loss.detach())
         return once
 
     import test_kt
