@@ -193,11 +193,13 @@ def test_environment_variables_and_batch_flags_are_named_when_wrong(tmp_path, mo
     from afdcd_bench.engine.progress import log_seconds
 
     monkeypatch.setenv("AFDCD_LOG_SECONDS", "abc")
-    with pytest.raises(ValueError, match=r"AFDCD_LOG_SECONDS='abc': expected a number of seconds > 0"):
+    with pytest.raises(ValueError, match=r"AFDCD_LOG_SECONDS='abc': expected a number of seconds >= 0"):
+        log_seconds()
+    monkeypatch.setenv("AFDCD_LOG_SECONDS", "-1")
+    with pytest.raises(ValueError, match="AFDCD_LOG_SECONDS='-1'"):
         log_seconds()
     monkeypatch.setenv("AFDCD_LOG_SECONDS", "0")
-    with pytest.raises(ValueError, match="AFDCD_LOG_SECONDS='0'"):
-        log_seconds()
+    assert log_seconds() == 0.0  # a line at every step
     monkeypatch.setenv("AFDCD_LOG_SECONDS", "2.5")
     assert log_seconds() == 2.5
     monkeypatch.setenv("AFDCD_CACHE", "")

@@ -28,8 +28,9 @@ def log_seconds() -> float:
         value = float(text)
     except ValueError:
         value = float("nan")
-    if not value > 0:
-        raise ValueError(f"AFDCD_LOG_SECONDS={text!r}: expected a number of seconds > 0 (the interval of the plain progress lines)")
+    if not value >= 0:
+        raise ValueError(f"AFDCD_LOG_SECONDS={text!r}: expected a number of seconds >= 0 (the interval of the plain progress "
+                         "lines; 0: every step)")
     return value
 
 
