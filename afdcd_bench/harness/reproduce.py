@@ -319,14 +319,15 @@ def reproduce(
         methods = [*methods, equal_compute]  # the reference's cost sets every run's budget
     names = plan(benchmark, ablations, methods, EQUAL_COMPUTE_EXTRAS if budget.kind == "compute" and not methods else ())
     if only:
-        kept = [n for n in names if only in n and not is_teacher_recipe(n) and not stage_of(load_recipe(n).method.name)]
+        configs = {n: load_recipe(n) for n in names}
+        net = {n: (c.student.arch, c.student.backbone) for n, c in configs.items()}
+        kept = [n for n in names if only in n and not is_teacher_recipe(n) and not stage_of(configs[n].method.name)]
         if not kept:
             raise ReproduceError(f"--only {only!r} matches no student recipe of {benchmark}: {plan(benchmark)}")
-        nets = {(c.student.arch, c.student.backbone) for c in map(load_recipe, kept)}
-        baselines = [n for n in names if load_recipe(n).method.name == "baseline" and
-                     (load_recipe(n).student.arch, load_recipe(n).student.backbone) in nets]  # every delta needs its baseline
-        names = needed_stages([n for n in names if is_teacher_recipe(n) or stage_of(load_recipe(n).method.name) or n in kept
-                               or n in baselines])
+        nets = {net[n] for n in kept}
+        baselines = [n for n in names if configs[n].method.name == "baseline" and net[n] in nets]  # every delta needs its baseline
+        names = needed_stages([n for n in names if is_teacher_recipe(n) or stage_of(configs[n].method.name) or n in kept
+                               or n in baselines], configs)
     quick_overrides: dict[str, list[str]] = {}
     if quick:
         quick_overrides = quick_schedule(benchmark, [n for n in names if not (teacher and is_teacher_recipe(n))])
