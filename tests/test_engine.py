@@ -10,6 +10,7 @@ from afdcd_bench.config import ConfigError, load_recipe
 from afdcd_bench.engine import TrainHooks, TrainingDiverged, split_batch, train
 from afdcd_bench.engine.checkpointing import latest_state
 from afdcd_bench.engine.run_folder import RunFolderError
+from afdcd_bench.engine.records import read_record
 
 TINY = ["data.crop_size=[32, 32]", "train.iterations=4", "train.effective_batch=4", "train.val_interval=2",
         "train.checkpoint_interval=2", "train.log_interval=2", "student.backbone=resnet10t", "eval.batch_size=50",
@@ -42,7 +43,21 @@ def test_train_writes_record_and_checkpoints(tmp_path):
     assert len(rec["final_iou"]) == 11 and rec["images_per_second"] > 0
     run = tmp_path / "runs" / "demo/baseline" / "seed0"
     assert (run / "final.safetensors").is_file() and (run / "best.safetensors").is_file()
-    assert latest_state(run) is not None
+    # finished: the resumable state is dropped (final.safetensors holds its model), the record kept beside
+    assert latest_state(run) is None and not (run / "state").exists() and not (run / "state.old").exists()
+    assert read_record(run / "record.json")["digest"] == on_disk["digest"]
+    # a rerun trains nothing and gives the same record; so does one into another results folder
+    before = (run / "final.safetensors").stat().st_mtime_ns
+    again = train(cfg, results_dir=tmp_path / "res2", show_progress=False)
+    _reset()
+    assert json.loads((tmp_path / "res2" / "demo__baseline__seed0.json").read_text())["digest"] == on_disk["digest"]
+    assert again["final_miou"] == rec["final_miou"] and (run / "final.safetensors").stat().st_mtime_ns == before
+    # asked to keep it, a finished run keeps its state (no setting of the run: the same record slot)
+    kept = train(load_recipe("demo/baseline", TINY + [f"output_dir={tmp_path / 'kept'}", "train.keep_state=true"]),
+                 results_dir=tmp_path / "res3", show_progress=False)
+    _reset()
+    assert kept["final_miou"] == rec["final_miou"]
+    assert json.loads((latest_state(tmp_path / "kept/demo/baseline/seed0") / "progress.json").read_text())["step"] == 4
 
 
 def test_kill_between_checkpoints_replays_to_the_same_weights(tmp_path):

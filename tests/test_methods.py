@@ -46,6 +46,7 @@ PER_METHOD = {
     "cirkd": ["method.cirkd.pixel_queue=50", "method.cirkd.region_queue=10", "method.cirkd.pixel_contrasts=64",
               "method.cirkd.region_contrasts=16"],
 }
+KEEP = ["train.keep_state=true"]  # the finished runs' own parts and queues are compared below
 NO_DROPOUT = TrainHooks(adapt_student=lambda s: strip(s, (nn.Dropout, nn.Dropout2d)))
 
 
@@ -61,9 +62,9 @@ def _runs(teacher, tokens):
             extra += PER_METHOD.get(part, [])
         if name == "maskd":
             extra.append(f"method.maskd.stage_weights={tokens}")
-        out.append((name, recipe, [*TINY, f"teacher.checkpoint={teacher}", *extra]))
+        out.append((name, recipe, [*TINY, f"teacher.checkpoint={teacher}", *KEEP, *extra]))
     released = ["method.cirkd.pixel_enqueue=released", "method.cirkd.enqueue=before_loss"]
-    out.append(("cirkd-released", "demo/cirkd", [*TINY, f"teacher.checkpoint={teacher}", *PER_METHOD["cirkd"], *released]))
+    out.append(("cirkd-released", "demo/cirkd", [*TINY, f"teacher.checkpoint={teacher}", *KEEP, *PER_METHOD["cirkd"], *released]))
     return out
 
 

@@ -85,6 +85,9 @@ class TrainConfig:
     seed: int = 0
     val_interval: int = 800
     checkpoint_interval: int = 800
+    # A finished run drops its resumable state (model + optimiser: the largest thing in its folder;
+    # final.safetensors holds the model); true keeps it (engine/finished.py).
+    keep_state: bool = False
     mixed_precision: str = "no"
     log_interval: int = 50
     tensorboard: bool = False  # shorthand for trackers: [tensorboard]

@@ -12,8 +12,10 @@ from accelerate.utils import DistributedType, GradientAccumulationPlugin, broadc
 
 from ..config import RecipeConfig, budget_slug
 from .checkpointing import latest_state
+from .finished import finished_record
 from .records import record_path
-from .run_folder import RunFolderError, RunLock, check_record_slot, check_resumable, check_writable, read_progress, set_aside
+from .run_folder import (RunFolderError, RunLock, check_finished, check_record_slot, check_resumable, check_writable,
+                         read_progress, set_aside)
 
 
 class LaunchMismatch(RuntimeError):
@@ -101,10 +103,11 @@ def make_accelerator(cfg: RecipeConfig, run_dir: Path, per_device_batch: int | N
 
 
 def prepare_run_folder(accelerator: Accelerator, name: str, run_dir: Path, results_dir: Path | None, resume: bool,
-                       current: dict[str, Any]) -> tuple[RunLock | None, Path | None, Path | None]:
+                       current: dict[str, Any]) -> tuple[RunLock | None, Path | None, Path | None, dict[str, Any] | None]:
     """On the main process: writable folders, no other run's record in the way, the lock, a
-    set-aside old run, the settings check. Returns (lock, set-aside folder, state to resume from).
-    Any refusal is raised on every process (the others would otherwise wait at a collective)."""
+    set-aside old run, the settings check. Returns (lock, set-aside folder, state to resume from,
+    the record of the run if it already finished there). Any refusal is raised on every process
+    (the others would otherwise wait at a collective)."""
     lock = aside = None
     error: str | None = None
     if accelerator.is_main_process:
@@ -118,8 +121,11 @@ def prepare_run_folder(accelerator: Accelerator, name: str, run_dir: Path, resul
             if not resume:
                 aside = set_aside(run_dir)
             run_dir.mkdir(parents=True, exist_ok=True)
+            finished = finished_record(run_dir) if resume else None
             state = latest_state(run_dir) if resume else None
-            if state is not None:
+            if finished is not None:
+                check_finished(run_dir, finished, current)
+            elif state is not None:
                 check_resumable(run_dir, state, read_progress(state), current)
         except RunFolderError as exc:
             error = str(exc)
@@ -132,4 +138,6 @@ def prepare_run_folder(accelerator: Accelerator, name: str, run_dir: Path, resul
         accelerator.wait_for_everyone()
     if error:
         raise RunFolderError(error)
-    return lock, aside, latest_state(run_dir) if resume else None
+    if not resume:
+        return lock, aside, None, None
+    return lock, aside, latest_state(run_dir), finished_record(run_dir)

@@ -63,6 +63,22 @@ class RunLock:
             self._file = None
 
 
+def shown_diff(diff: list[str]) -> str:
+    """The first few differing settings, for a message."""
+    return "; ".join(diff[:6]) + (f"; and {len(diff) - 6} more" if len(diff) > 6 else "")
+
+
+def check_finished(run_dir: Path, record: dict[str, Any], current: dict[str, Any]) -> None:
+    """Refuse to take a finished run's record (engine/finished.py) for a run of other settings, inputs or launch."""
+    from .identity import record_identity
+
+    diff = settings_diff(record_identity(record), current)
+    if diff:
+        raise RunFolderError(f"{run_dir} holds a finished run with other settings ({shown_diff(diff)}): rerun with "
+                             "--no-resume to start over in that folder (the old one is kept aside), or set output_dir=PATH "
+                             "to keep both")
+
+
 def check_resumable(run_dir: Path, state: Path, saved: dict[str, Any] | None, current: dict[str, Any]) -> None:
     """Refuse to continue state that was written under other settings, inputs or launch (engine/identity.py)."""
     fresh = "rerun with --no-resume to start over in that folder (the old one is kept aside), or set output_dir=PATH to keep both"
@@ -74,7 +90,7 @@ def check_resumable(run_dir: Path, state: Path, saved: dict[str, Any] | None, cu
     if diff:
         iterations = (settings.get("train") or {}).get("iterations")
         what = "finished run" if iterations is not None and progress.get("step", 0) >= iterations else "stopped run"
-        shown = "; ".join(diff[:6]) + (f"; and {len(diff) - 6} more" if len(diff) > 6 else "")
+        shown = shown_diff(diff)
         raise RunFolderError(f"{run_dir} holds a {what} with other settings ({shown}): {fresh}")
 
 
@@ -93,7 +109,7 @@ def check_record_slot(path: Path, current: dict[str, Any]) -> None:
         raise RunFolderError(f"{exc}; this run would replace it: {elsewhere}") from None
     diff = settings_diff(record_identity(old), current)
     if diff:
-        shown = "; ".join(diff[:6]) + (f"; and {len(diff) - 6} more" if len(diff) > 6 else "")
+        shown = shown_diff(diff)
         raise RunFolderError(f"{path} is the record of a run with other settings ({shown}); this run would replace it: {elsewhere}")
 
 

@@ -20,6 +20,7 @@ from ..files import atomic_write
 from ..methods import METHODS
 from .building import build_context, build_optimizer, load_teacher, speed_layout, training_data
 from .checkpointing import resume_or_start
+from .finished import close_run
 from .identity import file_sha256
 from .loop import StepLoop, TrainHooks
 from .records import record_path, run_facts, write_record
@@ -91,6 +92,6 @@ def train_stage(cfg: RecipeConfig, accelerator: Accelerator, run_dir: Path, stat
         record["stage_weights_sha256"] = file_sha256(output)
     if accelerator.is_main_process and results_dir is not None:
         record["record_path"] = str(write_record(record_path(results_dir, cfg.name, tc.seed), record))
-    accelerator.wait_for_everyone()
+    close_run(accelerator, run_dir, record, tc.keep_state)
     accelerator.end_training()
     return record

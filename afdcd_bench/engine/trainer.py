@@ -18,6 +18,7 @@ from ..models import save_segmentor
 from .building import StudentRun, build_student_run, compile_counts, loader_workers
 from .checkpointing import resume_or_start
 from .evaluate import evaluate
+from .finished import close_run, stored_record
 from .identity import file_sha256, identity, input_files, launch
 from .launching import LaunchMismatch, flat_hparams, make_accelerator, prepare_run_folder, split_batch, trackers_of
 from .loop import StepLoop, TrainHooks, TrainingInterrupted, loss_trend, term_ratios
@@ -45,8 +46,10 @@ def train(
     accelerator, per_device, accum = make_accelerator(cfg, run_dir, per_device_batch, trackers)
     current = identity(settings(to_dict(cfg)), input_files(cfg), launch(accelerator.num_processes, per_device, accum))
     results = Path(results_dir) if results_dir is not None else None
-    lock, aside, state = prepare_run_folder(accelerator, cfg.name, run_dir, results, resume, current)
+    lock, aside, state, finished = prepare_run_folder(accelerator, cfg.name, run_dir, results, resume, current)
     try:
+        if finished is not None:
+            return _already_finished(cfg, accelerator, run_dir, finished, results)
         if stage_of(cfg.method.name):  # a teacher-side stage (MasKD's tokens): no student
             return train_stage(cfg, accelerator, run_dir, state, current, per_device, accum, results, show_progress,
                                hooks or TrainHooks())
@@ -99,8 +102,23 @@ def _train(cfg: RecipeConfig, accelerator: Accelerator, run_dir: Path, state: Pa
               "the record says so in loss_trend", file=sys.stderr)
     if accelerator.is_main_process and results_dir is not None:
         record["record_path"] = str(write_record(record_path(results_dir, cfg.name, tc.seed, budget_slug(cfg.budget)), record))
-    accelerator.wait_for_everyone()
+    close_run(accelerator, run_dir, record, tc.keep_state)
     accelerator.end_training()
+    return record
+
+
+def _already_finished(cfg: RecipeConfig, accelerator: Accelerator, run_dir: Path, finished: dict[str, Any],
+                      results_dir: Path | None) -> dict[str, Any]:
+    """A rerun of a run that finished in this folder under the same settings: its record, nothing trained."""
+    record = stored_record(finished)
+    if accelerator.is_main_process:
+        print(f"afdcd-bench: {cfg.name} (seed {cfg.train.seed}) already finished in {run_dir} at step "
+              f"{cfg.train.iterations}: its record is {run_dir / 'record.json'}; nothing to train "
+              "(--no-resume trains it again, the old folder kept aside)", flush=True)
+        if results_dir is not None:
+            record["record_path"] = str(write_record(record_path(results_dir, cfg.name, cfg.train.seed, budget_slug(cfg.budget)),
+                                                     record))
+    accelerator.wait_for_everyone()
     return record
 
 
