@@ -6,7 +6,7 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 from rich.console import Console
 
@@ -26,6 +26,25 @@ def _cmd_train(args: argparse.Namespace) -> int:
     elif int(os.environ.get("RANK", "0")) == 0:  # one line per run, not per process
         Console().print(f"final mIoU {100 * (record['final_miou'] or float('nan')):.2f}, best {100 * (record['best_miou'] or float('nan')):.2f}")
     return 0
+
+
+def _cmd_launch(argv: list[str]) -> int:
+    """`afdcd-bench launch [accelerate launch options] train RECIPE ...` (harness/launcher.py)."""
+    from .config import budget_slug, load_recipe, run_dir
+    from .harness.launcher import launch_log, run_launch
+
+    if "train" not in argv or argv[0] in ("-h", "--help"):
+        print("usage: afdcd-bench launch [accelerate launch options] train RECIPE [overrides] [train options]\n"
+              "runs `accelerate launch OPTIONS -m afdcd_bench train ...`, its whole output kept in "
+              "<run folder>.launch.log; a failure ends with one sentence", file=sys.stderr)
+        return 0 if argv[:1] in (["-h"], ["--help"]) else 2
+    at = argv.index("train")
+    options, train_argv = argv[:at], argv[at + 1:]
+    args = build_parser().parse_args(["train", *train_argv])  # the train command's own errors, before any process starts
+    overrides = list(args.overrides) + ([f"train.trackers=[{', '.join(args.tracker)}]"] if args.tracker else [])
+    cfg = load_recipe(args.recipe, overrides)
+    folder = run_dir(cfg.output_dir, cfg.name, cfg.train.seed, budget_slug(cfg.budget))
+    return run_launch(options, train_argv, launch_log(folder))
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
@@ -300,7 +319,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="afdcd-bench", description="Af-DCD reproduction and benchmark suite")
     sub = p.add_subparsers(dest="command", required=True)
 
-    t = sub.add_parser("train", help="train one recipe (use through `accelerate launch` for several processes)")
+    t = sub.add_parser("train", help="train one recipe (through `afdcd-bench launch` or `accelerate launch` for several processes)")
     t.add_argument("recipe", help="a recipe name (`afdcd-bench recipes` lists them) or a path to a .yaml")
     t.add_argument("overrides", nargs="*", help="dotted.key=value settings on top of the recipe, e.g. train.lr=0.01")
     t.add_argument("--results-dir", default="results/adhoc", help="folder for the run record (default results/adhoc)")
@@ -310,6 +329,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--tracker", action="append", default=None, metavar="NAME",
                    help="log to an experiment tracker through Accelerate (tensorboard, wandb, mlflow, aim, comet_ml, ...); repeatable")
     t.set_defaults(func=_cmd_train)
+
+    sub.add_parser("launch", help="`accelerate launch` of `train` with its whole output kept and a failure said in one "
+                   "sentence: afdcd-bench launch [accelerate launch options] train RECIPE ...")
 
     e = sub.add_parser("eval", help="evaluate a checkpoint on the recipe's validation split")
     e.add_argument("recipe", help="the recipe whose data and evaluation settings to use")
@@ -452,6 +474,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from .data.prepare import PrepareError
     from .models.fetch import FetchError
     from .engine.checkpointing import DiskFull
+    from .engine.collectives import CollectiveTimeout
     from .engine.records import RecordError
     from .engine.run_folder import RunFolderError
     from .engine import LaunchMismatch, TrainingDiverged
@@ -462,7 +485,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 
     return (ConfigError, DatasetLayoutError, RecordError, RunFolderError, ReproduceError, PretrainedWeightsError, WeightsMismatch,
             LaunchMismatch, TrainingDiverged, RunsFailed, FileNotFoundError, PermissionError, ValueError, DownloadError,
-            PrepareError, FetchError, DiskFull)
+            PrepareError, FetchError, DiskFull, CollectiveTimeout)
 
 
 def one_line(exc: BaseException) -> str:
@@ -476,6 +499,9 @@ def one_line(exc: BaseException) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["launch"]:  # its options are accelerate's: not parsed here
+        return _guarded(lambda: _cmd_launch(argv[1:]))
     parser = build_parser()
     args, unknown = parser.parse_known_args(argv)
     # dotted.key=value overrides may come after options too (argparse stops collecting them there)
@@ -491,8 +517,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "table":
         args.results_dir_given = args.results_dir is not None
         args.results_dir = args.results_dir or "results"
+    return _guarded(lambda: args.func(args))
+
+
+def _guarded(command: Callable[[], int]) -> int:
+    """A command's exit status, a user error's one sentence (status 2) instead of a traceback."""
     try:
-        return args.func(args)
+        return command()
     except BrokenPipeError:
         # the reader went away (`| head`): stop quietly, and keep Python from complaining at exit
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

@@ -57,6 +57,7 @@ def check_ranges(cfg: RecipeConfig) -> None:
         positive(getattr(t, key), f"train.{key}")
     positive(t.lr, "train.lr")
     positive(t.seed, "train.seed", strict=False)
+    positive(t.collective_timeout, "train.collective_timeout")
     positive(t.weight_decay, "train.weight_decay", strict=False)
     positive(t.momentum, "train.momentum", strict=False)
     positive(t.poly_power, "train.poly_power", strict=False)

@@ -21,6 +21,7 @@ PATH_KEYS = ("output_dir", "data.root", "student.pretrained", "teacher.pretraine
 # Keys that say where things are or how a run reports, not what it computes: a stopped run may
 # resume, and a record may stand for a planned run, whatever their values.
 LOCATION_KEYS = PATH_KEYS + ("name", "data.num_workers", "train.log_interval", "train.checkpoint_interval", "train.keep_state",
+                             "train.collective_timeout",
                              "train.tensorboard", "train.trackers", "eval.batch_size", "eval.teacher_check", "published",
                              "ablation_of", "on_request", "data.pin_memory", "data.persistent_workers",
                              "data.prefetch_factor")

@@ -88,6 +88,9 @@ class TrainConfig:
     # A finished run drops its resumable state (model + optimiser: the largest thing in its folder;
     # final.safetensors holds the model); true keeps it (engine/finished.py).
     keep_state: bool = False
+    # Seconds a process of a multi-process run waits at a collective for the others before it gives
+    # up with a message (engine/collectives.py); the wait is announced well before.
+    collective_timeout: float = 1800.0
     mixed_precision: str = "no"
     log_interval: int = 50
     tensorboard: bool = False  # shorthand for trackers: [tensorboard]

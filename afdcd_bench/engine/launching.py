@@ -7,11 +7,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from accelerate import Accelerator, DataLoaderConfiguration, InitProcessGroupKwargs
+from accelerate import Accelerator, DataLoaderConfiguration
 from accelerate.utils import DistributedType, GradientAccumulationPlugin, broadcast_object_list
 
 from ..config import RecipeConfig, budget_slug
 from .checkpointing import latest_state
+from .collectives import process_group_kwargs
 from .finished import finished_record
 from .records import record_path
 from .run_folder import (RunFolderError, RunLock, check_finished, check_record_slot, check_resumable, check_writable,
@@ -84,8 +85,7 @@ def make_accelerator(cfg: RecipeConfig, run_dir: Path, per_device_batch: int | N
     tc = cfg.train
     probe_procs = int(os.environ.get("WORLD_SIZE", "1"))
     _, accum = split_batch(tc.effective_batch, probe_procs, per_device_batch)
-    # CPU runs of several processes talk over gloo (DeepSpeed otherwise asserts on batch sizes).
-    handlers = [InitProcessGroupKwargs(backend="gloo")] if probe_procs > 1 and not torch.cuda.is_available() else []
+    handlers = process_group_kwargs(probe_procs, torch.cuda.is_available(), tc.collective_timeout)
     accelerator = Accelerator(
         log_with=trackers or None,
         project_dir=str(run_dir),

@@ -9,6 +9,7 @@ update of parts with their own optimiser, what happens at a log line and at a va
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
@@ -18,6 +19,7 @@ import torch.nn as nn
 from accelerate import Accelerator
 
 from .checkpointing import RunTimes
+from .collectives import StallWatch, is_collective_timeout, is_peer_gone, peer_gone, say_on_stderr, timed_out
 from .progress import Heartbeat, make_progress
 from .schedule import poly_lr
 from .stepping import backward_and_step, check_finite
@@ -142,13 +144,26 @@ class StepLoop:
         self.heartbeat = Heartbeat(name, tc.iterations, progress_state["step"], self.progress.console.print,
                                    show and not self.progress.console.is_terminal)
         self.stops = StopRequests()
+        # several processes: say when this one waits for the others, on every process (its own stderr)
+        self.watch = StallWatch(name, accelerator.process_index, tc.collective_timeout, self._say) \
+            if accelerator.num_processes > 1 else None
+
+    def _say(self, line: str) -> None:
+        say_on_stderr(line)
+        if self._file is not None:
+            self._file.write(line + "\n")
+            self._file.flush()
 
     def __enter__(self) -> "StepLoop":
         self.progress.__enter__()
         self.stops.__enter__()
+        if self.watch is not None:
+            self.watch.__enter__()
         return self
 
     def __exit__(self, *exc: Any) -> None:
+        if self.watch is not None:
+            self.watch.__exit__(*exc)
         self.stops.__exit__(*exc)
         self.progress.__exit__(*exc)
         if self._file is not None:
@@ -157,7 +172,11 @@ class StepLoop:
             self.log = self.progress.console.log if self.bar is not None else (lambda *a, **k: None)
 
     def checkpoint(self, step: int) -> None:
-        self.times.checkpoint(self.accelerator, self.run_dir, self.state, step, self.hooks.after_checkpoint)
+        with self.not_a_step():
+            self.times.checkpoint(self.accelerator, self.run_dir, self.state, step, self.hooks.after_checkpoint)
+
+    def not_a_step(self) -> Any:
+        return self.watch.paused() if self.watch is not None else contextlib.nullcontext()
 
     def run(self, dataset: Any, loader: Any, accum: int, model: nn.Module, optimizer: torch.optim.Optimizer,
             forward: Forward, clip_params: Sequence[nn.Parameter] = (), max_norm: float = 0.0,
@@ -196,6 +215,8 @@ class StepLoop:
                 own_terms = after_update()
                 note_trained(state, own_terms)
                 step += 1
+                if self.watch is not None:
+                    self.watch.touch(step)
                 note_loss_trend(state, sum(last.values()))
                 self.progress.update(task, advance=1, info=f"loss {sum(last.values()):.3f} lr {lr:.2e}")
                 self.heartbeat.step(step, f"loss {sum(last.values()):.3f}")
@@ -206,7 +227,8 @@ class StepLoop:
                     if at_log is not None:
                         at_log(step, shown)
                 if validate is not None and (step % tc.val_interval == 0 or step == tc.iterations):
-                    validate(step, lr)
+                    with self.not_a_step():
+                        validate(step, lr)
                 if step % tc.checkpoint_interval == 0 or step == tc.iterations:
                     self.checkpoint(step)
                 if step >= tc.iterations:
@@ -215,4 +237,11 @@ class StepLoop:
                                   self.hooks.after_checkpoint)
         except KeyboardInterrupt:
             raise interrupted(self.name, step, self.times.saved_step) from None
+        except RuntimeError as exc:
+            rank, saved = accelerator.process_index, self.times.saved_step
+            if is_collective_timeout(exc):
+                raise timed_out(self.name, rank, tc.collective_timeout, step, saved) from None
+            if is_peer_gone(exc) and accelerator.num_processes > 1:
+                raise peer_gone(self.name, rank, step, saved) from None
+            raise
         return step, last
