@@ -8,9 +8,26 @@ torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path_factory, monkeypatch):
-    # The digits benchmark is generated once per session into a shared temporary cache.
-    cache = tmp_path_factory.getbasetemp() / "afdcd-cache"
+    # The digits benchmark is generated once per session into a shared temporary cache; under
+    # pytest-xdist the workers share one (its files are written atomically, the same bytes by each).
+    base = tmp_path_factory.getbasetemp()
+    cache = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "afdcd-cache"
     monkeypatch.setenv("AFDCD_CACHE", str(cache))
+
+
+# scripts/test.sh runs the suite on 2 pytest-xdist workers (--dist loadgroup). accelerate's
+# debug_launcher always rendezvouses on port 29500, so the tests that use it run on one worker;
+# so do the tests of the one SLURM node (its jobs would queue behind each other's and time out).
+SAME_WORKER = {"test_distributed": "port-29500", "test_methods": "port-29500", "test_slurm": "slurm",
+               "test_slurm_jobs": "slurm"}
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        group = SAME_WORKER.get(item.module.__name__) or ("slurm" if item.get_closest_marker("slurm") else None)
+        if group:
+            item.add_marker(pytest.mark.xdist_group(group))
 
 
 # Tiny settings shared by the tests that train methods on digits (tests/test_methods.py, test_maskd.py).

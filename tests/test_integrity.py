@@ -74,8 +74,8 @@ def test_no_resume_sets_the_old_run_aside(tmp_path):
     _reset()
     aside = list((tmp_path / "demo/baseline").glob("seed0.replaced-*"))
     assert len(aside) == 1 and (aside[0] / "final.safetensors").is_file()
-    saved = json.loads((tmp_path / "demo/baseline/seed0/state/progress.json").read_text())
-    assert saved["settings"]["train"]["lr"] == 0.01
+    saved = json.loads((tmp_path / "demo/baseline/seed0/record.json").read_text())  # the finished run's record
+    assert saved["config"]["train"]["lr"] == 0.01
 
 
 # 3: tables never mix runs of other settings

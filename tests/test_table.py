@@ -144,3 +144,17 @@ def test_a_method_has_one_colour_whatever_else_a_figure_holds():
     assert _colour_of("kd", ["kd"]) == _colour_of("kd", ["baseline", "cwd+kd", "kd"]) == _colour_of("kd")
     assert _colour_of("maskd (maskd_authors_schedule)") != _colour_of("maskd")  # a variant is told apart from its method
     assert _colour_of("some_new_method") == _colour_of("some_new_method", ["a", "b"])
+
+
+def test_the_qualitative_key_names_each_drawn_class_in_its_palette_colour():
+    import numpy as np
+
+    from afdcd_bench.engine.predictions import palette
+    from afdcd_bench.harness.qualitative import _row_label, class_key
+
+    pal = palette("cityscapes")
+    key = class_key("cityscapes", [0, 11, 18], pal)
+    assert [p.get_label() for p in key] == ["road", "person", "bicycle"]
+    assert np.allclose(key[1].get_facecolor()[:3], pal[11] / 255.0)
+    assert _row_label("frankfurt_000000_000294_leftImg8bit") == "frankfurt_000000_000294"
+    assert _row_label("a_very_long_image_name_of_forty_chars_x") == "...name_of_forty_chars_x"

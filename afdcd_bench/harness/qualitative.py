@@ -49,6 +49,23 @@ class CheckpointMismatch(ValueError):
     """The checkpoint at a record's path is not the one its scores were measured on."""
 
 
+def class_key(bench: str, classes: list[int], pal: np.ndarray) -> list[Any]:
+    """A colour patch and name for each class drawn (the benchmark's names from plots.CLASS_NAMES)."""
+    from matplotlib.patches import Patch
+
+    from .plots import CLASS_NAMES
+
+    names = CLASS_NAMES.get(bench, [])
+    return [Patch(facecolor=pal[c] / 255.0, edgecolor="0.6", linewidth=0.4, label=names[c] if c < len(names) else str(c))
+            for c in classes]
+
+
+def _row_label(name: str) -> str:
+    """An image's name short enough to read beside its row (Cityscapes': city_seq_frame_leftImg8bit)."""
+    name = name.removesuffix("_leftImg8bit")
+    return name if len(name) <= 24 else "..." + name[-21:]
+
+
 def check_checkpoints(records: dict[str, dict[str, Any]], checkpoints: dict[str, Path]) -> set[str]:
     """Refuse a checkpoint whose content is not the record's (the run folder was trained again since);
     returns the methods whose records predate checkpoint hashes (drawn, marked unverified)."""
@@ -86,14 +103,24 @@ def plot_qualitative(bench: str, student: str, by_method: dict[str, list[dict[st
     pal[255] = (255, 255, 255)  # ignored pixels white: class 0 is black in most palettes
     idx = pick_indices(len(ds), images)
     cols = 2 + len(models)
-    fig, axes = plt.subplots(len(idx), cols, figsize=(2.2 * cols, 2.2 * len(idx)), squeeze=False)
-    for row, i in enumerate(idx):
+    rows: list[tuple[str, list[tuple[str, np.ndarray]]]] = []
+    shown: set[int] = set()  # the classes drawn anywhere in the figure: the key lists those
+    for i in idx:
         item = ds[i]
-        panels = [("image", _display(item["image"], norm)), ("ground truth", _colour(item["label"].numpy(), pal))]
+        label = item["label"].numpy()
+        shown.update(int(c) for c in np.unique(label) if c != 255)
+        panels = [("image", _display(item["image"], norm)), ("ground truth", _colour(label, pal))]
         for m, model in models.items():
-            scores = predict(model, item["image"][None], eval_cfg)
+            pred = predict(model, item["image"][None], eval_cfg).argmax(1)[0].numpy()
+            shown.update(int(c) for c in np.unique(pred))
             mark = " [unverified]" if m in unverified else ""
-            panels.append((f"{m} (seed {chosen[m]['seed']}){mark}", _colour(scores.argmax(1)[0].numpy(), pal)))
+            panels.append((f"{m} (seed {chosen[m]['seed']}){mark}", _colour(pred, pal)))
+        rows.append((_row_label(str(item["name"])), panels))
+    key = class_key(bench, sorted(shown), pal)
+    key_cols = 1 + (len(key) - 1) // 30
+    width = 2.2 * cols + 1.6 * key_cols
+    fig, axes = plt.subplots(len(idx), cols, figsize=(width, 2.2 * len(idx)), squeeze=False)
+    for row, (name, panels) in enumerate(rows):
         for col, (title, img) in enumerate(panels):
             ax = axes[row][col]
             ax.imshow(img, interpolation="nearest")
@@ -101,10 +128,11 @@ def plot_qualitative(bench: str, student: str, by_method: dict[str, list[dict[st
             ax.set_yticks([])
             if row == 0:
                 ax.set_title(title, fontsize=8)
-        axes[row][0].set_ylabel(str(item["name"]), fontsize=6)
+        axes[row][0].set_ylabel(name, fontsize=8)
     note = "; [unverified]: the record predates checkpoint hashes" if unverified else ""
     fig.suptitle(f"{bench}, {student}: validation images (final checkpoints; white = ignored{note})", fontsize=9)
-    fig.tight_layout()
+    fig.legend(handles=key, loc="center right", fontsize=7, title="classes", title_fontsize=8, frameon=False, ncol=key_cols)
+    fig.tight_layout(rect=(0, 0, 1 - 1.6 * key_cols / width, 1))  # the key beside the panels, never over them
     path = out / f"{slug}__qualitative.png"
     fig.savefig(path, dpi=120)
     plt.close(fig)
