@@ -3,4 +3,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/bootstrap.sh dev
-exec .venv/bin/python -m pytest "$@"
+# Two pytest-xdist workers (AFDCD_TEST_WORKERS; 0: none), a test file each at a time (--dist
+# loadfile): the tests of one file may share a port (test_distributed's real launches) or a SLURM
+# node's slots, so they never overlap. `-n N` or `-p no:xdist` given here replaces this.
+workers=(-n "${AFDCD_TEST_WORKERS:-2}" --dist loadfile)
+for a in "$@"; do
+  case "$a" in -n|-n[0-9]*|--numprocesses*|no:xdist) workers=() ;; esac
+done
+exec .venv/bin/python -m pytest "${workers[@]}" "$@"

@@ -108,17 +108,19 @@ def test_one_process_launch_output_is_read_as_the_run_said_it():
     assert describe_exit(-9).startswith("was ended by SIGKILL (killed from outside") and describe_exit(3) == "exited with status 3"
 
 
-def test_the_stall_watch_speaks_when_no_step_finished_and_not_while_paused():
+def test_the_stall_watch_speaks_when_no_step_finished_and_names_long_work_between_steps():
     from afdcd_bench.engine.collectives import StallWatch, is_collective_timeout, is_peer_gone
 
     said = []
-    with StallWatch("r", 1, timeout_s=60, say=said.append, after=0.3) as watch:
-        with watch.paused():
+    with StallWatch("r", 1, timeout_s=2.0, say=said.append, after=0.3) as watch:
+        with watch.during("validation"):  # said only after half the timeout
             time.sleep(0.8)
-        assert said == []
+            assert said == []
+            time.sleep(0.6)
+        assert len(said) == 1 and said[0].startswith("afdcd-bench: r: process 1 has been in validation for 1 s (after step 0)")
         time.sleep(0.8)
-    assert said and said[0].startswith("afdcd-bench: r: process 1 has finished no step for 0 s (after step 0")
-    assert len(said) <= 2  # then after twice as long, not every interval
+    assert said[1].startswith("afdcd-bench: r: process 1 has finished no step for 0 s (after step 0")
+    assert len(said) <= 3  # then after twice as long, not every interval
     assert is_collective_timeout(RuntimeError("[gloo/transport/tcp/unbound_buffer.cc:78] Timed out waiting 3000ms for recv"))
     assert is_peer_gone(RuntimeError("[pair.cc:561] Connection closed by peer [127.0.0.1]:42718."))
     assert not is_collective_timeout(ValueError("Timed out waiting")) and not is_peer_gone(RuntimeError("CUDA out of memory"))

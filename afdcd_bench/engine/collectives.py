@@ -59,9 +59,10 @@ def timed_out(name: str, rank: int, timeout_s: float, step: int, saved_step: int
 
 
 class StallWatch:
-    """Says, on its own thread, that this process has finished no step for `after` seconds (each
-    time again after as long); `touch()` at each step, `paused()` around long work that is not a
-    step (validation, a checkpoint), which the wait would otherwise be blamed on."""
+    """Says, on its own thread, that this process has finished no step for `after` seconds (or ten
+    times its slowest step; then at twice, four times as long); `touch()` at each step. Inside
+    `during(what)` (validation: long, and not a step) it speaks only after half the timeout, naming
+    what it is doing. A checkpoint is part of its step: a wait at its barrier is a wait for a peer."""
 
     def __init__(self, name: str, rank: int, timeout_s: float, say: Callable[[str], Any], after: float | None = None):
         self.name, self.rank, self.timeout_s, self.say = name, rank, timeout_s, say
@@ -69,7 +70,7 @@ class StallWatch:
         self.step = 0
         self._last = time.monotonic()
         self._slowest = 0.0
-        self._paused = 0
+        self._doing: str | None = None
         self._told = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._watch, name="afdcd-stall-watch", daemon=True)
@@ -84,31 +85,34 @@ class StallWatch:
 
     def touch(self, step: int) -> None:
         now = time.monotonic()
-        if not self._paused:
-            self._slowest = max(self._slowest, now - self._last)
+        self._slowest = max(self._slowest, now - self._last)
         self.step, self._last, self._told = step, now, 0
 
     @contextlib.contextmanager
-    def paused(self) -> Iterator[None]:
-        self._paused += 1
+    def during(self, what: str) -> Iterator[None]:
+        self._doing, self._last, self._told = what, time.monotonic(), 0
         try:
             yield
         finally:
-            self._paused -= 1
-            self._last, self._told = time.monotonic(), 0
+            self._doing, self._last, self._told = None, time.monotonic(), 0
 
     def _watch(self) -> None:
         while not self._stop.wait(min(1.0, self.after / 4)):
-            if self._paused:
-                continue
-            waited = time.monotonic() - self._last
+            waited, doing = time.monotonic() - self._last, self._doing
             # a run whose steps are slow is not stalled; said before giving up in any case
-            limit = min(max(self.after, 10 * self._slowest), self.timeout_s / 2)
-            if waited >= limit * 2 ** self._told:  # then twice, four times as long...
-                self._told += 1
+            limit = self.timeout_s / 2 if doing else min(max(self.after, 10 * self._slowest), self.timeout_s / 2)
+            if waited < limit * 2 ** self._told:  # then at twice, four times as long...
+                continue
+            self._told += 1
+            gives_up = f"it gives up after train.collective_timeout={self.timeout_s:g} s"
+            if doing:
+                self.say(f"afdcd-bench: {self.name}: process {self.rank} has been in {doing} for {waited:.0f} s (after step "
+                         f"{self.step}): if another process of the launch stalled, this one waits for it at a collective; "
+                         f"{gives_up}")
+            else:
                 self.say(f"afdcd-bench: {self.name}: process {self.rank} has finished no step for {waited:.0f} s (after step "
                          f"{self.step}; the slowest step so far took {self._slowest:.1f} s): it is waiting for another process "
-                         f"of the launch at a collective; it gives up after train.collective_timeout={self.timeout_s:g} s")
+                         f"of the launch at a collective; {gives_up}")
 
 
 def say_on_stderr(line: str) -> None:

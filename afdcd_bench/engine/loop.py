@@ -172,11 +172,11 @@ class StepLoop:
             self.log = self.progress.console.log if self.bar is not None else (lambda *a, **k: None)
 
     def checkpoint(self, step: int) -> None:
-        with self.not_a_step():
-            self.times.checkpoint(self.accelerator, self.run_dir, self.state, step, self.hooks.after_checkpoint)
+        self.times.checkpoint(self.accelerator, self.run_dir, self.state, step, self.hooks.after_checkpoint)
 
-    def not_a_step(self) -> Any:
-        return self.watch.paused() if self.watch is not None else contextlib.nullcontext()
+    def not_a_step(self, what: str) -> Any:
+        """Long work between steps (validation), which the stall watch then does not take for a wait."""
+        return self.watch.during(what) if self.watch is not None else contextlib.nullcontext()
 
     def run(self, dataset: Any, loader: Any, accum: int, model: nn.Module, optimizer: torch.optim.Optimizer,
             forward: Forward, clip_params: Sequence[nn.Parameter] = (), max_norm: float = 0.0,
@@ -227,7 +227,7 @@ class StepLoop:
                     if at_log is not None:
                         at_log(step, shown)
                 if validate is not None and (step % tc.val_interval == 0 or step == tc.iterations):
-                    with self.not_a_step():
+                    with self.not_a_step("validation"):
                         validate(step, lr)
                 if step % tc.checkpoint_interval == 0 or step == tc.iterations:
                     self.checkpoint(step)

@@ -81,7 +81,7 @@ def _train(cfg: RecipeConfig, accelerator: Accelerator, run_dir: Path, state: Pa
     with StepLoop(cfg.name, tc, accelerator, run_dir, progress_state, hooks, show_progress) as loop:
         _announce(loop, cfg, run_dir, aside, state, progress_state["step"])
         if run.teacher is not None and progress_state["teacher"] is None and cfg.eval.teacher_check:
-            with loop.not_a_step():
+            with loop.not_a_step("the teacher's check"):
                 progress_state["teacher"] = evaluate(run.teacher, run.val_loader, cfg.num_classes, accelerator, cfg.eval, loop.bar)
             loop.log(f"teacher mIoU {100 * progress_state['teacher']['miou']:.2f} (sanity check of the teacher checkpoint)")
         validation = Validation(cfg, accelerator, run.full_student.current, run.val_loader, run.test_loader, progress_state,
