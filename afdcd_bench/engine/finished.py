@@ -1,8 +1,8 @@
 """A finished run's folder: its record kept beside its weights, its resumable state dropped.
 
 The training state (model, optimiser, the method's own parts) is only needed to continue a run;
-once the last step is done it is the largest thing in the folder (142 MB of a demo student's
-156) and `final.safetensors` already holds its model. So a finished run writes its record to
+once the last step is done it is the largest thing in the folder (141 MB of a demo student's
+236, measured) and `final.safetensors` already holds its model. So a finished run writes its record to
 `<run>/record.json` and removes `state/` unless `train.keep_state: true`. A rerun of a finished
 run then reads that record instead of loading a state (docs/runs.md, "A finished run").
 """
