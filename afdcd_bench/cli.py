@@ -40,7 +40,7 @@ def _cmd_launch(argv: list[str]) -> int:
         return 0 if argv[:1] in (["-h"], ["--help"]) else 2
     at = argv.index("train")
     options, train_argv = argv[:at], argv[at + 1:]
-    args = build_parser().parse_args(["train", *train_argv])  # the train command's own errors, before any process starts
+    args = _parse(build_parser(), ["train", *train_argv])  # the train command's own errors, before any process starts
     overrides = list(args.overrides) + ([f"train.trackers=[{', '.join(args.tracker)}]"] if args.tracker else [])
     cfg = load_recipe(args.recipe, overrides)
     folder = run_dir(cfg.output_dir, cfg.name, cfg.train.seed, budget_slug(cfg.budget))
@@ -502,14 +502,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["launch"]:  # its options are accelerate's: not parsed here
         return _guarded(lambda: _cmd_launch(argv[1:]))
-    parser = build_parser()
-    args, unknown = parser.parse_known_args(argv)
-    # dotted.key=value overrides may come after options too (argparse stops collecting them there)
-    if unknown:
-        if hasattr(args, "overrides") and all("=" in u and not u.startswith("-") for u in unknown):
-            args.overrides = [*(args.overrides or []), *unknown]
-        else:
-            parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    args = _parse(build_parser(), argv)
     if args.command == "train":
         from .engine.stopping import catch_early
 
@@ -518,6 +511,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.results_dir_given = args.results_dir is not None
         args.results_dir = args.results_dir or "results"
     return _guarded(lambda: args.func(args))
+
+
+def _parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
+    args, unknown = parser.parse_known_args(argv)
+    # dotted.key=value overrides may come after options too (argparse stops collecting them there)
+    if unknown:
+        if hasattr(args, "overrides") and all("=" in u and not u.startswith("-") for u in unknown):
+            args.overrides = [*(args.overrides or []), *unknown]
+        else:
+            parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    return args
 
 
 def _guarded(command: Callable[[], int]) -> int:

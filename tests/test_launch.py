@@ -126,6 +126,17 @@ def test_the_stall_watch_speaks_when_no_step_finished_and_names_long_work_betwee
     assert not is_collective_timeout(ValueError("Timed out waiting")) and not is_peer_gone(RuntimeError("CUDA out of memory"))
 
 
+def test_launch_reads_the_train_commands_arguments_as_train_does_and_refuses_before_starting(tmp_path, capsys):
+    from afdcd_bench.cli import main
+
+    # an override after an option, as `train` takes it; the recipe error comes before any process starts
+    assert main(["launch", "--num_processes", "2", "train", "demo/baseline", "--results-dir", str(tmp_path),
+                 "train.nosuch=1"]) == 2
+    assert "train.nosuch" in capsys.readouterr().err and not list(tmp_path.iterdir())
+    assert main(["launch", "--num_processes", "2", "demo/baseline"]) == 2  # no train command: the usage
+    assert "usage: afdcd-bench launch" in capsys.readouterr().err
+
+
 def test_a_collective_timeout_must_be_positive():
     from afdcd_bench.config import ConfigError, load_recipe
 
