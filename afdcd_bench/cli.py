@@ -6,19 +6,17 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 from rich.console import Console
 
+from .console import say
+
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from .config import load_recipe
     from .engine import train
 
-    overrides = list(args.overrides)
-    if args.tracker:
-        overrides.append(f"train.trackers=[{', '.join(args.tracker)}]")
-    cfg = load_recipe(args.recipe, overrides)
+    cfg = _train_config(args)
     record = train(cfg, results_dir=args.results_dir, per_device_batch=args.per_device_batch, resume=not args.no_resume)
     if int(os.environ.get("RANK", "0")) == 0 and record.get("stage_of"):
         Console().print(f"{record['method']}: wrote {record['stage_weights']} (final " +
@@ -28,9 +26,19 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train_config(args: argparse.Namespace) -> Any:
+    """The recipe a `train` command line names, with its overrides and --tracker."""
+    from .config import load_recipe
+
+    overrides = list(args.overrides)
+    if args.tracker:
+        overrides.append(f"train.trackers=[{', '.join(args.tracker)}]")
+    return load_recipe(args.recipe, overrides)
+
+
 def _cmd_launch(argv: list[str]) -> int:
     """`afdcd-bench launch [accelerate launch options] train RECIPE ...` (harness/launcher.py)."""
-    from .config import budget_slug, load_recipe, run_dir
+    from .config import budget_slug, run_dir
     from .harness.launcher import launch_log, run_launch
 
     if "train" not in argv or argv[0] in ("-h", "--help"):
@@ -41,8 +49,7 @@ def _cmd_launch(argv: list[str]) -> int:
     at = argv.index("train")
     options, train_argv = argv[:at], argv[at + 1:]
     args = _parse(build_parser(), ["train", *train_argv])  # the train command's own errors, before any process starts
-    overrides = list(args.overrides) + ([f"train.trackers=[{', '.join(args.tracker)}]"] if args.tracker else [])
-    cfg = load_recipe(args.recipe, overrides)
+    cfg = _train_config(args)
     folder = run_dir(cfg.output_dir, cfg.name, cfg.train.seed, budget_slug(cfg.budget))
     return run_launch(options, train_argv, launch_log(folder))
 
@@ -533,18 +540,18 @@ def _guarded(command: Callable[[], int]) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
     except KeyboardInterrupt as exc:
-        print(f"afdcd-bench: {exc or 'interrupted'}", file=sys.stderr)
+        say(f"afdcd-bench: {exc or 'interrupted'}")
         return 130
     except Exception as exc:
         from .engine.stopping import EXIT_PREEMPTED, TrainingPreempted
 
         if isinstance(exc, TrainingPreempted):  # saved on a stop signal: not an error, and the scheduler may requeue it
             if int(os.environ.get("RANK", "0")) == 0:
-                print(f"afdcd-bench: {exc}", file=sys.stderr)
+                say(f"afdcd-bench: {exc}")
             return EXIT_PREEMPTED
         if not isinstance(exc, _user_errors()):
             raise
-        print(f"afdcd-bench: error: {one_line(exc)}", file=sys.stderr)
+        say(f"afdcd-bench: error: {one_line(exc)}")  # every process of a launch says it: one write each
         return 2
 
 

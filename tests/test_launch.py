@@ -101,6 +101,10 @@ def test_one_process_launch_output_is_read_as_the_run_said_it():
     out.finish()
     assert seen.getvalue() == "step 1/4 task 2.3\n"
     assert out.sentences == ["afdcd-bench: error: teacher checkpoint /x not found"] and out.exits == [(None, 2)]
+    # two processes' sentences written into one line (seen once under load): still one sentence
+    joined = LaunchOutput(io.StringIO())
+    joined.line("afdcd-bench: error: teacher checkpoint /x not foundafdcd-bench: error: teacher checkpoint /x not found\n")
+    assert joined.sentences == ["afdcd-bench: error: teacher checkpoint /x not found"] and joined.show.getvalue() == ""
     crash = LaunchOutput(io.StringIO())
     for line in ["Traceback (most recent call last):", '  File "x.py", line 1, in f', "ZeroDivisionError: division by zero"]:
         crash.line(line + "\n")

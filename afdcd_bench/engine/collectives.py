@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime
-import sys
 import threading
 import time
 from typing import Any, Callable, Iterator
@@ -44,18 +43,23 @@ def is_peer_gone(exc: BaseException) -> bool:
     return isinstance(exc, RuntimeError) and ("Connection closed by peer" in text or "Connection reset by peer" in text)
 
 
+def rerun_hint(saved_step: int) -> str:
+    """What rerunning the same command does, said by every message of a run that stopped early."""
+    if saved_step:
+        return f"rerun the same command to resume from step {saved_step}"
+    return "nothing was saved yet; rerun the same command to start again"
+
+
 def peer_gone(name: str, rank: int, step: int, saved_step: int) -> CollectiveTimeout:
-    again = f"rerun the same command to resume from step {saved_step}" if saved_step else "nothing was saved yet"
     return CollectiveTimeout(f"{name}: process {rank} lost another process of the launch at step {step} (it ended or was "
-                             f"killed: its own output says why); {again}")
+                             f"killed: its own output says why); {rerun_hint(saved_step)}")
 
 
 def timed_out(name: str, rank: int, timeout_s: float, step: int, saved_step: int) -> CollectiveTimeout:
-    again = f"rerun the same command to resume from step {saved_step}" if saved_step else "nothing was saved yet"
     return CollectiveTimeout(
         f"{name}: process {rank} waited train.collective_timeout={timeout_s:g} s at step {step} for another process of the "
         f"launch and gave up: one of them stalled or died (its log says which; a stopped or swapping process, a hung "
-        f"file system); {again}")
+        f"file system); {rerun_hint(saved_step)}")
 
 
 class StallWatch:
@@ -113,7 +117,3 @@ class StallWatch:
                 self.say(f"afdcd-bench: {self.name}: process {self.rank} has finished no step for {waited:.0f} s (after step "
                          f"{self.step}; the slowest step so far took {self._slowest:.1f} s): it is waiting for another process "
                          f"of the launch at a collective; {gives_up}")
-
-
-def say_on_stderr(line: str) -> None:
-    print(line, file=sys.stderr, flush=True)

@@ -18,8 +18,9 @@ import torch
 import torch.nn as nn
 from accelerate import Accelerator
 
+from ..console import say
 from .checkpointing import RunTimes
-from .collectives import StallWatch, is_collective_timeout, is_peer_gone, peer_gone, say_on_stderr, timed_out
+from .collectives import StallWatch, is_collective_timeout, is_peer_gone, peer_gone, rerun_hint, timed_out
 from .progress import Heartbeat, make_progress
 from .schedule import poly_lr
 from .stepping import backward_and_step, check_finite
@@ -40,8 +41,7 @@ class TrainHooks:
 
 
 def interrupted(name: str, step: int, saved_step: int) -> TrainingInterrupted:
-    again = f"rerun the same command to resume from step {saved_step}" if saved_step else "nothing was saved yet; rerun the same command to start again"
-    return TrainingInterrupted(f"{name} interrupted at step {step}; {again}")
+    return TrainingInterrupted(f"{name} interrupted at step {step}; {rerun_hint(saved_step)}")
 
 
 def resumed_batches(accelerator: Accelerator, dataset: Any, loader: Any, micro: int) -> Iterator[Any]:
@@ -149,7 +149,7 @@ class StepLoop:
             if accelerator.num_processes > 1 else None
 
     def _say(self, line: str) -> None:
-        say_on_stderr(line)
+        say(line)
         if self._file is not None:
             self._file.write(line + "\n")
             self._file.flush()

@@ -2,7 +2,7 @@
 a failure said in one sentence (docs/distributed.md, "Launching").
 
 Under a bare `accelerate launch` the run's own sentence ("teacher checkpoint ... not found") sits
-between accelerate's defaults warning and a 17-line CalledProcessError, or above torch's
+between accelerate's defaults warning and the launcher's CalledProcessError traceback, or above torch's
 ChildFailedError report, once per process. Here the launcher runs as a child whose whole output
 goes to a log beside the run folder; the terminal gets the run's lines as they come, without the
 launcher's own blocks, and a failure ends with the log's path and then the sentence, last and once.
@@ -49,6 +49,11 @@ class LaunchOutput:
 
     def line(self, text: str) -> None:
         bare = RANK_PREFIX.sub("", text.rstrip("\n"))
+        joined = bare.find(SENTENCE, 1)
+        if joined > 0 and not (self._traceback or self.launcher_failed):  # two processes' writes on one line
+            self.line(bare[:joined] + "\n")
+            self.line(bare[joined:] + "\n")
+            return
         if self.launcher_failed:
             self._report(bare)
             return
