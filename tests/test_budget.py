@@ -35,7 +35,7 @@ def test_equal_compute_gives_each_recipe_the_references_cost_in_iterations():
     assert sorted(out) == sorted(NAMES)
     base = _parse(out["demo/baseline"])
     assert base["train.iterations"] == "240"  # 100 x 240 / 100
-    assert base["train.val_interval"] == "120" and base["train.checkpoint_interval"] == "120"  # the same 2 validations
+    assert base["train.val_interval"] == "48" and base["train.checkpoint_interval"] == "120"  # the same 5 validations, 2 checkpoints
     assert base["budget.kind"] == "compute" and base["budget.reference"] == "afdcd" and base["budget.scale"] == 1.0
     assert (base["budget.reference_iterations"], base["budget.reference_cost_ms"], base["budget.cost_ms"]) == (100, 240.0, 100.0)
     assert base["budget.recipe_iterations"] == 100 and base["budget.costs_device"] == "cpu (test)"
@@ -56,7 +56,7 @@ def test_schedule_scale_multiplies_every_recipe_and_equal_iterations_changes_not
     assert budget_overrides(students, Budget(), None, 1) == {}
     out = budget_overrides(students, Budget("iterations", 2.5), None, 1)
     kd = _parse(out["demo/kd"])
-    assert (kd["train.iterations"], kd["train.val_interval"], kd["budget.kind"], kd["budget.scale"]) == ("250", "125", "iterations", 2.5)
+    assert (kd["train.iterations"], kd["train.val_interval"], kd["budget.kind"], kd["budget.scale"]) == ("250", "50", "iterations", 2.5)
     assert scaled_interval(800, 40000, 40000) == 800 and scaled_interval(800, 70000, 40000) == 1400 and scaled_interval(3, 1, 100) == 1
     with pytest.raises(BudgetError, match="--schedule-scale must be > 0"):
         budget_overrides(students, Budget("iterations", 0.0), None, 1)

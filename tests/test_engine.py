@@ -171,6 +171,23 @@ def test_a_test_split_is_scored_at_every_validation_and_selection_stays_on_val(t
     assert rec["best_test_miou"] == max(h["miou"] for h in rec["history"])
 
 
+def test_how_often_a_run_validates_changes_no_weight(tmp_path):
+    """Validation draws no number from the stream that dropout (and the distillers' masks) draw from
+    afterwards: a loader's iterator seeds itself from its generator, or from the global RNG without one."""
+    def final(label, every):
+        cfg = load_recipe("demo/baseline", TINY + [f"output_dir={tmp_path / label}", f"train.val_interval={every}",
+                                                   "data.test_split=val"])
+        rec = train(cfg, show_progress=False)
+        _reset()
+        return rec, load_file(str(tmp_path / label / "demo/baseline/seed0/final.safetensors"))
+
+    dense_rec, dense = final("dense", 1)
+    sparse_rec, sparse = final("sparse", 4)
+    assert [h["step"] for h in dense_rec["history"]] == [1, 2, 3, 4] and len(sparse_rec["history"]) == 1
+    assert all(torch.equal(dense[k], sparse[k]) for k in dense)
+    assert dense_rec["final_miou"] == sparse_rec["final_miou"]
+
+
 @pytest.mark.slow
 def test_speed_settings_give_the_same_weights(tmp_path):
     """channels_last, each optimiser kernel and the loader's worker settings change no number beyond

@@ -191,7 +191,11 @@ def evaluation_loaders(cfg: RecipeConfig, normalization: Any) -> tuple[DataLoade
 
     def loader(split: str) -> DataLoader:
         dataset = build_dataset(dc.name, root, split, normalization=normalization)
-        return DataLoader(dataset, batch_size=cfg.eval.batch_size, shuffle=False, num_workers=workers, **extra)
+        # a generator of its own: without one, each pass's iterator draws its seed from the global RNG,
+        # which dropout and the distillers' masks draw from next, so validating more often would change
+        # the trained weights (docs/runs.md, "The training code")
+        return DataLoader(dataset, batch_size=cfg.eval.batch_size, shuffle=False, num_workers=workers,
+                          generator=torch.Generator().manual_seed(0), **extra)
 
     return loader(dc.val_split), loader(dc.test_split) if dc.test_split else None
 
