@@ -188,6 +188,21 @@ def test_how_often_a_run_validates_changes_no_weight(tmp_path):
     assert dense_rec["final_miou"] == sparse_rec["final_miou"]
 
 
+def test_training_seconds_leave_out_the_validations(tmp_path, monkeypatch):
+    """train_seconds is what equal compute equalises and images per second divides by: steps only."""
+    import time
+
+    from afdcd_bench.engine.validation import Validation
+
+    scores = Validation.scores
+    monkeypatch.setattr(Validation, "scores", lambda self, model, loader: (time.sleep(0.5), scores(self, model, loader))[1])
+    rec = train(load_recipe("demo/baseline", TINY + [f"output_dir={tmp_path}", "train.val_interval=1"]), show_progress=False)
+    _reset()
+    assert len(rec["history"]) == 4 and rec["eval_seconds"] >= 4 * 0.5
+    assert 0 < rec["train_seconds"] <= rec["wall_seconds"] - rec["eval_seconds"]
+    assert rec["images_per_second"] == pytest.approx(4 * 4 / rec["train_seconds"])
+
+
 @pytest.mark.slow
 def test_speed_settings_give_the_same_weights(tmp_path):
     """channels_last, each optimiser kernel and the loader's worker settings change no number beyond

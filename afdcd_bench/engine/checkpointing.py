@@ -5,11 +5,12 @@ state folder that looks complete but is not.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from accelerate import Accelerator
 
@@ -90,8 +91,9 @@ def resume_or_start(accelerator: Accelerator, state: Path | None, current: dict[
 
 
 class RunTimes:
-    """A run's seconds over all its sessions, carried by the checkpoint: training (from the first
-    step to each checkpoint) and wall (every session, from its start)."""
+    """A run's seconds over all its sessions, carried by the checkpoint: training (its steps only:
+    forward, backward, update and drawing the batches), evaluation (its validations), and wall (every
+    session, from its start, the rest included: checkpoints, the teacher's check, starting up)."""
 
     def __init__(self, progress: dict[str, Any]):
         self.wall_before = progress.get("wall_seconds", 0.0)  # earlier sessions, up to their last checkpoint
@@ -101,6 +103,18 @@ class RunTimes:
     def start_training(self) -> None:
         self.t_train = time.perf_counter()
 
+    @contextlib.contextmanager
+    def evaluating(self, progress: dict[str, Any]) -> Iterator[None]:
+        """Time spent here counts as evaluation, not training: `train_seconds` is what a budget of
+        equal compute equalises and what images per second divides by (docs/equal_compute.md)."""
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            spent = time.perf_counter() - t0
+            self.t_train += spent
+            progress["eval_seconds"] = progress.get("eval_seconds", 0.0) + spent
+
     def checkpoint(self, accelerator: Accelerator, run_dir: Path, progress: dict[str, Any], step: int,
                    after: Callable[[int], None] | None = None) -> None:
         """Save the training state at `step` with the times so far; then call `after(step)`."""
@@ -108,8 +122,8 @@ class RunTimes:
         progress["step"] = step
         progress["train_seconds"] += now - self.t_train
         progress["wall_seconds"] = self.wall_before + (now - self.t_start)
-        self.t_train = now
         save_training_state(accelerator, run_dir, progress)
+        self.t_train = time.perf_counter()  # saving is not training
         self.saved_step = step
         if after is not None:
             after(step)

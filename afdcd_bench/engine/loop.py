@@ -227,7 +227,7 @@ class StepLoop:
                     if at_log is not None:
                         at_log(step, shown)
                 if validate is not None and (step % tc.val_interval == 0 or step == tc.iterations):
-                    with self.not_a_step("validation"):
+                    with self.not_a_step("validation"), self.times.evaluating(state):
                         validate(step, lr)
                 if step % tc.checkpoint_interval == 0 or step == tc.iterations:
                     self.checkpoint(step)

@@ -95,7 +95,8 @@ def run_facts(cfg: RecipeConfig, accelerator: Any, per_device: int, accum: int, 
         "resumed_from_step": resumed_from,
         "wall_seconds": wall_before + session_wall,  # every session of the run, up to its end (a resumed run's earlier ones too)
         "session_wall_seconds": session_wall,
-        "train_seconds": progress["train_seconds"],
+        "train_seconds": progress["train_seconds"],  # its steps only (engine/checkpointing.RunTimes)
+        "eval_seconds": progress.get("eval_seconds", 0.0),  # its validations (and test scores)
         "images_per_second": images / progress["train_seconds"] if progress["train_seconds"] else None,
         "peak_memory_mb": peak_memory_mb(accelerator.device),
     }

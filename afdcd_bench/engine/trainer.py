@@ -69,7 +69,7 @@ def _train(cfg: RecipeConfig, accelerator: Accelerator, run_dir: Path, state: Pa
         accelerator.init_trackers(cfg.name.replace("/", "__") + f"__seed{tc.seed}", config=flat_hparams(to_dict(cfg)))
     run = build_student_run(cfg, accelerator, per_device, hooks.adapt_student, convert_sync_bn)
     progress_state, resumed_from = resume_or_start(accelerator, state, current, {
-        "step": 0, "best_miou": None, "best_step": None, "history": [], "train_seconds": 0.0, "wall_seconds": 0.0,
+        "step": 0, "best_miou": None, "best_step": None, "history": [], "train_seconds": 0.0, "eval_seconds": 0.0, "wall_seconds": 0.0,
         "teacher": None})
     progress_state.setdefault("test_history", [])
 
