@@ -3,6 +3,7 @@ the records and run folders it keeps apart, and the tables and figure that compa
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 
@@ -58,6 +59,10 @@ def test_schedule_scale_multiplies_every_recipe_and_equal_iterations_changes_not
     kd = _parse(out["demo/kd"])
     assert (kd["train.iterations"], kd["train.val_interval"], kd["budget.kind"], kd["budget.scale"]) == ("250", "50", "iterations", 2.5)
     assert scaled_interval(800, 40000, 40000) == 800 and scaled_interval(800, 70000, 40000) == 1400 and scaled_interval(3, 1, 100) == 1
+    # as many validations, the last at the last step, never one just before it (186 at a rounded 37: 37, ..., 185, 186)
+    for new_iterations in range(100, 400):
+        every = scaled_interval(20, new_iterations, 100)
+        assert math.ceil(new_iterations / every) == 5 and 4 * every < new_iterations, new_iterations
     with pytest.raises(BudgetError, match="--schedule-scale must be > 0"):
         budget_overrides(students, Budget("iterations", 0.0), None, 1)
 

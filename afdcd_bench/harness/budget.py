@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -44,8 +45,11 @@ def budget_label(budget: dict[str, Any] | None) -> str:
 
 
 def scaled_interval(interval: int, new_iterations: int, old_iterations: int) -> int:
-    """An interval of the old schedule stretched to the new one, so a run validates as often."""
-    return max(1, round(interval * new_iterations / old_iterations))
+    """An interval of the old schedule stretched to the new one, so a run validates (or saves) as
+    many times, the last at its last step. From the count, not the ratio: a rounded ratio can put an
+    extra validation one step before the last (186 steps at 37: 37 ... 185, then 186)."""
+    count = math.ceil(old_iterations / interval)  # the old schedule's, its last step included
+    return max(1, math.ceil(new_iterations / count))
 
 
 def reference_recipe(name: str, candidates: dict[str, RecipeConfig], reference: str) -> str:

@@ -76,8 +76,8 @@ def _progress(run: PlannedRun, log: str | None) -> tuple[int | None, str]:
         progress = json.loads((state / "progress.json").read_text())
         saved = progress.get("step") or 0
         step = max(step or 0, saved)
-        if saved and progress.get("train_seconds"):
-            left = (run.iterations - step) * progress["train_seconds"] / saved
+        if saved and progress.get("train_seconds"):  # steps and validations so far, at the same pace
+            left = (run.iterations - step) * (progress["train_seconds"] + progress.get("eval_seconds", 0.0)) / saved
             eta = f"~{datetime.timedelta(seconds=int(left))} left"
     return step, eta
 
