@@ -12,4 +12,6 @@ if [ $# -lt 1 ] || [ "$1" = "-h" ] || [ "$1" = "--help" ]; then
   exit $([ $# -lt 1 ] && echo 2 || echo 0)
 fi
 (cd "$here" && scripts/bootstrap.sh)
-exec "$here/.venv/bin/python" -m afdcd_bench reproduce "$@"
+venv=.venv
+[ "${AFDCD_DEPS:-}" = latest ] && venv=.venv-latest  # the newest releases (scripts/bootstrap.sh)
+exec "$here/$venv/bin/python" -m afdcd_bench reproduce "$@"

@@ -1,10 +1,17 @@
 #!/usr/bin/env bash
 # Installs the project into .venv/ (creating it) and stays quiet and quick when that is done.
 # Usage: scripts/bootstrap.sh [extra,...]   e.g. scripts/bootstrap.sh dev
+# By default every package is held to the version in constraints.txt, the set the suite last passed
+# with; AFDCD_DEPS=latest installs the newest releases instead, into .venv-latest/ (docs/dependencies.md).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 extras=${1:-}
-venv="$root/.venv"
+deps=${AFDCD_DEPS:-locked}
+case "$deps" in
+  locked) venv="$root/.venv"; pin=(-c "$root/constraints.txt") ;;
+  latest) venv="$root/.venv-latest"; pin=(--upgrade --upgrade-strategy eager) ;;
+  *) echo "afdcd-bench: AFDCD_DEPS=$deps: use locked (the default: constraints.txt) or latest" >&2; exit 2 ;;
+esac
 py=${PYTHON:-python3}
 if ! command -v "$py" >/dev/null 2>&1; then
   echo "afdcd-bench: python3 not found; install Python >= 3.10 first." >&2
@@ -14,10 +21,11 @@ if ! "$py" -c 'import sys; sys.exit(sys.version_info < (3, 10))'; then
   echo "afdcd-bench: Python >= 3.10 is needed, found $("$py" --version 2>&1)." >&2
   exit 1
 fi
-# One stamp: the pyproject.toml hash, then every extra installed so far. A request whose extras
+# One stamp: the hash of pyproject.toml and constraints.txt, then every extra installed so far. A request whose extras
 # are all installed already (e.g. none after `dev`) installs nothing.
 stamp="$venv/.afdcd-installed"
-want=$(sha256sum "$root/pyproject.toml" | cut -c1-16)
+# latest: the date too, so the newest releases are looked for again once a day
+want=$( { cat "$root/pyproject.toml" "$root/constraints.txt"; [ "$deps" = locked ] || date +%F; } | sha256sum | cut -c1-16)
 have_hash="" have_extras=""
 [ -f "$stamp" ] && read -r have_hash have_extras < "$stamp" || true
 [ "$have_hash" = "$want" ] || have_extras=""
@@ -35,10 +43,10 @@ if [ ! -x "$venv/bin/python" ]; then
   echo "afdcd-bench: creating $venv" >&2
   "$py" -m venv "$venv" || { echo "afdcd-bench: could not create a virtual environment (install python3-venv)." >&2; exit 1; }
 fi
-echo "afdcd-bench: installing dependencies into .venv${union:+ (extras: $union)} (first run takes a few minutes)" >&2
+echo "afdcd-bench: installing dependencies into ${venv#"$root"/}${union:+ (extras: $union)}, $deps versions (first run takes a few minutes)" >&2
 target="$root"
 [ -n "$union" ] && target="$root[$union]"
-"$venv/bin/python" -m pip install -q -e "$target" >"$venv/.install.log" 2>&1 &
+"$venv/bin/python" -m pip install -q "${pin[@]}" -e "$target" >"$venv/.install.log" 2>&1 &
 pip_pid=$!
 started=$SECONDS
 # a line every 30 s, so a log or CI shows the install is alive
@@ -49,6 +57,7 @@ done
 if ! wait "$pip_pid"; then
   tail -n 20 "$venv/.install.log" >&2
   echo "afdcd-bench: pip install failed; full log in $venv/.install.log" >&2
+  [ "$deps" = locked ] && echo "afdcd-bench: constraints.txt holds the versions tested on Python 3.11, x86_64; where they do not install (another Python or platform), AFDCD_DEPS=latest takes the newest releases instead" >&2
   exit 1
 fi
 echo "$want $union" > "$stamp"

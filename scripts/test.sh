@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Runs the test suite, installing the project and its dev extra into .venv/ first if needed.
+# Runs the test suite, installing the project and its dev extra into .venv/ first if needed
+# (AFDCD_DEPS=latest: the newest releases of every dependency, in .venv-latest/).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/bootstrap.sh dev
@@ -10,4 +11,6 @@ workers=(-n "${AFDCD_TEST_WORKERS:-2}" --dist loadfile)
 for a in "$@"; do
   case "$a" in -n|-n[0-9]*|--numprocesses*|no:xdist) workers=() ;; esac
 done
-exec .venv/bin/python -m pytest "${workers[@]}" "$@"
+venv=.venv
+[ "${AFDCD_DEPS:-}" = latest ] && venv=.venv-latest  # the newest releases (scripts/bootstrap.sh)
+exec "$venv/bin/python" -m pytest "${workers[@]}" "$@"

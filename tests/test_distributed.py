@@ -243,6 +243,8 @@ def test_launch_configs_parse(path):
 
 @pytest.mark.parametrize("given, applied", [(None, 0.0), ("0.0", 0.0), ("2.5", 2.5)])
 def test_deepspeed_global_clip_is_off_unless_set(monkeypatch, deepspeed_available, given, applied):
+    """What the run gets, whatever form Accelerate gives the launch's value in (it changed between
+    releases: 1.15 left "auto" for ACCELERATE_GRADIENT_CLIPPING=0.0, 1.16 reads it as 0.0)."""
     from types import SimpleNamespace
 
     from accelerate.utils import DeepSpeedPlugin, DistributedType
@@ -254,11 +256,25 @@ def test_deepspeed_global_clip_is_off_unless_set(monkeypatch, deepspeed_availabl
     else:
         monkeypatch.setenv("ACCELERATE_GRADIENT_CLIPPING", given)
     plugin = DeepSpeedPlugin(zero_stage=2)
-    # as Accelerate builds it: "auto" (filled with 1.0 at prepare) or nothing (DeepSpeed's default 1.0)
-    assert plugin.deepspeed_config.get("gradient_clipping", "missing") in ("auto", "missing", 2.5)
     acc = SimpleNamespace(distributed_type=DistributedType.DEEPSPEED, state=SimpleNamespace(deepspeed_plugin=plugin))
     assert disable_global_clip(acc) == applied
-    assert plugin.deepspeed_config["gradient_clipping"] == applied
+    assert float(plugin.deepspeed_config["gradient_clipping"]) == applied
+
+
+@pytest.mark.parametrize("stored, applied", [("missing", 0.0), ("auto", 0.0), (None, 0.0), (0, 0.0), ("0.0", 0.0),
+                                             (-1.0, 0.0), (2.5, 2.5), ("2.5", 2.5)])
+def test_global_clip_from_every_form_a_deepspeed_config_holds(stored, applied):
+    from types import SimpleNamespace
+
+    from accelerate.utils import DistributedType
+
+    from afdcd_bench.engine.stepping import disable_global_clip
+
+    config = {} if stored == "missing" else {"gradient_clipping": stored}
+    acc = SimpleNamespace(distributed_type=DistributedType.DEEPSPEED,
+                          state=SimpleNamespace(deepspeed_plugin=SimpleNamespace(deepspeed_config=config)))
+    assert disable_global_clip(acc) == applied
+    assert float(config["gradient_clipping"]) == applied
 
 
 def test_deepspeed_fp16_with_a_projector_clip_is_refused(deepspeed_available):

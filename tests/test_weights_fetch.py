@@ -74,6 +74,52 @@ def test_a_changed_file_is_refused_unless_accepted(tmp_path, served):
     assert json.loads((tmp_path / "manifest.json").read_text())["resnet18-imagenet.pth"]["sha256"] != first
 
 
+class _Planted:
+    """A pickle payload that would create a file if it were ever unpickled."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+@pytest.mark.parametrize("bad", ["wrong tensors", "truncated", "code"])
+def test_a_first_file_that_fails_its_import_is_never_the_reference(tmp_path, served, bad):
+    import io
+
+    server, entry = served
+    good = _r18_release()
+    planted = tmp_path / "planted-by-the-pickle"
+    if bad == "wrong tensors":
+        buf = io.BytesIO()
+        torch.save({"conv1.weight": torch.zeros(3)}, buf)
+        body = buf.getvalue()
+    elif bad == "truncated":
+        body = good[: len(good) // 3]
+    else:
+        buf = io.BytesIO()
+        torch.save({"conv1.weight": _Planted(planted)}, buf)
+        body = buf.getvalue()
+    given = tmp_path / "given"
+    given.mkdir()
+    (given / "resnet18-imagenet.pth").write_bytes(body)
+    with pytest.raises(FetchError, match=r"resnet18-imagenet.pth \(sha256 [0-9a-f]{64}\) did not import: .*moved aside as "
+                                         r".*failed-.* not recorded"):
+        fetch(select(True, [], []), tmp_path / "w", from_dir=given, show_progress=False, log=lambda s: None)
+    assert not planted.exists(), "nothing in the file was run"
+    manifest = tmp_path / "w" / "manifest.json"
+    assert not manifest.exists() or "resnet18-imagenet.pth" not in json.loads(manifest.read_text())
+    assert not (tmp_path / "w" / "resnet18_deepstem.safetensors").exists()
+    assert len(list((tmp_path / "w" / "downloads").glob("resnet18-imagenet.pth.failed-*"))) == 1
+    (given / "resnet18-imagenet.pth").write_bytes(good)  # the right file next: taken, and it becomes the reference
+    (dst,) = fetch(select(True, [], []), tmp_path / "w", from_dir=given, show_progress=False, log=lambda s: None)
+    body = json.loads(manifest.read_text())["resnet18-imagenet.pth"]
+    assert body["sha256"] == sha256_file(given / "resnet18-imagenet.pth")
+    assert body["imported"] == {"path": "resnet18_deepstem.safetensors", "sha256": sha256_file(dst)}
+    assert fetch_mod.recorded_import(dst, tmp_path / "w") == (sha256_file(dst), manifest)
+
+
 def test_from_a_folder_and_a_cut_download_resumed(tmp_path, served):
     server, entry = served
     body = _r18_release()

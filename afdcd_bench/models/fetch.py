@@ -172,17 +172,44 @@ def fetch_one(entry: Released, root: Path, from_dir: Path | None, accept_changed
                              f"first fetched ({recorded['fetched_at']}): kept aside as {aside}. The release may have "
                              "changed; --accept-changed takes the new file (and records it)")
         log(f"{entry.key}: taking a file other than the one first recorded (--accept-changed)")
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        report = import_released(raw, dst, backbone=entry.backbone, arch=entry.arch)
+    except Exception as exc:  # strict import refused it (wrong tensors, truncated, not a checkpoint, a pickle with code)
+        aside = raw.with_name(f"{raw.name}.failed-{datetime.datetime.now():%Y%m%d-%H%M%S}")
+        raw.rename(aside)
+        raise FetchError(f"{entry.key}: {entry.file} (sha256 {digest}) did not import: {one_sentence(exc)}; it was moved aside "
+                         f"as {aside} and not recorded as the release's file: give the right file (--from DIR) or rerun "
+                         "to download it again") from None
     if not recorded or recorded["sha256"] != digest:
         manifest[entry.file] = {"sha256": digest, "size": size, "url": entry.url, "source": entry.source,
                                 "fetched_at": datetime.datetime.now().isoformat(timespec="seconds")}
-        _write_manifest(root, manifest)
         log(f"{entry.key}: the release publishes no checksum; sha256 {digest} ({size} bytes) recorded in "
-            f"{root / 'manifest.json'}, and later files are checked against it")
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    report = import_released(raw, dst, backbone=entry.backbone, arch=entry.arch)
+            f"{root / 'manifest.json'} now that it imported, and later files are checked against it")
+    manifest[entry.file]["imported"] = {"path": entry.dst, "sha256": sha256_file(dst)}  # what a run reading dst checks
+    _write_manifest(root, manifest)
     what = f"{report.build_args.get('arch', '')}-{report.backbone}".lstrip("-")
     log(f"{entry.key}: imported {what} into {dst} ({report.tensors} tensors){'; ' + entry.note if entry.note else ''}")
     return dst
+
+
+def one_sentence(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[-1] if text else type(exc).__name__
+
+
+def recorded_import(path: Path, root: Path | None = None) -> tuple[str, Path] | None:
+    """The sha256 weights/manifest.json holds for an imported file at `path`, and the manifest's path."""
+    root = Path(root) if root else weights_root()
+    try:
+        rel = Path(path).resolve().relative_to(root.resolve()).as_posix()
+    except ValueError:
+        return None
+    for body in _manifest(root).values():
+        imported = body.get("imported") or {}
+        if imported.get("path") == rel:
+            return imported["sha256"], root / "manifest.json"
+    return None
 
 
 def fetch(entries: list[Released], root: Path | None = None, from_dir: Path | None = None, accept_changed: bool = False,
