@@ -132,13 +132,13 @@ def test_reproduce_moves_a_damaged_record_aside_and_refuses_one_of_other_setting
     cfg = load_recipe("demo/baseline", ["train.seed=0"])
     path = _record(tmp_path, "demo/baseline", 0, 0.2)
     path.write_text(path.read_text()[:50])
-    assert _existing_record(path, "demo/baseline", 0, _settings(cfg), console) is False
+    assert _existing_record(path, "demo/baseline", 0, _settings(cfg), console) is None
     assert not path.exists() and len(list(tmp_path.glob("demo__baseline__seed0.json.damaged-*"))) == 1
     _record(tmp_path, "demo/baseline", 0, 0.2, ["train.iterations=60"])
     with pytest.raises(ReproduceError, match=r"other settings \(train.iterations: 60 -> 100\)"):
         _existing_record(path, "demo/baseline", 0, _settings(cfg), console)
     _record(tmp_path, "demo/baseline", 0, 0.2, ["output_dir=/elsewhere", "data.num_workers=3"])  # locations only
-    assert _existing_record(path, "demo/baseline", 0, _settings(cfg), console) is True
+    assert _existing_record(path, "demo/baseline", 0, _settings(cfg), console) is not None
 
 
 def _settings(cfg):

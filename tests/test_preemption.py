@@ -29,7 +29,7 @@ def _same_weights(a: Path, b: Path) -> None:
     assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
-@pytest.mark.parametrize("sig", [signal.SIGUSR1, signal.SIGTERM])
+@pytest.mark.parametrize("sig", [signal.SIGUSR1, signal.SIGTERM, signal.SIGINT])  # SIGINT: Ctrl-C
 def test_a_signal_saves_at_the_step_it_came_in_and_the_rerun_ends_where_an_unstopped_run_does(tmp_path, sig):
     straight = train(load_recipe("demo/baseline", [*TINY, f"output_dir={tmp_path / 'a'}"]), results_dir=tmp_path / "ra",
                      show_progress=False)
@@ -73,6 +73,40 @@ def test_the_command_exits_75_on_sigterm_and_says_how_to_resume(tmp_path):
     assert proc.returncode == EXIT_PREEMPTED, err[-2000:]
     assert "stopped by SIGTERM at step" in err and "rerun the same command to resume" in err
     step = json.loads((latest_state(tmp_path / "demo/baseline/seed0") / "progress.json").read_text())["step"]
+    assert 3 <= step < 400
+
+
+def test_a_second_ctrl_c_stops_at_once(tmp_path):
+    cfg = load_recipe("demo/baseline", [*TINY, f"output_dir={tmp_path}"])
+
+    def twice_in_step_2(micro):
+        if micro == 1:
+            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), signal.SIGINT)
+
+    with pytest.raises(KeyboardInterrupt, match="interrupted at step 1"):
+        train(cfg, show_progress=False, hooks=TrainHooks(before_update=twice_in_step_2))
+    reset_accelerate()
+    assert latest_state(tmp_path / "demo/baseline/seed0") is None  # nothing saved: the user asked for that
+
+
+def test_ctrl_c_in_the_in_process_reproduction_saves_the_steps_run(tmp_path):
+    """The demo's default executor: Ctrl-C while the teacher trains saves it at that step."""
+    from scale_helpers import reproduce
+
+    proc = reproduce(tmp_path, "a", "--executor", "inprocess", "--methods", "kd", extra=["train.iterations=400",
+                     "train.checkpoint_interval=400"], popen=True)
+    try:
+        for line in proc.stdout:
+            if "step 3/400" in line:
+                break
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == EXIT_PREEMPTED, out[-2000:]
+    assert "stopped by SIGINT at step" in out and "its state saved" in out
+    step = json.loads((latest_state(tmp_path / "a/runs/demo/teacher/seed0") / "progress.json").read_text())["step"]
     assert 3 <= step < 400
 
 

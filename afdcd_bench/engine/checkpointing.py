@@ -15,6 +15,7 @@ from typing import Any, Callable, Iterator
 from accelerate import Accelerator
 
 MARKER = "COMPLETE"
+HASHES = "sha256.json"  # every file of the state, as saved: a resume reads only what was written
 
 
 def state_dir(run_dir: Path) -> Path:
@@ -66,6 +67,7 @@ def save_training_state(accelerator: Accelerator, run_dir: Path, progress: dict[
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         (tmp / "progress.json").write_text(json.dumps(progress, indent=2))
+        (tmp / HASHES).write_text(json.dumps(state_hashes(tmp), indent=1, sort_keys=True))
         (tmp / MARKER).write_text("ok\n")
         if final.exists():
             shutil.rmtree(old, ignore_errors=True)
@@ -75,7 +77,34 @@ def save_training_state(accelerator: Accelerator, run_dir: Path, progress: dict[
     accelerator.wait_for_everyone()
 
 
+def state_hashes(path: Path) -> dict[str, str]:
+    from ..models.weights import sha256_file
+
+    return {f.relative_to(path).as_posix(): sha256_file(f) for f in sorted(path.rglob("*"))
+            if f.is_file() and f.name not in (HASHES, MARKER)}
+
+
+def check_state(path: Path) -> None:
+    """Refuse a saved state whose files are not those it was saved with (a state saved before the
+    hashes were kept has none to check)."""
+    from .provenance import CheckpointMismatch
+
+    listed = path / HASHES
+    if not listed.is_file():
+        return
+    want, got = json.loads(listed.read_text()), state_hashes(path)
+    for name in sorted(set(want) | set(got)):
+        if want.get(name) != got.get(name):
+            now = "missing" if name not in got else f"sha256 {got[name]}"
+            was = "no such file" if name not in want else want[name]
+            raise CheckpointMismatch(
+                f"the saved training state {path / name} is {now}, but {listed} recorded {was} when the state was saved: "
+                "it changed since (damaged or edited), so resuming from it would not continue the run. Rerun with "
+                "--no-resume to start over (the old folder is kept aside)")
+
+
 def load_training_state(accelerator: Accelerator, path: Path) -> dict[str, Any]:
+    check_state(path)
     accelerator.load_state(str(path))
     return json.loads((path / "progress.json").read_text())
 

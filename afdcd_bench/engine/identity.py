@@ -32,17 +32,22 @@ def file_sha256(path: str | os.PathLike) -> str:
     return _HASHES[key]
 
 
-def input_files(cfg: RecipeConfig) -> dict[str, str | None]:
-    """sha256 of each file the run reads besides its recipe: the teacher checkpoint (when the method
-    uses a teacher) and stage outputs (MasKD's tokens), by the recipe key that names them; None for
-    a file that is not there (the run itself then stops with a message naming it)."""
+def input_paths(cfg: RecipeConfig) -> dict[str, str]:
+    """Each file the run reads besides its recipe, by the recipe key that names it: the teacher
+    checkpoint (when the method uses a teacher) and stage outputs (MasKD's tokens)."""
     paths: dict[str, str] = {}
     if needs_teacher(cfg.method.name) and cfg.teacher is not None and cfg.teacher.checkpoint:
         paths["teacher.checkpoint"] = cfg.teacher.checkpoint
     for component, options in cfg.method.options.items():
         if getattr(options, "stage_weights", None):
             paths[f"method.{component}.stage_weights"] = options.stage_weights
-    return {key: file_sha256(p) if Path(p).is_file() else None for key, p in paths.items()}
+    return paths
+
+
+def input_files(cfg: RecipeConfig) -> dict[str, str | None]:
+    """sha256 of each of input_paths(); None for a file that is not there (the run itself then
+    stops with a message naming it)."""
+    return {key: file_sha256(p) if Path(p).is_file() else None for key, p in input_paths(cfg).items()}
 
 
 def launch(num_processes: int, per_device_batch: int, grad_accumulation: int) -> dict[str, int]:

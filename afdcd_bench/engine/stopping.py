@@ -36,11 +36,14 @@ def catch_early() -> None:
 
 class StopRequests:
     """While entered, SIGTERM and SIGUSR1 set a flag instead of ending the process; the loop asks
-    `requested()` after each optimiser step. The previous handlers come back on exit. Outside the
-    main thread (where Python cannot take signals) it installs nothing and never asks to stop."""
+    `requested()` after each optimiser step. Ctrl-C (SIGINT) does the same the first time, so the
+    steps run so far are saved; a second Ctrl-C stops at once (KeyboardInterrupt, nothing saved since
+    the last checkpoint). The previous handlers come back on exit. Outside the main thread (where
+    Python cannot take signals) it installs nothing and never asks to stop."""
 
     def __init__(self) -> None:
         self.signal: int | None = None
+        self._interrupts = 0
         self._previous: dict[int, Any] = {}
 
     def __enter__(self) -> "StopRequests":
@@ -49,6 +52,7 @@ class StopRequests:
         if threading.current_thread() is threading.main_thread():
             for sig in STOP_SIGNALS:
                 self._previous[sig] = signal.signal(sig, self._note)
+            self._previous[signal.SIGINT] = signal.signal(signal.SIGINT, self._interrupt)
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -59,6 +63,17 @@ class StopRequests:
     def _note(self, signum: int, frame: Any) -> None:
         if self.signal is None:
             self.signal = signum
+
+    def _interrupt(self, signum: int, frame: Any) -> None:
+        self._interrupts += 1
+        if self._interrupts > 1:
+            raise KeyboardInterrupt
+        self._note(signum, frame)
+        import sys
+
+        sys.stderr.write("\nafdcd-bench: Ctrl-C: stopping after this step and saving it (Ctrl-C again stops at once, "
+                         "losing the steps since the last checkpoint)\n")
+        sys.stderr.flush()
 
     def requested(self, accelerator: Any) -> bool:
         """True on every process once any process was signalled (a max over processes: they stop together)."""

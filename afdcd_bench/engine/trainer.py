@@ -19,8 +19,9 @@ from .building import StudentRun, build_student_run, compile_counts, loader_work
 from .checkpointing import resume_or_start
 from .evaluate import evaluate
 from .finished import close_run, stored_record
-from .identity import file_sha256, identity, input_files, launch
+from .identity import file_sha256, identity, input_files, input_paths, launch
 from .launching import LaunchMismatch, flat_hparams, make_accelerator, prepare_run_folder, split_batch, trackers_of
+from .provenance import check_inputs
 from .loop import StepLoop, TrainHooks, TrainingInterrupted, loss_trend, term_ratios
 from .records import record_path, run_facts, write_record
 from .stage import train_stage
@@ -44,6 +45,7 @@ def train(
     trackers = trackers_of(tc)
     run_dir = run_folder(cfg.output_dir, cfg.name, tc.seed, budget_slug(cfg.budget))
     accelerator, per_device, accum = make_accelerator(cfg, run_dir, per_device_batch, trackers)
+    check_inputs(input_paths(cfg))  # a teacher or stage file changed since its run recorded it is refused here
     current = identity(settings(to_dict(cfg)), input_files(cfg), launch(accelerator.num_processes, per_device, accum))
     results = Path(results_dir) if results_dir is not None else None
     lock, aside, state, finished = prepare_run_folder(accelerator, cfg.name, run_dir, results, resume, current)

@@ -22,6 +22,7 @@ from ..config.runs import resolve_recorded  # noqa: E402
 from ..config.schema import EvalConfig, from_dict  # noqa: E402
 from ..data import build_dataset, resolve_root  # noqa: E402
 from ..engine.identity import file_sha256  # noqa: E402
+from ..engine.provenance import CheckpointMismatch  # noqa: E402
 from ..engine.inference import predict  # noqa: E402
 from ..engine.predictions import palette  # noqa: E402
 from ..models import load_segmentor  # noqa: E402
@@ -43,10 +44,6 @@ def _display(image: torch.Tensor, norm: dict[str, Any]) -> np.ndarray:
     if norm.get("bgr"):
         x = x.flip(0)
     return (x.clamp(0, 1) * 255).byte().permute(1, 2, 0).numpy()
-
-
-class CheckpointMismatch(ValueError):
-    """The checkpoint at a record's path is not the one its scores were measured on."""
 
 
 def class_key(bench: str, classes: list[int], pal: np.ndarray) -> list[Any]:

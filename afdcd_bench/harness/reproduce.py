@@ -15,13 +15,15 @@ from rich.console import Console
 from ..config import is_teacher_recipe, list_recipes, load_recipe, project_root, recipes_root, settings_diff
 from ..config.runs import DEFAULT_OUTPUT_DIR
 from ..data import BENCHMARKS, DatasetLayoutError, build_dataset, describe, resolve_root
-from ..engine.identity import record_identity
+from ..engine.identity import file_sha256, record_identity
+from ..engine.provenance import produced_files
+from ..engine.run_folder import set_aside
 from ..engine.records import RecordError, read_record
 from ..methods import needs_teacher, stage_of
 from .execution import EXECUTORS, NOT_STARTED, execute, make_executor, report_failures, resolve_resources
 from .executors import FAILED
 from .budget import Budget, BudgetError, budget_label, budget_overrides, measure_costs, read_costs, write_costs
-from .plan import Plan, Resources, build_runs, show_plan, step_rates
+from .plan import Plan, PlannedRun, Resources, build_runs, show_plan, step_rates
 from .status import wait_for_jobs
 from .released_scores import with_released
 from .table import expected_runs, records_frame, render, summary, write_tables
@@ -112,10 +114,14 @@ def check_teacher(teacher: str, overrides: dict[str, list[str]]) -> None:
     from ..models import load_segmentor
     from ..models.weights import WeightsMismatch
 
+    from ..engine.provenance import check_finite, check_recorded
+
     try:
+        check_recorded(Path(teacher).resolve(), "--teacher")
         model = load_segmentor(Path(teacher).resolve())
+        check_finite(model.state_dict(), teacher, "--teacher")
     except (FileNotFoundError, ValueError, WeightsMismatch) as exc:
-        raise ReproduceError(f"--teacher {teacher}: {exc}") from None
+        raise ReproduceError(f"--teacher {teacher}: {exc}" if not str(exc).startswith("--teacher") else str(exc)) from None
     built = (model.build_args["arch"], model.build_args["backbone"], model.num_classes)
     for name, extra in overrides.items():
         cfg = load_recipe(name, extra)
@@ -163,19 +169,19 @@ def preflight(problems: list[str]) -> None:
                              "\n".join(f"- {p}" for p in problems))
 
 
-def _existing_record(path: Path, name: str, seed: int, cfg_identity: dict, console: Console) -> bool:
-    """True if a valid record of this exact run exists (the same settings, teacher and stage files by
+def _existing_record(path: Path, name: str, seed: int, cfg_identity: dict, console: Console) -> dict | None:
+    """The valid record of this exact run, if one exists (the same settings, teacher and stage files by
     content, and launch: engine/identity.py). A damaged one is moved aside (never deleted) and the run
     goes again; one written under other settings stops the reproduction."""
     if not path.is_file():
-        return False
+        return None
     try:
         rec = read_record(path)
     except RecordError as exc:
         aside = path.with_name(f"{path.name}.damaged-{datetime.datetime.now():%Y%m%d-%H%M%S}")
         path.rename(aside)
         console.log(f"{exc}; moved it to {aside} and running {name} seed {seed} again")
-        return False
+        return None
     diff = settings_diff(record_identity(rec), cfg_identity)
     if diff:
         raise ReproduceError(
@@ -183,7 +189,56 @@ def _existing_record(path: Path, name: str, seed: int, cfg_identity: dict, conso
             f"--results-dir (and --output-dir), or move that record away to run {name} seed {seed} again"
         )
     console.log(f"skip {name} seed {seed}: record {path} exists (written {rec.get('finished_at') or _mtime(path)})")
-    return True
+    return rec
+
+
+def changed_outputs(record: dict) -> list[str]:
+    """The files a finished run wrote that are no longer what its record holds (missing or another sha256)."""
+    out = []
+    for path, want in produced_files(record).items():
+        got = file_sha256(path) if path.is_file() else None
+        if got != want:
+            out.append(f"{path} ({'missing' if got is None else f'sha256 {got}'}; its record holds {want})")
+    return out
+
+
+def redo(run: PlannedRun, why: str, console: Console) -> None:
+    """Train a run of this reproduction again: its record and run folder moved aside, never deleted."""
+    record = Path(run.record)
+    moved = []
+    if record.is_file():
+        aside = record.with_name(f"{record.name}.replaced-{datetime.datetime.now():%Y%m%d-%H%M%S}")
+        record.rename(aside)
+        moved.append(str(aside))
+    folder = set_aside(Path(run.run_dir))
+    if folder is not None:
+        moved.append(str(folder))
+    console.log(f"{run.recipe} seed {run.seed} is trained again: {why}" + (f"; moved aside: {', '.join(moved)}" if moved else ""),
+                soft_wrap=True)
+
+
+def skip_finished(the_plan: Plan, console: Console) -> tuple[set[str], list[str]]:
+    """The keys of planned runs already done, and their names. A run whose output others read (the
+    teacher, a stage) is trained again when that output changed since its record (and so is every run
+    that reads it): reproduce owns those files, so it remakes them rather than refusing."""
+    done, skipped, again = set(), [], set()
+    consumed = {k for run in the_plan.runs for k in run.needs}
+    for run in the_plan.runs:
+        upstream = [k for k in run.needs if k in again]
+        if upstream:
+            if Path(run.record).is_file() or Path(run.run_dir).exists():
+                redo(run, f"it reads {', '.join(upstream)}, which is trained again", console)
+            again.add(run.key)
+            continue
+        rec = _existing_record(Path(run.record), run.recipe, run.seed, run.identity, console)
+        changed = changed_outputs(rec) if rec is not None and run.key in consumed else []
+        if changed:
+            redo(run, f"what it wrote changed since its record: {'; '.join(changed)}", console)
+            again.add(run.key)
+        elif rec is not None:
+            done.add(run.key)
+            skipped.append(f"{run.recipe} seed {run.seed}")
+    return done, skipped
 
 
 def _mtime(path: Path) -> str:
@@ -363,11 +418,7 @@ def reproduce(
         show_plan(the_plan, step_rates(out, step_times or [str(p) for p in sorted((project_root() / "results" / "gpu").glob("*.json"))]),
                   console)
         return out
-    done, skipped = set(), []
-    for run in the_plan.runs:
-        if _existing_record(Path(run.record), run.recipe, run.seed, run.identity, console):
-            done.add(run.key)
-            skipped.append(f"{run.recipe} seed {run.seed}")
+    done, skipped = skip_finished(the_plan, console)
     the_plan.save()
     runner = make_executor(executor, out, resources, parallel, slurm or {})
     handles = execute(the_plan, runner, done, console)
