@@ -260,14 +260,20 @@ def _cmd_data_prepare(args: argparse.Namespace) -> int:
 
     console = Console()
     root = resolve_root(args.name, args.root)
+    check = argparse.Namespace(name=args.name, root=str(root), split=None, no_decode=False, workers=None, max_problems=50,
+                               ignore_counts=args.ignore_counts)
+    checked: list[int] = []
+
+    def data_check(_root: Path) -> bool:  # a new build is complete only once it passed this
+        checked.append(_cmd_data_check(check))
+        return checked[-1] == 0
+
     prepare(args.name, root, Path(args.from_dir) if args.from_dir else None, args.download_only,
-            show_progress=sys.stderr.isatty(), log=console.log)
+            show_progress=sys.stderr.isatty(), log=console.log, check=data_check)
     if args.download_only:
         return 0
     console.print(f"{args.name}: {PREPARATIONS[args.name].terms}; using the data is accepting them.", soft_wrap=True)
-    check = argparse.Namespace(name=args.name, root=str(root), split=None, no_decode=False, workers=None, max_problems=50,
-                               ignore_counts=args.ignore_counts)
-    return _cmd_data_check(check)
+    return checked[-1] if checked else _cmd_data_check(check)  # a build already there: checked again
 
 
 def _cmd_data_check(args: argparse.Namespace) -> int:

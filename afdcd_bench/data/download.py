@@ -2,8 +2,10 @@
 
 Nothing is used unverified: a file is an archive of the benchmark only once its checksum matches the
 one published for it (each entry names where that checksum comes from). Where no checksum is
-published (COCO-Stuff's maps, the SegNet CamVid folder), the first file's sha256 is recorded in
-`checksums.json` beside the archives, the log says so, and every later file is checked against it. A download goes to
+published (COCO-Stuff's maps, the SegNet CamVid folder), a first file is on trial: its sha256 is
+recorded in `checksums.json` beside the archives only once the dataset built from it passed its
+check (`confirm`), and every later file is checked against it; a file on trial that fails to open,
+extract, build or check is moved aside and named (`set_aside_failed`), never reused. A download goes to
 `<name>.part` and resumes from its size with an HTTP range request; a file whose checksum differs is
 moved aside, never deleted, and the error names both files. A verified file gets a `.verified` note
 (checksum, size, modification time) so that a rerun does not hash tens of gigabytes again.
@@ -71,33 +73,66 @@ def is_verified(path: Path, archive: Archive) -> bool:
         body = json.loads(note.read_text())
     except ValueError:
         return False
-    return (body.get("checksum") == archive.checksum or not archive.checksum) and body.get("stamp") == _stamp(path)
+    want = recorded_checksum(path.parent, archive)
+    return (want is None or body.get("checksum") == want) and body.get("stamp") == _stamp(path)
 
 
-def _recorded(path: Path, archive: Archive, log: Callable[[str], None]) -> str:
-    """The checksum to verify against: the published one, else the one recorded on first download."""
+def _manifest(folder: Path) -> Path:
+    return folder / "checksums.json"
+
+
+def recorded_checksum(folder: Path, archive: Archive) -> str | None:
+    """The checksum to verify against: the published one, else the one recorded once a first file
+    passed every check (`confirm`); None: no file has yet."""
     if archive.checksum:
         return archive.checksum
-    manifest = path.parent / "checksums.json"
+    manifest = _manifest(folder)
+    return (json.loads(manifest.read_text()) if manifest.is_file() else {}).get(archive.name)
+
+
+def on_trial(path: Path, archive: Archive) -> bool:
+    """A file verified against nothing yet: its own hash becomes the reference only through `confirm`."""
+    return recorded_checksum(path.parent, archive) is None
+
+
+def confirm(path: Path, archive: Archive, log: Callable[[str], None]) -> None:
+    """A file on trial passed every check (extracted, built, the data check): its sha256 is recorded,
+    and later files are checked against it."""
+    if not on_trial(path, archive):
+        return
+    manifest = _manifest(path.parent)
     known = json.loads(manifest.read_text()) if manifest.is_file() else {}
-    if archive.name not in known:
-        digest = file_digest(path, "sha256")
-        known[archive.name] = f"sha256:{digest}"
-        manifest.write_text(json.dumps(known, indent=2))
-        log(f"{archive.name}: no checksum is published for it; its sha256 {digest} is recorded in {manifest} on this first "
-            "download, and later files are checked against it")
-    return known[archive.name]
+    checksum = json.loads(_note(path).read_text())["checksum"]
+    known[archive.name] = checksum
+    manifest.write_text(json.dumps(known, indent=2))
+    log(f"{archive.name}: no checksum is published for it; its {checksum} is recorded in {manifest} now that it built and "
+        "checked, and later files are checked against it")
+
+
+def set_aside_failed(path: Path) -> Path:
+    """A file that failed a check after its checksum: moved aside (never deleted) with its note, never reused."""
+    aside = path.with_name(f"{path.name}.failed-{datetime.datetime.now():%Y%m%d-%H%M%S}")
+    path.rename(aside)
+    _note(path).unlink(missing_ok=True)
+    return aside
 
 
 def verify(path: Path, archive: Archive, log: Callable[[str], None] = print) -> Path:
-    """Check the file's checksum; on a match write its note, else move it aside and raise."""
-    checksum = _recorded(path, archive, log)
+    """Check the file's checksum; on a match write its note, else move it aside and raise. A file with
+    nothing to check against yet is noted on trial (its own sha256), until `confirm`."""
+    checksum = recorded_checksum(path.parent, archive)
+    if checksum is None:
+        digest = file_digest(path, "sha256")
+        _note(path).write_text(json.dumps({"checksum": f"sha256:{digest}", "stamp": _stamp(path)}))
+        log(f"{archive.name}: no checksum is published for it and none is recorded yet: its sha256 {digest} becomes the "
+            "reference once the dataset built from it passes its check")
+        return path
     algorithm, _, expected = checksum.partition(":")
     got = file_digest(path, algorithm)
     if got != expected.lower():
         aside = path.with_name(f"{path.name}.mismatch-{datetime.datetime.now():%Y%m%d-%H%M%S}")
         path.rename(aside)
-        said = f"the published {expected} ({archive.source})" if archive.checksum else f"{expected}, recorded on its first download"
+        said = f"the published {expected} ({archive.source})" if archive.checksum else f"{expected}, recorded when a first file of that name built and checked"
         raise ChecksumMismatch(f"{archive.name}: {algorithm} {got} is not {said}; "
                                f"the file is kept aside as {aside} and nothing was extracted from it. Download it again "
                                "(rerun), or give the right file with --from DIR")

