@@ -22,6 +22,7 @@ from ..files import atomic_write
 from .plan import PlannedRun
 
 QUEUED, RUNNING, DONE, FAILED, PREEMPTED = "queued", "running", "done", "failed", "preempted"
+UNKNOWN = "?"  # a scheduler that could not be asked (harness/slurm.job_state): never read as failed
 
 
 @dataclass
@@ -194,13 +195,25 @@ def _group_alive(pgid: int) -> bool:
 def write_jobs(results_dir: Path, executor: str, handles: dict[str, Handle]) -> None:
     """jobs.json beside the records: which executor ran each run, its log, job id and last known state."""
     body = {"executor": executor, "updated": datetime.datetime.now().isoformat(timespec="seconds"),
-            "runs": {k: {"log": h.log, "job_id": h.job_id, "state": h.state, "detail": h.detail} for k, h in handles.items()}}
+            "submitter": {"pid": os.getpid(), "host": socket.gethostname()},  # status asks whether these still live
+            "runs": {k: {"log": h.log, "job_id": h.job_id, "state": h.state, "detail": h.detail,
+                         "pid": getattr(h.process, "pid", None)} for k, h in handles.items()}}
     atomic_write(Path(results_dir) / "jobs.json", lambda tmp: Path(tmp).write_text(json.dumps(body, indent=2)))
 
 
 def read_jobs(results_dir: Path) -> dict[str, Any]:
     path = Path(results_dir) / "jobs.json"
-    return json.loads(path.read_text()) if path.is_file() else {"executor": None, "runs": {}}
+    if not path.is_file():
+        return {"executor": None, "runs": {}}
+    try:
+        body = json.loads(path.read_text())
+        if not isinstance(body, dict) or not isinstance(body.get("runs"), dict) or \
+                not all(isinstance(v, dict) for v in body["runs"].values()):
+            raise ValueError("not an object with a 'runs' object of objects")
+    except ValueError as exc:
+        raise ValueError(f"{path} is not the jobs file `reproduce` writes ({exc}): rerun the reproduce command to write it "
+                         "again") from None
+    return body
 
 
 def sleep_between_polls(seconds: float = 1.0) -> None:

@@ -73,9 +73,13 @@ def load_plan(results_dir: Path) -> Plan:
     path = Path(results_dir) / "plan.json"
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: `reproduce` writes it when it starts; is {results_dir} a reproduction's results folder?")
-    body = json.loads(path.read_text())
-    runs = [PlannedRun(**{**r, "resources": Resources(**r["resources"])}) for r in body["runs"]]
-    return Plan(body["benchmark"], Path(results_dir), runs, body.get("given_teacher"))
+    try:
+        body = json.loads(path.read_text())
+        runs = [PlannedRun(**{**r, "resources": Resources(**r["resources"])}) for r in body["runs"]]
+        return Plan(body["benchmark"], Path(results_dir), runs, body.get("given_teacher"))
+    except (ValueError, TypeError, KeyError, AttributeError) as exc:  # not JSON, or JSON of another shape
+        raise ValueError(f"{path} is not a plan written by `reproduce` ({type(exc).__name__}: {exc}): rerun the reproduce "
+                         "command to write it again") from None
 
 
 def build_runs(names: list[str], seeds: int, common: list[str], quick_overrides: dict[str, list[str]], teacher: str | None,

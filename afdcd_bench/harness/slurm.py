@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ..engine.stopping import EXIT_PREEMPTED, STOP_SIGNALS
-from .executors import DONE, FAILED, QUEUED, RUNNING, Handle
+from .executors import DONE, FAILED, QUEUED, RUNNING, UNKNOWN, Handle
 from .plan import PlannedRun, Resources
 
 # submitit reads the signal it asks SLURM for when it is imported, in the submitter and in the job
@@ -151,6 +151,8 @@ class SlurmExecutor:
 
     def poll(self, handle: Handle) -> str:
         state, reason = job_state(handle.job_id or "")
+        if state == UNKNOWN:  # not a verdict: keep what was known
+            return handle.state
         handle.detail = "" if reason in ("None", "(null)") else reason
         handle.state = SLURM_STATES.get(state, FAILED if state else handle.state)
         return handle.state
@@ -162,9 +164,11 @@ class SlurmExecutor:
 
 def job_state(job_id: str) -> tuple[str, str]:
     """(SLURM state, reason) from scontrol, which knows a job until MinJobAge after it ended; sacct
-    (when the cluster keeps accounting) after that; ("", "") when neither knows it."""
-    if not job_id or shutil.which("scontrol") is None:
+    (when the cluster keeps accounting) after that; (UNKNOWN, why) when neither can tell."""
+    if not job_id:
         return "", ""
+    if shutil.which("scontrol") is None:
+        return UNKNOWN, f"SLURM's scontrol is not on PATH here, so job {job_id} cannot be asked about (run status where SLURM's tools are)"
     out = subprocess.run(["scontrol", "show", "job", "-o", job_id], capture_output=True, text=True)
     if out.returncode == 0 and out.stdout.strip():
         fields = dict(f.split("=", 1) for f in out.stdout.split() if "=" in f)
@@ -176,4 +180,5 @@ def job_state(job_id: str) -> tuple[str, str]:
         if acct.returncode == 0 and line:
             state, _, reason = line[0].partition("|")
             return state.split()[0], reason
-    return "", ""
+    return UNKNOWN, (f"SLURM no longer knows job {job_id} (it ended more than MinJobAge ago"
+                     f"{'' if shutil.which('sacct') else ', and sacct is not on PATH'}) and it left no record")

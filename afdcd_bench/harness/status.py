@@ -6,7 +6,9 @@ from __future__ import annotations
 import datetime
 import fcntl
 import json
+import os
 import re
+import socket
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +18,7 @@ from rich.table import Table
 
 from ..engine.checkpointing import latest_state
 from ..engine.records import RecordError, read_record
-from .executors import read_jobs
+from .executors import UNKNOWN, read_jobs
 from .plan import PlannedRun, load_plan
 
 STEP_LINE = re.compile(r"step (\d+)/(\d+)")
@@ -25,7 +27,7 @@ STEP_LINE = re.compile(r"step (\d+)/(\d+)")
 @dataclass
 class RunStatus:
     key: str
-    state: str  # done | running | queued | failed | never starts | not started
+    state: str  # done | running | queued | failed | never starts | not started | unknown (could not find out)
     job_id: str | None = None
     step: int | None = None
     eta: str = ""
@@ -82,9 +84,41 @@ def _progress(run: PlannedRun, log: str | None) -> tuple[int | None, str]:
     return step, eta
 
 
+def _alive_here(pid: int | None, host: str | None) -> bool | None:
+    """Whether a process of this machine lives (None: on another machine, so this cannot tell)."""
+    if not pid:
+        return False
+    if host is not None and host != socket.gethostname():
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _unfinished(job: dict, submitter: dict) -> tuple[str, str]:
+    """A run jobs.json lists as queued or running, with no record and no lock held: starting (its
+    process lives but has not taken its lock yet), queued (its reproduce lives and will start it),
+    stopped (both gone) or unknown (they ran on another machine)."""
+    host = submitter.get("host")
+    own = _alive_here(job.get("pid"), host)
+    if own:
+        return "running", "starting (its process lives; no step yet)"
+    parent = _alive_here(submitter.get("pid"), host)
+    if parent:
+        return "queued", f"its reproduce (pid {submitter['pid']}) starts it when a slot frees"
+    if own is None or parent is None:
+        return "unknown", f"it was started on {host}: ask there (this machine cannot see its processes)"
+    return "failed", "its executor stopped before the run ended; rerun the reproduce command to resume it"
+
+
 def plan_status(results_dir: Path, lines: int = 5) -> list[RunStatus]:
     plan = load_plan(results_dir)
-    jobs = read_jobs(results_dir)["runs"]
+    jobs_file = read_jobs(results_dir)
+    jobs, submitter = jobs_file["runs"], jobs_file.get("submitter") or {}
     out: dict[str, RunStatus] = {}
     for run in plan.runs:  # dependencies come first in a plan
         job = jobs.get(run.key, {})
@@ -110,13 +144,15 @@ def plan_status(results_dir: Path, lines: int = 5) -> list[RunStatus]:
             st.state, st.detail = "never starts", f"{failed_need} {out[failed_need].state}"
         elif slurm_state in ("PENDING", "REQUEUED", "CONFIGURING"):
             st.state, st.detail = "queued", reason
+        elif slurm_state == UNKNOWN:  # could not find out: said, never read as failed
+            st.state, st.detail = "unknown", reason
         elif slurm_state and slurm_state != "COMPLETED" or job.get("state") in ("failed", "preempted"):
             st.state = "failed"
             st.detail = " | ".join(filter(None, [slurm_state or job.get("state"), *why_failed(job.get("log"), lines)]))
         elif job.get("state") == "not started":
             st.state, st.detail = "never starts", job.get("detail", "")
         elif job.get("state") in ("queued", "running"):
-            st.state, st.detail = "failed", "its executor stopped before the run ended; rerun the reproduce command to resume it"
+            st.state, st.detail = _unfinished(job, submitter)
         out[run.key] = st
     return list(out.values())
 
