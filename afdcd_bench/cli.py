@@ -517,9 +517,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _guarded(lambda: _cmd_launch(argv[1:]))
     args = _parse(build_parser(), argv)
     if args.command == "train":
-        from .engine.stopping import catch_early
+        from .engine.stopping import catch_early, end_with_parent
 
         catch_early()
+        if os.environ.get("AFDCD_EXECUTOR") == "local":  # the launcher above it dies with reproduce: stop, saving
+            end_with_parent()
     if args.command == "table":
         args.results_dir_given = args.results_dir is not None
         args.results_dir = args.results_dir or "results"

@@ -208,8 +208,13 @@ def test_budget_flags_are_checked_before_anything_runs(tmp_path):
         reproduce("demo", costs="x.json", results_dir=str(tmp_path), dry_run=True)
     with pytest.raises(ReproduceError, match="--equal-compute with --executor slurm: the costs must come from the nodes"):
         reproduce("demo", equal_compute="afdcd", executor="slurm", results_dir=str(tmp_path), dry_run=True)
-    with pytest.raises(ReproduceError, match="--schedule-scale must be > 0"):
-        reproduce("demo", schedule_scale=0, results_dir=str(tmp_path), dry_run=True)
+    for scale in (0, 0.001, 1e300, float("inf"), float("nan"), -1):  # once tracebacks or 1-step / 1e300-step plans
+        with pytest.raises(ReproduceError, match=r"--schedule-scale .*: allowed from 0.05 to 20.0"):
+            reproduce("demo", schedule_scale=scale, results_dir=str(tmp_path), dry_run=True)
+    with pytest.raises(ReproduceError, match=r"--equal-compute bogus: the reference must be a method with a demo recipe; known: "):
+        reproduce("demo", equal_compute="bogus", results_dir=str(tmp_path), dry_run=True)
+    with pytest.raises(ReproduceError, match="--parallel must be at least 1, got 0"):
+        reproduce("demo", parallel=0, executor="local", results_dir=str(tmp_path), dry_run=True)
 
 
 def test_a_dry_run_measures_nothing_and_plans_both_budgets_from_given_costs(tmp_path):

@@ -65,6 +65,33 @@ def test_stopping_reproduce_stops_its_runs_after_they_saved(tmp_path):
     assert 3 <= progress["step"] < 400
 
 
+def test_a_killed_reproduce_leaves_no_training_behind_and_the_rerun_resumes(tmp_path):
+    """SIGKILL to `reproduce` alone (no handler of its own runs): the kernel's parent-death signal
+    ends its launchers at once and has its runs save at the end of their step; the rerun resumes them."""
+    proc = reproduce(tmp_path, "k", "--executor", "local", "--parallel", "2", "--methods", "baseline", popen=True,
+                     extra=["train.iterations=100", "train.checkpoint_interval=100"])
+    run = tmp_path / "k/runs/demo/baseline/seed0"
+    log = run / "logs/local.log"
+    deadline = time.time() + 300
+    while time.time() < deadline and not (log.is_file() and "step 3/100" in log.read_text()):
+        time.sleep(0.2)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.communicate(timeout=60)
+    from afdcd_bench.harness.status import _lock_held
+
+    deadline = time.time() + 120
+    while time.time() < deadline and (_lock_held(run) or _lock_held(tmp_path / "k/runs/demo/teacher/seed0")):
+        time.sleep(0.5)
+    assert not _lock_held(run) and not _lock_held(tmp_path / "k/runs/demo/teacher/seed0"), "a run outlived its reproduce"
+    assert "stopped by SIGTERM at step" in log.read_text()
+    saved = json.loads((run / "state/progress.json").read_text())["step"]
+    assert 3 <= saved < 100
+    again = reproduce(tmp_path, "k", "--executor", "local", "--parallel", "2", "--methods", "baseline",
+                      extra=["train.iterations=100", "train.checkpoint_interval=100"])
+    assert again.returncode == 0
+    assert records(tmp_path / "k/res")["demo__baseline__seed0.json"]["resumed_from_step"] == saved
+
+
 def test_the_projected_wall_time_follows_dependencies_and_free_gpus():
     r = Resources(gpus=1)
 

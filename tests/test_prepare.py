@@ -301,6 +301,13 @@ def test_what_the_user_had_is_never_overwritten_and_an_interrupted_build_starts_
     assert check_dataset("ade20k", root).ok(check_counts=False)
 
 
+def test_a_root_that_is_a_file_is_named(tmp_path):
+    (tmp_path / "a-file").write_text("x")
+    for root in (tmp_path / "a-file", tmp_path / "a-file" / "voc"):
+        with pytest.raises(PrepareError, match=rf"--root {root}: {tmp_path / 'a-file'} is a file, not a folder"):
+            prepare("voc", root, show_progress=False, log=lambda s: None)
+
+
 def test_an_unknown_benchmark_is_named_with_the_known_ones(tmp_path):
     with pytest.raises(PrepareError, match=r"data prepare kitti: not a benchmark here; the benchmarks: ade20k, camvid, "
                                            r"cityscapes, coco_stuff_164k, voc"):

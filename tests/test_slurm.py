@@ -130,6 +130,17 @@ def test_a_failed_teacher_job_leaves_its_students_never_started_and_status_says_
         assert "other settings" in statuses["demo/teacher@seed0"].detail  # the teacher's last log lines
         assert _job(jobs["demo/kd@seed0"])["JobState"] == "PENDING"  # SLURM never starts it
         assert _job(jobs["demo/kd@seed0"])["Reason"] == "DependencyNeverSatisfied"
+        import shutil
+
+        shutil.rmtree(tmp_path / "f/runs/demo/teacher/seed0")  # the fault mended: the rerun submits anew
+        out = reproduce(tmp_path, "f", *SLURM, "--methods", "kd")
+        said = " ".join((out.stdout + out.stderr).split())
+        assert f"demo/kd@seed0: cancelled SLURM job {jobs['demo/kd@seed0']} of the earlier submission" in said, said[-3000:]
+        assert _job(jobs["demo/kd@seed0"])["JobState"] == "CANCELLED"  # no job left pending for ever
+        again = _jobs(tmp_path / "f/res")
+        jobs.update({f"new {k}": v for k, v in again.items()})
+        statuses = _wait(tmp_path / "f/res", _ended)
+        assert statuses["demo/kd@seed0"].state == "done" and statuses["demo/teacher@seed0"].state == "done"
     finally:
         subprocess.run(["scancel", *jobs.values()], check=False)
 

@@ -306,6 +306,10 @@ def prepare(benchmark: str, root: Path, from_dir: Path | None = None, download_o
         raise PrepareError(f"data prepare {benchmark}: not a benchmark here; the benchmarks: {', '.join(sorted(PREPARATIONS))}")
     prep = PREPARATIONS[benchmark]
     root = Path(root)
+    blocking = next((p for p in (root, *root.parents) if p.exists()), None)
+    if blocking is not None and not blocking.is_dir():
+        raise PrepareError(f"data prepare {benchmark} --root {root}: {blocking} is a file, not a folder; give a folder (it is "
+                           "made when missing)")
     downloads = root / DOWNLOADS
     marker = root / MARKER
     state = json.loads(marker.read_text()) if marker.is_file() else None

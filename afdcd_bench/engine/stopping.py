@@ -34,6 +34,22 @@ def catch_early() -> None:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
 
 
+def end_with_parent(sig: int = signal.SIGTERM) -> None:
+    """Ask the kernel (Linux's parent-death signal) to send `sig` to this process when the process
+    that started it dies, even by SIGKILL: a run started by an executor never outlives it. A parent
+    already gone by now is taken as that signal."""
+    import ctypes
+    import os
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return
+    parent = os.getppid()
+    ctypes.CDLL(None, use_errno=True).prctl(1, int(sig), 0, 0, 0)  # 1: PR_SET_PDEATHSIG
+    if parent == 1 or os.getppid() != parent:
+        os.kill(os.getpid(), sig)
+
+
 class StopRequests:
     """While entered, SIGTERM and SIGUSR1 set a flag instead of ending the process; the loop asks
     `requested()` after each optimiser step. Ctrl-C (SIGINT) does the same the first time, so the

@@ -138,7 +138,10 @@ class LocalExecutor:
             out.flush()
             # its own session: stopping it reaches every process of the run, and a Ctrl-C of
             # `reproduce` reaches the runs only through `cancel` (which waits for their save)
-            proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+            # the launcher dies at once with reproduce, even a SIGKILLed one (it holds no state); the
+            # training below it gets SIGTERM then (its own parent-death signal: afdcd_bench/cli.py) and saves
+            proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+                                    preexec_fn=_launcher_ends_with_us)
         handle = Handle(run.key, log=str(log), state=RUNNING, process=proc)
         handle.detail = shlex.join(cmd)
         self.busy[slot] = handle
@@ -173,6 +176,12 @@ class LocalExecutor:
         proc.wait()
         self.busy = {s: h for s, h in self.busy.items() if h is not handle}
         handle.state, handle.detail = PREEMPTED, "stopped by reproduce; rerunning resumes it"
+
+
+def _launcher_ends_with_us() -> None:
+    import ctypes
+
+    ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL), 0, 0, 0)  # 1: PR_SET_PDEATHSIG
 
 
 def _signal_group(pgid: int, sig: int) -> None:

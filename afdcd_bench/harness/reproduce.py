@@ -38,6 +38,9 @@ class ReproduceError(RuntimeError):
 EQUAL_COMPUTE_EXTRAS = ("fitnet", "fitnet_kd", "kt")
 
 
+SCHEDULE_SCALES = (0.05, 20.0)  # --schedule-scale's allowed range
+
+
 def plan(benchmark: str, ablations: bool = False, methods: list[str] | None = None, also: tuple[str, ...] = ()) -> list[str]:
     """Recipe names in run order: the teacher first, then the stages learnt on the teacher alone
     (MasKD's tokens), then the baselines (every delta needs them),
@@ -362,9 +365,19 @@ def reproduce(
         raise ReproduceError("--executor inprocess trains one process per run; several processes per run need --executor local or slurm")
     if not dry_run:
         check_data(benchmark, data_root)
+    low, high = SCHEDULE_SCALES
+    if not low <= float(schedule_scale) <= high:  # inf and nan included
+        raise ReproduceError(f"--schedule-scale {schedule_scale}: allowed from {low} to {high} (x{low} turns the demo's 100 "
+                             "steps into 5; beyond these a run is no longer the recipe's schedule, scaled)")
+    if parallel < 1:
+        raise ReproduceError(f"--parallel must be at least 1, got {parallel}")
     budget = Budget("compute" if equal_compute else "iterations", float(schedule_scale), equal_compute)
-    if not budget.scale > 0:
-        raise ReproduceError(f"--schedule-scale must be > 0, got {schedule_scale}")
+    if equal_compute:
+        try:
+            plan(benchmark, ablations, [equal_compute])
+        except ReproduceError as exc:
+            raise ReproduceError(f"--equal-compute {equal_compute}: the reference must be a method with a {benchmark} recipe"
+                                 f"; {str(exc).split('; ', 1)[-1]}") from None
     if costs and budget.kind != "compute":
         raise ReproduceError("--costs gives the costs per step of an equal-compute reproduction: it needs --equal-compute REF")
     if budget.kind == "compute" and executor == "slurm" and not costs:
@@ -419,6 +432,10 @@ def reproduce(
                   console)
         return out
     done, skipped = skip_finished(the_plan, console)
+    if executor == "slurm":
+        from .slurm import cancel_stranded
+
+        cancel_stranded(out, {r.key for r in the_plan.runs if r.key not in done}, console.log)
     the_plan.save()
     runner = make_executor(executor, out, resources, parallel, slurm or {})
     handles = execute(the_plan, runner, done, console)

@@ -182,3 +182,22 @@ def job_state(job_id: str) -> tuple[str, str]:
             return state.split()[0], reason
     return UNKNOWN, (f"SLURM no longer knows job {job_id} (it ended more than MinJobAge ago"
                      f"{'' if shutil.which('sacct') else ', and sacct is not on PATH'}) and it left no record")
+
+
+def cancel_stranded(results_dir: Path, keys: set[str], log: Any) -> list[str]:
+    """Jobs of an earlier submission of these runs that SLURM will never start (a dependency failed:
+    DependencyNeverSatisfied) are cancelled before the runs are submitted anew, and said."""
+    from .executors import read_jobs
+
+    cancelled = []
+    for key, job in read_jobs(results_dir)["runs"].items():
+        job_id = job.get("job_id")
+        if key not in keys or not job_id:
+            continue
+        state, reason = job_state(job_id)
+        if state == "PENDING" and "DependencyNeverSatisfied" in reason:
+            subprocess.run(["scancel", job_id], check=False)
+            cancelled.append(job_id)
+            log(f"{key}: cancelled SLURM job {job_id} of the earlier submission (it waited on a dependency that failed: "
+                "DependencyNeverSatisfied); submitting it anew")
+    return cancelled
