@@ -94,7 +94,7 @@ def test_a_damaged_given_teacher_is_refused_before_anything_runs(teacher, tmp_pa
     (run / "record.json").unlink()  # no record: a truncated file is still named, not a traceback
     data = (run / "best.safetensors").read_bytes()
     (run / "best.safetensors").write_bytes(data[: len(data) // 2])
-    with pytest.raises(ReproduceError, match=r"--teacher .*: checkpoint .*best.safetensors cannot be read .*damaged or truncated"):
+    with pytest.raises(ReproduceError, match=r"--teacher .*: .*best.safetensors is not a readable safetensors file \(truncated or damaged"):
         check_teacher(str(run / "best.safetensors"), {"demo/kd": list(TINY)})
 
 

@@ -118,15 +118,33 @@ def test_released_mismatches_are_named(tmp_path):
 
 
 class Payload:
+    """Creates a file when unpickled: its absence proves nothing in the file ran."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
     def __reduce__(self):
-        return (print, ("unpickled!",))
+        return (open, (self.path, "w"))
 
 
 def test_released_files_are_never_unpickled(tmp_path):
+    trace = tmp_path / "written-by-the-pickle"
     with open(tmp_path / "evil.pth", "wb") as f:
-        pickle.dump({"conv1.weight": Payload()}, f)
+        pickle.dump({"conv1.weight": Payload(trace)}, f)
+    with open(tmp_path / "check.pth", "wb") as f:  # the payload is live: plain pickle runs it
+        pickle.dump(Payload(tmp_path / "control"), f)
+    pickle.loads((tmp_path / "check.pth").read_bytes())
+    assert (tmp_path / "control").exists()
     with pytest.raises(WeightsMismatch, match="holds objects other than tensors and was not loaded"):
         import_released(tmp_path / "evil.pth", tmp_path / "out.safetensors")
+    assert not trace.exists()
+
+
+@pytest.mark.parametrize("text", ["version https://git-lfs.github.com/spec/v1\noid sha256:ab\nsize 12\n", "<html>sign in</html>"])
+def test_a_text_file_is_called_a_text_file(tmp_path, text):
+    (tmp_path / "r18.pth").write_text(text)
+    with pytest.raises(WeightsMismatch, match=r"r18.pth is a text file, not a torch checkpoint \(it begins '"):
+        import_released(tmp_path / "r18.pth", tmp_path / "out.safetensors")
 
 
 def test_local_file_with_wrong_keys_is_refused(tmp_path):

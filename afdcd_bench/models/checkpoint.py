@@ -55,11 +55,7 @@ def load_segmentor(path: str | os.PathLike, map_location: str = "cpu") -> Segmen
         model = build_segmentor(pretrained=False, **meta["build_args"])
     except TypeError as exc:
         raise ValueError(f"checkpoint metadata {sidecar(path)}: build_args do not describe a network ({exc})") from None
-    try:
-        state = load_safetensors(path, map_location)
-    except Exception as exc:  # safetensors' own error type: a truncated or overwritten header
-        raise ValueError(f"checkpoint {path} cannot be read ({exc}): the file is damaged or truncated") from None
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing, unexpected = model.load_state_dict(load_safetensors(path, map_location), strict=False)
     if missing or unexpected:
         raise ValueError(f"checkpoint {path} does not fit its build arguments: missing {missing[:5]}, unexpected {unexpected[:5]}")
     return model

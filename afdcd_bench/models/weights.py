@@ -39,6 +39,11 @@ def load_torch_file(path: Path) -> object:
     """torch.load restricted to tensors; a refusal or a damaged file becomes one sentence."""
     import pickle
 
+    head = Path(path).read_bytes()[:256]
+    if head and all(32 <= b < 127 or b in (9, 10, 13) for b in head):  # a pickle or zip starts with binary bytes
+        first = head.decode("ascii").strip().splitlines()[0][:80] if head.strip() else ""
+        raise WeightsMismatch(f"{path} is a text file, not a torch checkpoint (it begins {first!r}: a web page or a Git LFS "
+                              "pointer saved in place of the file?)")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:
