@@ -39,7 +39,8 @@ def same_runs(a: dict[str, dict], b: dict[str, dict]) -> None:
     assert a.keys() == b.keys() and a
     for name in a:
         for key in ("checkpoint_sha256", "best_checkpoint_sha256", "history", "final_miou", "best_miou", "final_iou"):
-            assert a[name].get(key) == b[name].get(key), (name, key, a[name].get(key), b[name].get(key))
+            assert key in a[name] and key in b[name], (name, key, "missing")  # a key absent on both sides proves nothing
+            assert a[name][key] == b[name][key], (name, key, a[name][key], b[name][key])
 
 
 def fail_teacher(runs: Path) -> None:

@@ -46,8 +46,17 @@ PER_METHOD = {
     "cirkd": ["method.cirkd.pixel_queue=50", "method.cirkd.region_queue=10", "method.cirkd.pixel_contrasts=64",
               "method.cirkd.region_contrasts=16"],
 }
+# |1 process - 2 processes| after two steps, largest over the weights and over the own parts, measured on an
+# Intel Xeon with each kernel set torch, oneDNN and MKL can take (ATEN_CPU_CAPABILITY / ONEDNN_MAX_CPU_ISA /
+# MKL_ENABLE_INSTRUCTIONS at avx512, avx2 and default: the kernels of other CPU kinds; docs/dependencies.md):
+#   adv: weights 8.1e-6 / 8.0e-6 / 1.4e-6, discriminator 5.6e-6 / 8.8e-6 / 8.8e-6 (over 1e-5 on an AMD EPYC)
+#   every other method: at most 4.7e-7 (weights), 0 (own parts and queues)
+# and with the discriminator's gradients left unsynchronised (the fault this guards against): 1.4e-2.
+# So 1e-5 for every method (20x the noise) and 1e-4 for the adversarial term, whose Adam steps amplify the
+# rounding of the gradient mean (11x its largest noise, 140x below the fault).
 TOL_WEIGHTS = 1e-5
-TOL_OWN: dict[str, float] = {}
+TOL_OWN: dict[str, float] = {"adv": 1e-4}
+TOL_WEIGHTS_OF: dict[str, float] = {"adv": 1e-4}
 KEEP = ["train.keep_state=true"]  # the finished runs' own parts and queues are compared below
 NO_DROPOUT = TrainHooks(adapt_student=lambda s: strip(s, (nn.Dropout, nn.Dropout2d)))
 
@@ -124,18 +133,6 @@ def _gap(a, b) -> float:
     return 0.0 if a == b else float("inf")
 
 
-def _equal(a, b, tol=0.0):
-    if isinstance(a, dict):
-        return a.keys() == b.keys() and all(_equal(a[k], b[k], tol) for k in a)
-    if isinstance(a, (list, tuple)):
-        return len(a) == len(b) and all(_equal(x, y, tol) for x, y in zip(a, b))
-    if isinstance(a, torch.Tensor):
-        if not a.is_floating_point():
-            return torch.equal(a, b)
-        return torch.equal(a, b) if tol == 0 else (a.double() - b.double()).abs().max().item() <= tol
-    return a == b
-
-
 @pytest.fixture
 def two_threads():
     """The 1-process runs on two threads, as with one pytest: under two pytest-xdist workers (one
@@ -182,7 +179,7 @@ def test_every_method_trains_resumes_exactly_and_two_processes_equal_one(tmp_pat
             assert json.dumps(again.get(key)) == json.dumps(rec.get(key)), f"{label}: the resumed run's record differs in {key}"
         name = straight.name
         a, b = _state(tmp_path / "one" / label / name / "seed0"), _state(tmp_path / "resumed" / label / name / "seed0")
-        assert _equal(a, b), f"{label}: the resumed run differs from the straight one"
+        assert _gap(a, b) == 0, f"{label}: the resumed run differs from the straight one"
         if label == "adv":
             assert rec["own_parts"]["adv.discriminator"] > 0 and a[1], "the discriminator's state is checkpointed"
         if label.startswith("cirkd"):
@@ -205,7 +202,7 @@ def test_every_method_trains_resumes_exactly_and_two_processes_equal_one(tmp_pat
         gaps[label] = (_gap(one[0], two[0]), _gap(one[1], two[1]))
     print("largest |1 process - 2 processes|, weights and own parts:", json.dumps(gaps))
     for label, (weights, own) in gaps.items():
-        assert weights <= TOL_WEIGHTS, f"{label}: 2 processes differ from 1 by {weights:.3g} (all: {gaps})"
+        assert weights <= TOL_WEIGHTS_OF.get(label, TOL_WEIGHTS), f"{label}: 2 processes differ from 1 by {weights:.3g} (all: {gaps})"
         assert own <= TOL_OWN.get(label, TOL_WEIGHTS), f"{label}: own parts differ between 2 processes and 1 by {own:.3g} (all: {gaps})"
 
 

@@ -23,7 +23,7 @@ from ..methods import BuildContext, Method, OwnPart, OwnPartsState, RunStates, b
 from ..models import Segmentor, build_segmentor, load_segmentor
 from .full_weights import FullWeights
 from .pretrain import DIGITS, digits_pretrained
-from .provenance import check_finite
+from .provenance import check_finite_weights
 from .stepping import check_deepspeed_clip, check_own_parts, disable_global_clip
 
 
@@ -48,7 +48,7 @@ def load_teacher(cfg: RecipeConfig) -> Segmentor:
         raise FileNotFoundError(f"teacher checkpoint {t.checkpoint} not found; train the teacher recipe first or point "
                                 f"teacher.checkpoint at it{fetch}")
     teacher = load_segmentor(t.checkpoint)
-    check_finite(teacher.state_dict(), t.checkpoint, "teacher checkpoint")
+    check_finite_weights(teacher.state_dict(), t.checkpoint, "teacher checkpoint")
     built = (teacher.build_args["arch"], teacher.build_args["backbone"])
     if built != (t.arch, t.backbone):
         raise ValueError(

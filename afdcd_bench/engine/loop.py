@@ -24,7 +24,7 @@ from .collectives import StallWatch, is_collective_timeout, is_peer_gone, peer_g
 from .progress import Heartbeat, make_progress
 from .schedule import poly_lr
 from .stepping import backward_and_step, check_finite
-from .stopping import StopRequests, stop_if_requested
+from .stopping import StopRequests, TrainingPreempted, stop_if_requested
 
 
 class TrainingInterrupted(KeyboardInterrupt):
@@ -233,8 +233,12 @@ class StepLoop:
                     self.checkpoint(step)
                 if step >= tc.iterations:
                     break
-                stop_if_requested(self.stops, accelerator, self.times, self.run_dir, state, step, self.name,
-                                  self.hooks.after_checkpoint)
+                try:
+                    stop_if_requested(self.stops, accelerator, self.times, self.run_dir, state, step, self.name,
+                                      self.hooks.after_checkpoint)
+                except TrainingPreempted as exc:  # in the run's own log too: stderr may go through a launcher that is gone
+                    self.log(str(exc))
+                    raise
         except KeyboardInterrupt:
             raise interrupted(self.name, step, self.times.saved_step) from None
         except RuntimeError as exc:

@@ -68,7 +68,7 @@ def check_recorded(path: str | os.PathLike, what: str) -> str | None:
     return want
 
 
-def check_finite(state: dict, path: str | os.PathLike, what: str) -> None:
+def check_finite_weights(state: dict, path: str | os.PathLike, what: str) -> None:
     """A damaged file can still parse and hold NaN or infinite weights; name the file, not the loss."""
     import torch
 

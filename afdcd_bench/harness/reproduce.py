@@ -117,12 +117,12 @@ def check_teacher(teacher: str, overrides: dict[str, list[str]]) -> None:
     from ..models import load_segmentor
     from ..models.weights import WeightsMismatch
 
-    from ..engine.provenance import check_finite, check_recorded
+    from ..engine.provenance import check_finite_weights, check_recorded
 
     try:
         check_recorded(Path(teacher).resolve(), "--teacher")
         model = load_segmentor(Path(teacher).resolve())
-        check_finite(model.state_dict(), teacher, "--teacher")
+        check_finite_weights(model.state_dict(), teacher, "--teacher")
     except (FileNotFoundError, ValueError, WeightsMismatch) as exc:
         raise ReproduceError(f"--teacher {teacher}: {exc}" if not str(exc).startswith("--teacher") else str(exc)) from None
     built = (model.build_args["arch"], model.build_args["backbone"], model.num_classes)
@@ -216,8 +216,7 @@ def redo(run: PlannedRun, why: str, console: Console) -> None:
     folder = set_aside(Path(run.run_dir))
     if folder is not None:
         moved.append(str(folder))
-    console.log(f"{run.recipe} seed {run.seed} is trained again: {why}" + (f"; moved aside: {', '.join(moved)}" if moved else ""),
-                soft_wrap=True)
+    console.log(f"{run.recipe} seed {run.seed} is trained again: {why}" + (f"; moved aside: {', '.join(moved)}" if moved else ""))
 
 
 def skip_finished(the_plan: Plan, console: Console) -> tuple[set[str], list[str]]:
