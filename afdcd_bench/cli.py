@@ -186,7 +186,7 @@ def _cmd_costs(args: argparse.Namespace) -> int:
 
     path = measure_benchmark_costs(args.benchmark, Path(args.out), methods=[m for m in (args.methods or "").split(",") if m] or None,
                                    ablations=args.ablations, quick=args.quick, extra=args.overrides,
-                                   processes=args.processes_per_run * args.nodes, steps=args.steps)
+                                   processes=args.processes_per_run * args.nodes, steps=args.steps, threads=args.threads)
     print(f"wrote {path}: give it to `reproduce {args.benchmark} --equal-compute REF --costs {path}`")
     return 0
 
@@ -422,7 +422,9 @@ def build_parser() -> argparse.ArgumentParser:
     co.add_argument("--quick", action="store_true", help="at the --quick reproduction's shapes")
     co.add_argument("--processes-per-run", type=int, default=1, help="processes per run and node the runs will use (sets the batch measured)")
     co.add_argument("--nodes", type=int, default=1, help="nodes per run")
-    co.add_argument("--steps", type=int, default=10, help="timed steps per recipe (after 3 untimed)")
+    co.add_argument("--steps", type=int, default=10, help="timed steps per recipe and round (3 interleaved rounds, after 3 untimed)")
+    co.add_argument("--threads", type=int, default=None, help="CPU threads per process, as the runs will have them (a CPU "
+                    "machine: reproduce's local executor gives each run cores / (--parallel x processes) unless --threads)")
     co.set_defaults(func=_cmd_costs)
     st = sub.add_parser("status", help="each planned run of a reproduction: done, running (step, ETA), queued, failed, not started")
     st.add_argument("results_dir", help="the reproduction's results folder, e.g. results/cityscapes")

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import json
 import math
+import re
 
 import pytest
+import torch
 
 from afdcd_bench.config import budget_slug, load_recipe, run_dir, settings, to_dict
 from afdcd_bench.config.schema import ConfigError
 from afdcd_bench.engine.records import record_path, write_record
 from afdcd_bench.harness.budget import (COSTS_KIND, Budget, BudgetError, budget_label, budget_overrides, read_costs,
                                         reference_recipe, scaled_interval)
-from afdcd_bench.harness.table import budget_comparison, records_frame, summary, write_tables
+from afdcd_bench.harness.table import budget_comparison, records_frame, render, summary, write_tables
 
 NAMES = ["demo/baseline", "demo/kd", "demo/afdcd", "demo/ablations/fitnet_kd"]
 
@@ -22,7 +24,8 @@ def _students(extra=()):
 
 
 def _costs(ms, batch=8, crop=(64, 64)):
-    return {"kind": COSTS_KIND, "device": "cpu (test)", "recipes": {n: {"ms": v, "batch": batch, "crop": list(crop)} for n, v in ms.items()}}
+    """A costs file as if measured here, with the threads the in-process runs of these tests get."""
+    return {"kind": COSTS_KIND, "device": f"cpu ({torch.get_num_threads()} threads)", "recipes": {n: {"ms": v, "batch": batch, "crop": list(crop)} for n, v in ms.items()}}
 
 
 def _parse(overrides):
@@ -39,7 +42,7 @@ def test_equal_compute_gives_each_recipe_the_references_cost_in_iterations():
     assert base["train.val_interval"] == "48" and base["train.checkpoint_interval"] == "120"  # the same 5 validations, 2 checkpoints
     assert base["budget.kind"] == "compute" and base["budget.reference"] == "afdcd" and base["budget.scale"] == 1.0
     assert (base["budget.reference_iterations"], base["budget.reference_cost_ms"], base["budget.cost_ms"]) == (100, 240.0, 100.0)
-    assert base["budget.recipe_iterations"] == 100 and base["budget.costs_device"] == "cpu (test)"
+    assert base["budget.recipe_iterations"] == 100 and base["budget.costs_device"] == f"cpu ({torch.get_num_threads()} threads)"
     assert _parse(out["demo/kd"])["train.iterations"] == "160"
     assert _parse(out["demo/afdcd"])["train.iterations"] == "100"  # the reference keeps its count
     assert _parse(out["demo/ablations/fitnet_kd"])["train.iterations"] == str(round(100 * 240 / 170))  # 141, rounded
@@ -138,6 +141,7 @@ def test_tables_compare_budgets_side_by_side_with_deltas_against_the_same_budget
         _record(tmp_path, "demo/baseline", seed, 0.36 + seed / 100, budget["demo/baseline"], train_s=24.0)
         _record(tmp_path, "demo/kd", seed, 0.35 + seed / 100, budget["demo/kd"], train_s=24.0)
     table = summary(records_frame(tmp_path)).set_index(["method", "budget"])
+    assert math.isnan(table.loc[("kd", "equal compute (afdcd)"), "compute_vs_ref"])  # no reference run: nothing to compare
     assert table.loc[("kd", "x1 iterations"), "delta_best"] == pytest.approx(2.0)
     assert table.loc[("kd", "equal compute (afdcd)"), "delta_best"] == pytest.approx(-1.0)  # vs the baseline trained longer
     assert table.loc[("baseline", "equal compute (afdcd)"), "iterations"] == 240
@@ -150,7 +154,32 @@ def test_tables_compare_budgets_side_by_side_with_deltas_against_the_same_budget
     single = tmp_path / "single"
     _record(single, "demo/kd", 0, 0.3)
     assert budget_comparison(summary(records_frame(single))).empty
+    assert (tmp_path / "single_out/table.csv") in write_tables(summary(records_frame(single)), tmp_path / "single_out")
     assert not (tmp_path / "single_out/budgets.md").exists()
+
+
+def test_equal_compute_rows_show_the_compute_they_achieved_and_flag_a_miss(tmp_path):
+    """A noisy cost measurement gave the baseline 1.7x KD's training time under a label of equality
+    (16.1 s against 9.4 s): the rows say what each run cost against the reference."""
+    from rich.console import Console
+
+    costs = _costs({"demo/baseline": 100.0, "demo/kd": 150.0, "demo/afdcd": 240.0, "demo/ablations/fitnet_kd": 170.0})
+    budget = budget_overrides(_students(), Budget("compute", 1.0, "afdcd"), costs, 1)
+    for seed in (0, 1):
+        _record(tmp_path, "demo/afdcd", seed, 0.33, budget["demo/afdcd"], train_s=10.0)
+        _record(tmp_path, "demo/baseline", seed, 0.36, budget["demo/baseline"], train_s=17.0)
+        _record(tmp_path, "demo/kd", seed, 0.35, budget["demo/kd"], train_s=10.5)
+        _record(tmp_path, "demo/kd", seed, 0.32)  # equal iterations: no reference to compare with
+    table = summary(records_frame(tmp_path))
+    ratios = table.set_index(["method", "budget"])["compute_vs_ref"]
+    assert ratios[("baseline", "equal compute (afdcd)")] == pytest.approx(1.7)
+    assert ratios[("kd", "equal compute (afdcd)")] == pytest.approx(1.05) and math.isnan(ratios[("kd", "x1 iterations")])
+    cells = budget_comparison(table).set_index("method")["equal compute (afdcd)"]
+    assert cells["baseline"].endswith("{x1.70 !}") and cells["kd"].endswith("{x1.05}")
+    console = Console(record=True, width=250)
+    render(table, console)
+    text = console.export_text()
+    assert "x1.70 !" in text and "more than 10% off" in text
 
 
 def test_the_budget_figure_draws_each_method_through_its_budgets_and_marks_the_pareto_front(tmp_path):
@@ -235,3 +264,59 @@ def test_a_dry_run_measures_nothing_and_plans_both_budgets_from_given_costs(tmp_
     text = console.export_text()
     assert "demo/baseline@compute-afdcd@seed1" in text and "demo/kd@compute-afdcd@seed0" in text
     assert runs is None  # a dry run writes no plan
+
+
+def test_costs_measured_on_a_loaded_machine_are_refused_and_say_their_spread(tmp_path, monkeypatch):
+    """A real load (two busy processes) during the first of three interleaved rounds: the spread
+    shows it, the costs file keeps it, and budgets are not made from it."""
+    import subprocess
+    import sys
+
+    from afdcd_bench.config import load_recipe
+    from afdcd_bench.harness import step_cost
+    from afdcd_bench.harness.budget import BudgetError, measure_costs
+
+    real_run, calls, hogs = step_cost.run, [], []
+    hog = "import time\nend = time.time() + 60\nwhile time.time() < end: pass"
+
+    def loaded_first_round(*args, **kwargs):
+        calls.append(args[0])
+        if len(calls) == 1:
+            hogs.extend(subprocess.Popen([sys.executable, "-c", hog]) for _ in range(2))
+            import time
+
+            time.sleep(0.5)
+        try:
+            return real_run(*args, **kwargs)
+        finally:
+            if len(calls) == 2:  # the first round ends with its second recipe
+                for h in hogs:
+                    h.kill()
+
+    monkeypatch.setattr(step_cost, "run", loaded_first_round)
+    tiny = ["data.crop_size=[32, 32]", "student.backbone=resnet10t", "teacher.backbone=resnet10t", "train.effective_batch=2"]
+    configs = {n: (load_recipe(n, tiny), tiny) for n in ("demo/baseline", "demo/kd")}
+    try:
+        costs = measure_costs(configs, 1, steps=6, warmup=2, threads=2, log=lambda s: None)
+    finally:
+        for h in hogs:
+            h.kill()
+    assert len(calls) == 6 and costs["device"] == "cpu (2 threads)" and costs["threads"] == 2 and costs["rounds"] == 3
+    entry = max(costs["recipes"].values(), key=lambda e: e["spread"])
+    assert len(entry["rounds_ms"]) == 3 and entry["min_ms"] <= entry["ms"] <= entry["max_ms"]
+    assert entry["rounds_ms"][0] == max(entry["rounds_ms"]) and entry["spread"] > 0.15, entry
+    students = {n: c for n, (c, _) in configs.items()}
+    with pytest.raises(BudgetError, match=r"varied by \d+% between its rounds of measurement .*busy"):
+        budget_overrides(students, Budget("compute", 1.0, "baseline"), costs, 1)
+
+
+def test_costs_from_another_device_or_other_threads_are_refused(tmp_path):
+    from afdcd_bench.harness.reproduce import ReproduceError, reproduce
+
+    costs = _costs({"demo/baseline": 100.0, "demo/kd": 150.0, "demo/afdcd": 240.0})
+    for device in ("NVIDIA H200", f"cpu ({torch.get_num_threads() + 1} threads)"):
+        (tmp_path / "costs.json").write_text(json.dumps({**costs, "device": device}))
+        with pytest.raises(ReproduceError, match=rf"was measured on {re.escape(device)}, but the runs train on cpu "
+                                                 rf"\({torch.get_num_threads()} threads\)"):
+            reproduce("demo", methods=["kd"], equal_compute="afdcd", costs=str(tmp_path / "costs.json"),
+                      results_dir=str(tmp_path / "r"), dry_run=True)

@@ -98,31 +98,71 @@ def loading_ms(cfg: RecipeConfig, batch: int, steps: int, warmup: int) -> float:
     return statistics.median(times)
 
 
+MAX_COST_SPREAD = 0.15  # a recipe's round medians may differ by this share of their median; more: a busy machine
+
+
+def device_label(device: str, threads: int | None) -> str:
+    """Where costs are measured and runs train, as the costs file and the check compare it: the GPU's
+    name, or the CPU with the threads each run's process uses."""
+    import torch
+
+    if device == "cuda":
+        return torch.cuda.get_device_name()
+    return f"cpu ({threads or torch.get_num_threads()} threads)"
+
+
 def measure_costs(configs: dict[str, tuple[RecipeConfig, list[str]]], processes: int, steps: int = 10, warmup: int = 3,
-                  device: str | None = None, log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Median milliseconds of a training step of each recipe on this machine's device, at the shape its
-    runs train at: the compute (harness/step_cost.py: the recipe's networks, method and optimiser on
-    synthetic batches of that shape) plus, where the loader runs serially, drawing the batch."""
+                  device: str | None = None, log: Callable[[str], None] = print, threads: int | None = None,
+                  rounds: int = 3) -> dict[str, Any]:
+    """Milliseconds of a training step of each recipe on this machine's device with the threads its runs
+    get, at the shape its runs train at: the compute (harness/step_cost.py: the recipe's networks, method
+    and optimiser on synthetic batches of that shape) plus, where the loader runs serially, drawing the
+    batch. The recipes are measured in `rounds` interleaved rounds (A B C, A B C, ...), so that a load
+    that comes and goes shows as a spread between a recipe's rounds instead of favouring one recipe;
+    the cost is the median of every timed step, and the spread is kept beside it."""
+    import statistics
+
     import torch
 
     from .step_cost import run
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    out: dict[str, Any] = {}
-    loading: dict[str, float] = {}  # one figure per data setting and batch: it does not depend on the method
-    for name, (cfg, overrides) in configs.items():
-        shape = shape_of(cfg, processes)
-        result = run(name, overrides, device, shape["batch"], tuple(shape["crop"]), None, warmup, steps)
-        key = json.dumps([to_dict(cfg)["data"], shape["batch"], cfg.train.seed], sort_keys=True)
-        if key not in loading:
-            loading[key] = loading_ms(cfg, shape["batch"], steps, warmup)
-        total = result["total_ms"] + loading[key]
-        out[name] = {"ms": total, "compute_ms": result["total_ms"], "loading_ms": loading[key], **shape,
-                     "precision": result["precision"]}
-        log(f"cost of a step of {name}: {total:.1f} ms ({result['total_ms']:.1f} compute + {loading[key]:.1f} loading; "
-            f"batch {shape['batch']}, {device}, medians of {steps})")
-    name = torch.cuda.get_device_name() if device == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
-    return {"kind": COSTS_KIND, "device": name, "steps": steps, "warmup": warmup, "torch": torch.__version__,
+    before = torch.get_num_threads()
+    if device == "cpu" and threads:
+        torch.set_num_threads(threads)
+    try:
+        label = device_label(device, threads)
+        steps_ms: dict[str, list[float]] = {n: [] for n in configs}
+        round_ms: dict[str, list[float]] = {n: [] for n in configs}
+        results: dict[str, dict[str, Any]] = {}
+        for r in range(rounds):
+            for name, (cfg, overrides) in configs.items():
+                shape = shape_of(cfg, processes)
+                result = run(name, overrides, device, shape["batch"], tuple(shape["crop"]), None, warmup if r == 0 else 1, steps)
+                steps_ms[name] += result["totals_ms"]
+                round_ms[name].append(statistics.median(result["totals_ms"]))
+                results[name] = result
+        out: dict[str, Any] = {}
+        loading: dict[str, float] = {}  # one figure per data setting and batch: it does not depend on the method
+        for name, (cfg, overrides) in configs.items():
+            shape = shape_of(cfg, processes)
+            key = json.dumps([to_dict(cfg)["data"], shape["batch"], cfg.train.seed], sort_keys=True)
+            if key not in loading:
+                loading[key] = loading_ms(cfg, shape["batch"], steps, warmup)
+            compute = statistics.median(steps_ms[name])
+            spread = (max(round_ms[name]) - min(round_ms[name])) / compute
+            out[name] = {"ms": compute + loading[key], "compute_ms": compute, "loading_ms": loading[key], **shape,
+                         "precision": results[name]["precision"], "rounds_ms": [round(v, 3) for v in round_ms[name]],
+                         "min_ms": min(steps_ms[name]), "max_ms": max(steps_ms[name]), "spread": spread}
+            noisy = f"; its rounds differ by {100 * spread:.0f}% (over {100 * MAX_COST_SPREAD:.0f}%: a busy machine?)" \
+                if spread > MAX_COST_SPREAD else ""
+            log(f"cost of a step of {name}: {compute + loading[key]:.1f} ms ({compute:.1f} compute + {loading[key]:.1f} loading; "
+                f"batch {shape['batch']}, {label}, median of {rounds} x {steps} steps, rounds "
+                f"{', '.join(f'{v:.1f}' for v in round_ms[name])} ms){noisy}")
+    finally:
+        torch.set_num_threads(before)
+    return {"kind": COSTS_KIND, "device": label, "threads": threads if device == "cpu" else None, "steps": steps,
+            "rounds": rounds, "warmup": warmup, "torch": torch.__version__, "max_spread": MAX_COST_SPREAD,
             "measured_at": datetime.datetime.now().isoformat(timespec="seconds"), "recipes": out}
 
 
@@ -156,7 +196,21 @@ def cost_of(costs: dict[str, Any], name: str, cfg: RecipeConfig, processes: int,
     if got != want:
         raise BudgetError(f"{source} measured {name} at batch {got['batch']}, crop {got['crop']}; its runs train at batch "
                           f"{want['batch']}, crop {want['crop']}: measure it anew")
+    spread = entry.get("spread")
+    if spread is not None and spread > MAX_COST_SPREAD:
+        raise BudgetError(f"{source}: the cost of {name} varied by {100 * spread:.0f}% between its rounds of measurement "
+                          f"({entry.get('rounds_ms')} ms; at most {100 * MAX_COST_SPREAD:.0f}% is taken): the machine was busy "
+                          "while it measured, and budgets from it would not be equal. Measure again on a quiet machine (delete "
+                          f"{source}, or `afdcd-bench costs`)")
     return float(entry["ms"])
+
+
+def check_device(costs: dict[str, Any], here: str, source: str) -> None:
+    """Costs from another device (or the CPU at other threads) than the runs train on make no equal budgets."""
+    if costs.get("device") != here:
+        raise BudgetError(f"{source} was measured on {costs.get('device')}, but the runs train on {here}: costs of one "
+                          "comparison come from the device and threads its runs use; measure them there (`afdcd-bench costs "
+                          "BENCHMARK --threads N` for a CPU) or delete the file to measure anew")
 
 
 def budget_overrides(students: dict[str, RecipeConfig], budget: Budget, costs: dict[str, Any] | None, processes: int,

@@ -53,6 +53,18 @@ def resolve_resources(executor: str, gpus: int | None = None, processes: int | N
     return Resources(processes=processes, gpus=gpus, nodes=nodes, threads=threads)
 
 
+def run_threads(executor: str, resources: Resources, parallel: int) -> int | None:
+    """The CPU threads each training process of a run gets on a node without GPUs (what its cost of a
+    step must be measured with); None where runs train on GPUs or elsewhere (SLURM's nodes)."""
+    if resources.gpus or executor == "slurm" or (executor == "local" and visible_gpus()):
+        return None
+    if executor == "inprocess":
+        import torch
+
+        return torch.get_num_threads()
+    return resources.threads or max(1, (os.cpu_count() or 1) // max(1, parallel * resources.processes))
+
+
 def make_executor(name: str, results_dir: Path, resources: Resources, parallel: int, slurm: dict[str, Any]) -> Executor:
     if name == "inprocess":
         return InProcessExecutor(results_dir)
@@ -62,8 +74,7 @@ def make_executor(name: str, results_dir: Path, resources: Resources, parallel: 
             raise ValueError("--nodes above 1 needs --executor slurm (the local executor runs on this node)")
         if not gpus and parallel < 1:
             raise ValueError(f"--parallel must be at least 1, got {parallel}")
-        threads = resources.threads or max(1, (os.cpu_count() or 1) // max(1, parallel * resources.processes))
-        return LocalExecutor(results_dir, gpus, resources.gpus or 1, parallel, None if gpus else threads)
+        return LocalExecutor(results_dir, gpus, resources.gpus or 1, parallel, run_threads(name, resources, parallel))
     from .slurm import SlurmExecutor
 
     return SlurmExecutor(results_dir, resources, slurm)

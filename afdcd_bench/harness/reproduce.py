@@ -20,9 +20,10 @@ from ..engine.provenance import produced_files
 from ..engine.run_folder import set_aside
 from ..engine.records import RecordError, read_record
 from ..methods import needs_teacher, stage_of
-from .execution import EXECUTORS, NOT_STARTED, execute, make_executor, report_failures, resolve_resources
+from .execution import EXECUTORS, NOT_STARTED, execute, make_executor, report_failures, resolve_resources, run_threads
 from .executors import FAILED
-from .budget import Budget, BudgetError, budget_label, budget_overrides, measure_costs, read_costs, write_costs
+from .budget import (Budget, BudgetError, budget_label, budget_overrides, check_device, device_label, measure_costs,
+                     read_costs, write_costs)
 from .plan import Plan, PlannedRun, Resources, build_runs, show_plan, step_rates
 from .status import wait_for_jobs
 from .released_scores import with_released
@@ -259,23 +260,31 @@ def output_folder(output_dir: str | None, extra: list[str], quick: bool) -> str 
 
 
 def budget_runs(names: list[str], common: list[str], per_recipe: dict[str, list[str]], budget: Budget, costs: str | None,
-                out: Path, processes: int, console: Console, dry_run: bool = False) -> dict[str, list[str]]:
+                out: Path, processes: int, console: Console, dry_run: bool = False,
+                runs_on: tuple[str, int | None] | None = None) -> dict[str, list[str]]:
     """Each student recipe's overrides for the budget (harness/budget.py); the plan runs them beside
     the recipe's own schedule, so one reproduction holds both sides of the comparison. The costs come
     from --costs, else from the results folder's costs.json, which an earlier start measured (so a rerun
-    gives the same counts); recipes it lacks are measured now on this machine and added to it."""
+    gives the same counts); recipes it lacks are measured now on this machine and added to it. runs_on:
+    (device, threads) the runs train with here, which the costs must come from (None: elsewhere, SLURM)."""
     students = student_configs(names, common, per_recipe)
     measured = None
     source = out / "costs.json"
+    device, threads = runs_on or (None, None)
+    here = device_label(device, threads) if device else None
     try:
         if budget.kind == "compute":
             if costs:
                 measured, source = read_costs(costs), Path(costs)
+                if here:
+                    check_device(measured, here, str(source))
             else:
                 measured = read_costs(source) if source.is_file() else None
                 if measured:
                     console.log(f"using the costs per step measured at {measured.get('measured_at')} on {measured.get('device')} "
                                 f"({source}); delete that file to measure them anew")
+                    if here:
+                        check_device(measured, here, str(source))
                 missing = {n: (c, [*common, *per_recipe.get(n, [])]) for n, c in students.items()
                            if n not in (measured or {}).get("recipes", {})}
                 if missing and dry_run:
@@ -284,10 +293,9 @@ def budget_runs(names: list[str], common: list[str], per_recipe: dict[str, list[
                                       f"(`afdcd-bench costs BENCHMARK`) or start the reproduction, which measures them first")
                 if missing:
                     console.log(f"measuring the cost of a training step of {len(missing)} recipe(s) on this machine")
-                    new = measure_costs(missing, processes, log=console.log)
-                    if measured and measured.get("device") != new["device"]:
-                        raise BudgetError(f"{source} was measured on {measured.get('device')}, this machine is {new['device']}: "
-                                          "costs of one comparison come from one device; delete it to measure all anew")
+                    new = measure_costs(missing, processes, device=device, threads=threads, log=console.log)
+                    if measured:
+                        check_device(measured, new["device"], str(source))
                     measured = {**new, "recipes": {**(measured or {}).get("recipes", {}), **new["recipes"]}}
                     write_costs(measured, source)
                     console.log(f"wrote {source}: a rerun of this reproduction uses these costs")
@@ -300,6 +308,15 @@ def budget_runs(names: list[str], common: list[str], per_recipe: dict[str, list[
     return extra
 
 
+def _runs_on(executor: str, resources: Resources, parallel: int) -> tuple[str, int | None] | None:
+    """(device, threads per process) this reproduction's runs train with on this machine; None under SLURM."""
+    if executor == "slurm":
+        return None
+    if resources.gpus:
+        return "cuda", None
+    return "cpu", run_threads(executor, resources, parallel)
+
+
 def student_configs(names: list[str], common: list[str], per_recipe: dict[str, list[str]]) -> dict[str, Any]:
     """The student recipes among names, loaded with their overrides (the runs a budget applies to)."""
     return {n: load_recipe(n, [*common, *per_recipe.get(n, [])]) for n in names
@@ -308,7 +325,7 @@ def student_configs(names: list[str], common: list[str], per_recipe: dict[str, l
 
 def measure_benchmark_costs(benchmark: str, out: Path, methods: list[str] | None = None, ablations: bool = False,
                             quick: bool = False, extra: list[str] | None = None, processes: int = 1, steps: int = 10,
-                            console: Console | None = None) -> Path:
+                            console: Console | None = None, threads: int | None = None) -> Path:
     """`afdcd-bench costs`: the costs per step of a reproduction's student recipes, measured on this
     machine, written as the JSON `reproduce --costs` reads (on a cluster: run it on a compute node)."""
     console = console or Console()
@@ -316,7 +333,7 @@ def measure_benchmark_costs(benchmark: str, out: Path, methods: list[str] | None
     per_recipe = quick_schedule(benchmark, names) if quick else {}
     students = student_configs(names, list(extra or []), per_recipe)
     measured = measure_costs({n: (c, [*(extra or []), *per_recipe.get(n, [])]) for n, c in students.items()}, processes,
-                             steps=steps, log=console.log)
+                             steps=steps, log=console.log, threads=threads)
     return write_costs(measured, out)
 
 
@@ -414,7 +431,8 @@ def reproduce(
         problems += check_weights(dict(base))
     preflight(problems)
     budgets = {} if budget.is_default else \
-        budget_runs(names, common, quick_overrides, budget, costs, out, resources.total_processes(), console, dry_run)
+        budget_runs(names, common, quick_overrides, budget, costs, out, resources.total_processes(), console, dry_run,
+                    runs_on=_runs_on(executor, resources, parallel))
     planned = [(n, [*extra, *variant]) for n, extra in base for variant in ([[], budgets[n]] if n in budgets else [[]])]
     preflight(check_recipes([(n, extra) for n, extra in planned if n in budgets and extra != dict(base)[n]]))
     if teacher:

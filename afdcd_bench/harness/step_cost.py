@@ -121,4 +121,5 @@ def run(recipe: str, overrides: list[str], device: str, batch: int, crop: tuple[
             "channels_last": cfg.train.channels_last, "optimizer_kernel": cfg.train.optimizer_kernel,
             "cudnn_benchmark": cfg.train.cudnn_benchmark,
             "parts_ms": parts, "total_ms": total, "images_per_second": 1000 * batch / total, "peak_memory_mb": peak,
+            "totals_ms": [sum(times[p][i] for p in PARTS) for i in range(steps)],  # each timed step, for the spread
             "torch": torch.__version__}

@@ -159,7 +159,7 @@ def frame_of(records: list[dict[str, Any]], root: Path) -> pd.DataFrame:
 COLUMNS = ["benchmark", "student", "method", "budget", "best_mean", "best_std", "final_mean", "final_std", "n", "delta_best",
            "delta_final", "vs_main", "best_on_test", "published", "released", "selected_on", "diff_published", "precision", "split",
            "iterations",
-           "wall_s", "train_s", "img_s", "peak_mb", "device", "launch", "settings",
+           "wall_s", "train_s", "compute_vs_ref", "img_s", "peak_mb", "device", "launch", "settings",
            "folder", "recipe"]
 KEY = ["benchmark", "student", "method", "settings"]
 
@@ -218,6 +218,7 @@ def summary(frame: pd.DataFrame, expected: list[tuple] | None = None) -> pd.Data
     out["diff_published"] = pd.Series(reference, index=out.index, dtype=float) - out["published"].astype(float)
     out["order"] = out["method"].map(lambda m: method_rank(m)[0])
     out["is_teacher"] = out["method"] != "teacher"
+    out["compute_vs_ref"] = achieved_compute(out)
     out["budget_order"] = out["budget"].map(lambda b: (0 if str(b).startswith("x1 ") else 1, str(b)))
     out = out.sort_values(["benchmark", "is_teacher", "student", "order", "method", "budget_order", "settings"]).reset_index(drop=True)
     return out[COLUMNS]
@@ -262,6 +263,32 @@ def _present(part: pd.DataFrame, col: str) -> bool:
     return bool(part[col].notna().any())
 
 
+COMPUTE_TOLERANCE = 0.10  # an equal-compute row whose training seconds are further than this from its reference's is flagged
+
+
+def achieved_compute(out: pd.DataFrame) -> list[float]:
+    """Per row of an equal-compute budget, its measured training seconds over those of the budget's
+    reference (same benchmark, student and budget; NaN elsewhere): what the budget achieved, which a
+    noisy or foreign cost measurement can miss."""
+    ref_s = {}
+    for r in out.itertuples():
+        label = str(r.budget)
+        if label.startswith("equal compute (") and isinstance(r.recipe, str) and r.n > 0:
+            ref = label[len("equal compute ("):].split(")", 1)[0]
+            if r.recipe.rsplit("/", 1)[-1] == ref or r.method == ref:
+                ref_s[(r.benchmark, r.student, label)] = r.train_s
+    return [r.train_s / ref_s[(r.benchmark, r.student, str(r.budget))]
+            if (r.benchmark, r.student, str(r.budget)) in ref_s and r.n > 0 and r.train_s == r.train_s else math.nan
+            for r in out.itertuples()]
+
+
+def compute_cell(ratio: Any) -> str:
+    """x1.03, or x1.70 ! where the run missed the reference's compute by more than the tolerance."""
+    if ratio is None or ratio != ratio:
+        return ""
+    return f"x{ratio:.2f}" + (" !" if abs(ratio - 1) > COMPUTE_TOLERANCE else "")
+
+
 def render(table: pd.DataFrame, console: Console | None = None) -> None:
     """One rich table per benchmark and student (the student in the title keeps the columns narrow)."""
     console = console or Console(width=max(Console().width, 150))
@@ -298,6 +325,11 @@ def render(table: pd.DataFrame, console: Console | None = None) -> None:
                           "code's evaluator on the same split (afdcd-bench score-released)")
             cols += [("prec", "precision"), ("wall s", "wall_s")]
             cols += [("train s", "train_s")] if budgets else []
+            if _present(part, "compute_vs_ref"):
+                cols.append(("compute", "compute_vs_ref"))
+                notes.add(f"compute: an equal-compute run's training seconds over its reference's, as achieved (train s, "
+                          f"evaluations excluded); ! marks a run more than {100 * COMPUTE_TOLERANCE:.0f}% off, whose budget "
+                          "was not equal in fact (costs measured on a busy machine, or on other threads or another device)")
             cols += [("img/s", "img_s")]
             if _present(part, "peak_mb"):
                 cols.append(("peak MB", "peak_mb"))
@@ -328,6 +360,8 @@ def render(table: pd.DataFrame, console: Console | None = None) -> None:
                         cells.append(_fmt(r[key], ".0f"))
                     elif key == "iterations":
                         cells.append(_fmt(r[key], ".0f"))
+                    elif key == "compute_vs_ref":
+                        cells.append(compute_cell(r[key]))
                     elif key == "img_s":
                         cells.append(_fmt(r[key], ".1f"))
                     elif key in ("published", "best_on_test", "released"):
@@ -340,7 +374,8 @@ def render(table: pd.DataFrame, console: Console | None = None) -> None:
             console.print(f"[yellow]{note}[/yellow]", soft_wrap=True)
     compared = budget_comparison(table)
     if not compared.empty:
-        t = Table(title="budgets side by side: best mIoU (delta vs the baseline of the same budget) [training steps]", title_justify="left")
+        t = Table(title="budgets side by side: best mIoU (delta vs the baseline of the same budget) [training steps] "
+                        "{training seconds over the reference's}", title_justify="left")
         for col in compared.columns:
             t.add_column(col, justify="left" if col in ("benchmark", "student", "method") else "right", no_wrap=True)
         for row in compared.itertuples(index=False):
@@ -349,8 +384,9 @@ def render(table: pd.DataFrame, console: Console | None = None) -> None:
 
 
 def budget_comparison(table: pd.DataFrame) -> pd.DataFrame:
-    """Per benchmark, student and method, one column per budget: "best (delta) [steps]". Empty when the
-    table holds one budget only. The teacher is left out."""
+    """Per benchmark, student and method, one column per budget: "best (delta) [steps]", and for equal
+    compute "{x1.03}", the training seconds achieved over the reference's (! beyond the tolerance).
+    Empty when the table holds one budget only. The teacher is left out."""
     rows = table[(table["n"] > 0) & (table["method"] != "teacher")]
     if rows.empty or rows["budget"].nunique() < 2:
         return pd.DataFrame()
@@ -358,6 +394,8 @@ def budget_comparison(table: pd.DataFrame) -> pd.DataFrame:
     cells: dict[tuple[str, str, str], dict[str, str]] = {}
     for r in rows.itertuples():
         cell = f"{_fmt(r.best_mean)} ({_fmt(r.delta_best, signed=True)}) [{_fmt(r.iterations, '.0f')}]"
+        if compute_cell(r.compute_vs_ref):
+            cell += f" {{{compute_cell(r.compute_vs_ref)}}}"
         cells.setdefault((r.benchmark, r.student, r.method), {})[r.budget] = cell
     out = [{"benchmark": b, "student": st, "method": m, **{k: v.get(k, "-") for k in order}} for (b, st, m), v in cells.items()]
     frame = pd.DataFrame(out)
