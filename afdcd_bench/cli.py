@@ -102,8 +102,15 @@ def _cmd_table(args: argparse.Namespace) -> int:
     # the recipes of the benchmarks found, so runs not made yet show as missing (ablations only
     # where some ablation was run)
     with_ablations = bool(frame["ablation_of"].notna().any())
-    expected = [n for b in sorted({r.split("/")[0] for r in frame["recipe"]}) if list_recipes(b)
-                for n in plan(b, ablations=with_ablations)]
+    expected: list = [n for b in sorted({r.split("/")[0] for r in frame["recipe"]}) if list_recipes(b)
+                      for n in plan(b, ablations=with_ablations)]
+    if (folder / "plan.json").is_file():  # a reproduction's folder: the runs it planned, not every recipe
+        from .harness.plan import load_plan
+
+        seen: dict[tuple, tuple[str, list[str]]] = {}
+        for run in load_plan(folder).runs:
+            seen.setdefault((run.recipe, run.budget), (run.recipe, [o for o in run.overrides if not o.startswith("train.seed=")]))
+        expected = list(seen.values())
     table = with_released(summary(frame, expected_runs(expected)), folder)
     render(table)
     out = args.out or (folder if args.results_dir_given else None)

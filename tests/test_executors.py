@@ -92,6 +92,31 @@ def test_a_killed_reproduce_leaves_no_training_behind_and_the_rerun_resumes(tmp_
     assert records(tmp_path / "k/res")["demo__baseline__seed0.json"]["resumed_from_step"] == saved
 
 
+def test_a_dry_run_after_the_reproduction_projects_nothing_for_recorded_runs(inprocess_chain):
+    from rich.console import Console
+
+    from afdcd_bench.harness.reproduce import reproduce
+
+    console = Console(record=True, width=250)
+    reproduce("demo", seeds=1, methods=["kd"], results_dir=str(inprocess_chain / "res"), output_dir=str(inprocess_chain / "runs"),
+              dry_run=True, console=console)
+    text = console.export_text()
+    rows = [line for line in text.splitlines() if "@seed" in line]
+    assert len(rows) == 3 and all("recorded: demo__" in line and " 0.00 " in line for line in rows), rows
+    assert "3 of the 3 run(s) have a record already" in text
+
+
+def test_the_table_of_a_reproduction_lists_the_runs_it_planned_not_every_recipe(inprocess_chain, tmp_path):
+    import csv
+
+    from afdcd_bench.cli import main
+
+    assert main(["table", str(inprocess_chain / "res"), "--out", str(tmp_path)]) == 0
+    rows = list(csv.DictReader(open(tmp_path / "table.csv")))
+    assert sorted(r["method"] for r in rows) == ["baseline", "kd", "teacher"]  # --methods kd: no empty dist, cwd, afdcd rows
+    assert all(r["n"] == "1" for r in rows)
+
+
 def test_the_projected_wall_time_follows_dependencies_and_free_gpus():
     r = Resources(gpus=1)
 

@@ -175,6 +175,24 @@ def test_missing_weights_are_named_with_the_fetch_command_before_anything_runs(t
         build_segmentor("deeplabv3", "resnet18_deepstem", 19, pretrained=str(missing / "resnet18_deepstem.safetensors"))
 
 
+def test_a_dry_run_plans_and_says_the_missing_data_and_weights_a_start_would_stop_on(tmp_path, monkeypatch):
+    from rich.console import Console
+
+    from afdcd_bench.harness.reproduce import reproduce
+
+    monkeypatch.setenv("AFDCD_WEIGHTS", str(tmp_path / "none"))
+    console = Console(record=True, width=250)
+    missing = tmp_path / "weights"
+    reproduce("cityscapes", seeds=1, data_root=str(tmp_path / "no-data"), results_dir=str(tmp_path / "res"), dry_run=True,
+              only="deeplabv3_resnet18", methods=["kd"], console=console,
+              extra=[f"student.pretrained={missing}/resnet18_deepstem.safetensors"])
+    text = " ".join(console.export_text().split())
+    assert "a start would stop here: cityscapes:" in text and str(tmp_path / "no-data") in text
+    assert f"a start would stop here: weights file {missing}/resnet18_deepstem.safetensors" in text
+    assert "cityscapes/deeplabv3_resnet18/kd@seed0" in text  # planned all the same
+    assert not (tmp_path / "res" / "plan.json").exists()
+
+
 def test_a_released_checkpoint_is_scored_by_this_suites_evaluator_and_shown_beside_the_runs(tmp_path, monkeypatch, capsys):
     from afdcd_bench.cli import main
     from afdcd_bench.harness.released_scores import score_released, with_released

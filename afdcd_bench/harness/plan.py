@@ -198,6 +198,16 @@ def projected_wall(runs: list[PlannedRun], hours: dict[str, float], gpus: int) -
     return max(ends.values(), default=0.0)
 
 
+def has_record(run: PlannedRun) -> bool:
+    """A valid record of the run is where the plan puts it (the dry run's view: reproduce checks more)."""
+    from ..engine.records import RecordError, read_record
+
+    try:
+        return Path(run.record).is_file() and bool(read_record(Path(run.record)))
+    except RecordError:
+        return False
+
+
 def show_plan(plan: Plan, rates: dict[str, tuple[float, str]], console: Any) -> None:
     """`reproduce --dry-run`: each run, what it waits for, its resources and projected hours."""
     from rich.table import Table
@@ -206,14 +216,20 @@ def show_plan(plan: Plan, rates: dict[str, tuple[float, str]], console: Any) -> 
     for col in ("run", "needs", "nodes", "processes", "GPUs", "steps", "hours", "rate from"):
         t.add_column(col, justify="right" if col in ("nodes", "processes", "GPUs", "steps", "hours") else "left", overflow="fold")
     hours: dict[str, float] = {}
+    recorded = 0
     for run in plan.runs:
         h, source = projected_hours(run, rates, run.name.rsplit("/", 1)[-1])
+        if has_record(run):  # a rerun skips it: nothing left to train
+            h, source = 0.0, f"recorded: {Path(run.record).name}"
+            recorded += 1
         if h is not None:
             hours[run.key] = h
         res = run.resources
         t.add_row(run.key, ", ".join(run.needs) or "-", str(res.nodes), str(res.total_processes()), str(res.gpus * res.nodes),
                   str(run.iterations), f"{h:.2f}" if h is not None else "?", source)
     console.print(t)
+    if recorded:
+        console.print(f"{recorded} of the {len(plan.runs)} run(s) have a record already (0 hours: running the command skips them)")
     unknown = len(plan.runs) - len(hours)
     per_run = max(1, plan.runs[0].resources.gpus * plan.runs[0].resources.nodes) if plan.runs else 1
     walls = ", ".join(f"{g} GPU(s) {projected_wall(plan.runs, hours, g):.1f} h" for g in (per_run, 8, 64) if g >= per_run)

@@ -379,8 +379,13 @@ def reproduce(
     resources = resources if isinstance(resources, Resources) else resolve_resources(executor, **(resources or {}))
     if executor == "inprocess" and resources.total_processes() > 1:
         raise ReproduceError("--executor inprocess trains one process per run; several processes per run need --executor local or slurm")
-    if not dry_run:
+    missing: list[str] = []  # a dry run plans anyway and says what a real start would stop on
+    try:
         check_data(benchmark, data_root)
+    except ReproduceError as exc:
+        if not dry_run:
+            raise
+        missing.append(str(exc).splitlines()[0])
     low, high = SCHEDULE_SCALES
     if not low <= float(schedule_scale) <= high:  # inf and nan included
         raise ReproduceError(f"--schedule-scale {schedule_scale}: allowed from {low} to {high} (x{low} turns the demo's 100 "
@@ -427,8 +432,10 @@ def reproduce(
         common.append(f"data.root={Path(data_root).resolve()}")
     base = [(n, [*common, *quick_overrides.get(n, [])]) for n in names if not (teacher and is_teacher_recipe(n))]
     problems = check_recipes(base)
-    if not dry_run and not problems:
-        problems += check_weights(dict(base))
+    if not problems:
+        weights = check_weights(dict(base))
+        problems += [] if dry_run else weights
+        missing += weights if dry_run else []
     preflight(problems)
     budgets = {} if budget.is_default else \
         budget_runs(names, common, quick_overrides, budget, costs, out, resources.total_processes(), console, dry_run,
@@ -445,6 +452,8 @@ def reproduce(
     if teacher:
         console.log(f"using the given teacher {teacher}; the teacher recipe is not trained")
     if dry_run:
+        for line in missing:
+            console.print(f"[yellow]a start would stop here: {line}[/yellow]", soft_wrap=True)
         show_plan(the_plan, step_rates(out, step_times or [str(p) for p in sorted((project_root() / "results" / "gpu").glob("*.json"))]),
                   console)
         return out
