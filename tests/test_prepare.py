@@ -429,7 +429,7 @@ class CityscapesSite:
     """The three pages cityscapesscripts' downloader reads, and the login, on the loopback address."""
 
     def __init__(self, packages: dict[str, bytes], user="ann", password="secret"):
-        self.packages, self.logins, self.cut = packages, [], {}
+        self.packages, self.logins, self.cut, self.fetches = packages, [], {}, []
         ids = {name: str(i + 1) for i, name in enumerate(packages)}
         site = self
 
@@ -462,6 +462,7 @@ class CityscapesSite:
                 body = site.packages[name]
                 if path == "/md5-sum/":
                     return self._send(200, f"{hashlib.md5(body).hexdigest()}  {name}".encode())
+                site.fetches.append((name, self.headers.get("Range")))
                 start = int(self.headers["Range"].split("=")[1].split("-")[0]) if self.headers.get("Range") else 0
                 self.send_response(206 if start else 200)
                 self.send_header("Content-Length", str(len(body) - start))
@@ -505,6 +506,12 @@ def test_cityscapes_through_its_downloader_with_the_account_from_the_environment
     monkeypatch.setattr(prep_mod, "new_session", site.session)
     monkeypatch.setattr(prep_mod, "_free_bytes", lambda path: 10**15)  # the real packages' 22 GB need not fit here
     monkeypatch.setattr("sys.stdin.isatty", lambda: False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))  # where cityscapesscripts' own login would store the password
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "home" / ".local" / "share"))
+    import appdirs
+
+    stored = Path(appdirs.user_data_dir("cityscapesscripts", "cityscapesscripts")) / "credentials.json"
+    assert stored.is_relative_to(tmp_path)
     root = tmp_path / "cityscapes"
     monkeypatch.delenv("CITYSCAPES_USERNAME", raising=False)
     monkeypatch.delenv("CITYSCAPES_PASSWORD", raising=False)
@@ -516,18 +523,22 @@ def test_cityscapes_through_its_downloader_with_the_account_from_the_environment
     with pytest.raises(PrepareError, match="did not accept the login of 'ann'"):
         prepare("cityscapes", root, show_progress=False, log=lambda s: None)
     monkeypatch.setenv("CITYSCAPES_PASSWORD", "secret")
-    site.cut["leftImg8bit_trainvaltest.zip"] = 50  # a cut download: resumed by the downloader on the rerun
+    # a cut download (after whole chunks of the downloader's 1 KB: what it wrote stays), resumed on the rerun
+    cut = 1024 * (len(site.packages["leftImg8bit_trainvaltest.zip"]) // 2048)
+    assert cut >= 1024
+    site.cut["leftImg8bit_trainvaltest.zip"] = cut
     with pytest.raises(PrepareError, match="leftImg8bit_trainvaltest.zip"):
         prepare("cityscapes", root, show_progress=False, log=lambda s: None)
     assert not (root / "downloads" / "leftImg8bit_trainvaltest.zip").exists()  # never where a checked archive lies
     logs = []
     prepare("cityscapes", root, show_progress=False, log=logs.append)
     assert (root / "downloads" / "leftImg8bit_trainvaltest.zip").read_bytes() == site.packages["leftImg8bit_trainvaltest.zip"]
+    assert ("leftImg8bit_trainvaltest.zip", f"bytes={cut}-") in site.fetches  # resumed with a range request, not fetched anew
     report = check_dataset("cityscapes", root)
     assert [(s.split, s.images, s.problems) for s in report.splits] == [("train", 2, []), ("val", 1, [])]
     # the password went to the site and nowhere on disk
     assert all("secret" not in p.read_bytes().decode("latin-1") for p in root.rglob("*") if p.is_file() and p.suffix != ".zip")
-    assert not any((Path.home() / ".local/share/cityscapesscripts").glob("credentials.json"))
+    assert not stored.exists() and not any((tmp_path / "home").rglob("credentials.json"))
     site.httpd.shutdown()
 
 
