@@ -112,19 +112,48 @@ def test_one_process_launch_output_is_read_as_the_run_said_it():
     assert describe_exit(-9).startswith("was ended by SIGKILL (killed from outside") and describe_exit(3) == "exited with status 3"
 
 
-def test_the_stall_watch_speaks_when_no_step_finished_and_names_long_work_between_steps():
+def test_the_stall_watch_speaks_when_no_step_finished_and_names_long_work_between_steps(monkeypatch):
+    """On a clock of the test's own (no sleeps whose margins a loaded machine could eat), then once
+    on its real thread with a wide margin."""
+    from types import SimpleNamespace
+
+    from afdcd_bench.engine import collectives
     from afdcd_bench.engine.collectives import StallWatch, is_collective_timeout, is_peer_gone
 
+    clock = [100.0]
+    monkeypatch.setattr(collectives, "time", SimpleNamespace(monotonic=lambda: clock[0]))
+
+    def at(seconds_later):
+        clock[0] += seconds_later
+        watch.check(clock[0])
+
     said = []
-    with StallWatch("r", 1, timeout_s=2.0, say=said.append, after=0.3) as watch:
-        with watch.during("validation"):  # said only after half the timeout
-            time.sleep(0.8)
-            assert said == []
-            time.sleep(0.6)
+    watch = StallWatch("r", 1, timeout_s=2.0, say=said.append, after=0.3)
+    with watch.during("validation"):  # said only after half the timeout
+        at(0.8)
+        assert said == []
+        at(0.6)
         assert len(said) == 1 and said[0].startswith("afdcd-bench: r: process 1 has been in validation for 1 s (after step 0)")
-        time.sleep(0.8)
-    assert said[1].startswith("afdcd-bench: r: process 1 has finished no step for 0 s (after step 0")
-    assert len(said) <= 3  # then after twice as long, not every interval
+    at(0.2)
+    assert len(said) == 1  # 0.2 s without a step: nothing yet
+    at(0.2)
+    assert len(said) == 2 and said[1].startswith("afdcd-bench: r: process 1 has finished no step for 0 s (after step 0")
+    at(0.1)
+    assert len(said) == 2  # then only after twice as long (0.6 s), not every interval
+    at(0.2)
+    assert len(said) == 3 and "for 1 s" in said[2]
+    watch.touch(1)
+    at(0.2)
+    assert len(said) == 3  # a step finished: the count starts over
+
+    monkeypatch.undo()
+    real = []
+    with StallWatch("r", 0, timeout_s=60.0, say=real.append, after=0.2):
+        for _ in range(100):
+            if real:
+                break
+            time.sleep(0.1)
+    assert real and "has finished no step" in real[0]
     assert is_collective_timeout(RuntimeError("[gloo/transport/tcp/unbound_buffer.cc:78] Timed out waiting 3000ms for recv"))
     assert is_peer_gone(RuntimeError("[pair.cc:561] Connection closed by peer [127.0.0.1]:42718."))
     assert not is_collective_timeout(ValueError("Timed out waiting")) and not is_peer_gone(RuntimeError("CUDA out of memory"))

@@ -102,18 +102,22 @@ class StallWatch:
 
     def _watch(self) -> None:
         while not self._stop.wait(min(1.0, self.after / 4)):
-            waited, doing = time.monotonic() - self._last, self._doing
-            # a run whose steps are slow is not stalled; said before giving up in any case
-            limit = self.timeout_s / 2 if doing else min(max(self.after, 10 * self._slowest), self.timeout_s / 2)
-            if waited < limit * 2 ** self._told:  # then at twice, four times as long...
-                continue
-            self._told += 1
-            gives_up = f"it gives up after train.collective_timeout={self.timeout_s:g} s"
-            if doing:
-                self.say(f"afdcd-bench: {self.name}: process {self.rank} has been in {doing} for {waited:.0f} s (after step "
-                         f"{self.step}): if another process of the launch stalled, this one waits for it at a collective; "
-                         f"{gives_up}")
-            else:
-                self.say(f"afdcd-bench: {self.name}: process {self.rank} has finished no step for {waited:.0f} s (after step "
-                         f"{self.step}; the slowest step so far took {self._slowest:.1f} s): it is waiting for another process "
-                         f"of the launch at a collective; {gives_up}")
+            self.check(time.monotonic())
+
+    def check(self, now: float) -> None:
+        """Say what is due at `now` (the watch's thread calls it; a test may with times of its own)."""
+        waited, doing = now - self._last, self._doing
+        # a run whose steps are slow is not stalled; said before giving up in any case
+        limit = self.timeout_s / 2 if doing else min(max(self.after, 10 * self._slowest), self.timeout_s / 2)
+        if waited < limit * 2 ** self._told:  # then at twice, four times as long...
+            return
+        self._told += 1
+        gives_up = f"it gives up after train.collective_timeout={self.timeout_s:g} s"
+        if doing:
+            self.say(f"afdcd-bench: {self.name}: process {self.rank} has been in {doing} for {waited:.0f} s (after step "
+                     f"{self.step}): if another process of the launch stalled, this one waits for it at a collective; "
+                     f"{gives_up}")
+        else:
+            self.say(f"afdcd-bench: {self.name}: process {self.rank} has finished no step for {waited:.0f} s (after step "
+                     f"{self.step}; the slowest step so far took {self._slowest:.1f} s): it is waiting for another process "
+                     f"of the launch at a collective; {gives_up}")
