@@ -47,7 +47,8 @@ def test_a_failed_run_stops_its_dependents_only_and_the_end_says_how_to_rerun(tm
 
 def test_stopping_reproduce_stops_its_runs_after_they_saved(tmp_path):
     """SIGTERM to `reproduce` (as a scheduler or `kill` sends it): its runs get SIGTERM, save at the
-    end of their step and end; nothing keeps training, and rerunning resumes."""
+    end of their step and end; nothing keeps training (the rerun that resumes such a run: the SIGKILL
+    test below)."""
     proc = reproduce(tmp_path, "d", "--executor", "local", "--parallel", "2", "--methods", "baseline", popen=True,
                      extra=["train.iterations=400", "train.checkpoint_interval=400"])
     log = tmp_path / "d/runs/demo/baseline/seed0/logs/local.log"

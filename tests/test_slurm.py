@@ -109,7 +109,7 @@ def test_a_job_near_its_time_limit_saves_requeues_itself_and_resumes(tmp_path, s
         subprocess.run(["scontrol", "update", f"jobid={job}", "TimeLimit=10", "StartTime=now"], check=True)
         _wait(tmp_path / "w/res", lambda s: "resumed demo/baseline from" in log.read_text(), timeout=300)
         text = log.read_text()
-        assert "stopped by SIGUSR1 at step" in text and "Requeued job" in text
+        assert "stopped by SIGUSR1 at step" in text  # requeued: SLURM counts the restart (above), the run resumes (below)
         step = int(text.split("stopped by SIGUSR1 at step ")[1].split(",")[0])
         assert step >= 1
         resumed = re.search(r"resumed demo/baseline from .*?at\s+step\s+(\d+)", text, re.S)  # rich may wrap the line

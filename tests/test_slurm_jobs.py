@@ -19,6 +19,24 @@ def test_a_two_node_run_asks_for_one_task_per_gpu_on_each_node_after_what_it_nee
     assert "gpus_per_node" not in cpu and "dependency" not in cpu["additional_parameters"] and cpu["nodes"] == 1
 
 
+def test_submitit_takes_the_parameters_of_a_two_node_job(tmp_path):
+    """submitit checks each parameter's name and type when it is given them (no cluster needed): the
+    two-node job's, and a CPU job's, are taken as they are."""
+    import submitit
+
+    two_nodes = job_parameters(PlannedRun("cityscapes/deeplabv3_resnet18/afdcd", 1, [], ["cityscapes/teacher@seed0"],
+                                          Resources(processes=4, gpus=4, nodes=2, threads=8)), ["101"],
+                               {"time": 180, "partition": "gpu", "account": "acc", "qos": "high", "constraint": "h100",
+                                "mem_gb": 64, "signal_delay_s": 300})
+    cpu = job_parameters(PlannedRun("demo/kd", 0, [], [], Resources(threads=2)), [], {})
+    for params in (two_nodes, cpu):
+        ex = submitit.SlurmExecutor(folder=str(tmp_path / "%j"))
+        ex.update_parameters(**params)
+        assert {k: ex.parameters[k] for k in params} == params
+    with pytest.raises(Exception, match="nodez"):  # and refuses a name it does not know, so the check above means something
+        submitit.SlurmExecutor(folder=str(tmp_path / "%j")).update_parameters(nodez=2)
+
+
 @pytest.mark.parametrize("gpus", [True, False])
 def test_the_last_task_of_a_two_node_job_gets_its_global_and_local_rank_and_the_first_node_as_master(monkeypatch, gpus):
     env = {"SUBMITIT_EXECUTOR": "slurm", "SLURM_JOB_ID": "4321", "SLURM_NTASKS": "4", "SLURM_JOB_NUM_NODES": "2", "SLURM_NODEID": "1",
