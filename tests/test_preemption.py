@@ -29,6 +29,18 @@ def _same_weights(a: Path, b: Path) -> None:
     assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
+def _signal_once_training(proc: subprocess.Popen, sig: int) -> tuple[str, str]:
+    """Send `sig` once the per-step log line says step 3 of 400 ran; the process's remaining output."""
+    try:
+        for line in proc.stdout:
+            if "step 3/400" in line:
+                break
+        proc.send_signal(sig)
+        return proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+
+
 @pytest.mark.parametrize("sig", [signal.SIGUSR1, signal.SIGTERM, signal.SIGINT])  # SIGINT: Ctrl-C
 def test_a_signal_saves_at_the_step_it_came_in_and_the_rerun_ends_where_an_unstopped_run_does(tmp_path, sig):
     straight = train(load_recipe("demo/baseline", [*TINY, f"output_dir={tmp_path / 'a'}"]), results_dir=tmp_path / "ra",
@@ -62,14 +74,7 @@ def test_the_command_exits_75_on_sigterm_and_says_how_to_resume(tmp_path):
            f"output_dir={tmp_path}", "--results-dir", str(tmp_path / "res")]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        for line in proc.stdout:  # the per-step log line says training runs
-            if "step 3/400" in line:
-                break
-        proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=120)
-    finally:
-        proc.kill()
+    _, err = _signal_once_training(proc, signal.SIGTERM)
     assert proc.returncode == EXIT_PREEMPTED, err[-2000:]
     assert "stopped by SIGTERM at step" in err and "rerun the same command to resume" in err
     step = json.loads((latest_state(tmp_path / "demo/baseline/seed0") / "progress.json").read_text())["step"]
@@ -96,14 +101,7 @@ def test_ctrl_c_in_the_in_process_reproduction_saves_the_steps_run(tmp_path):
 
     proc = reproduce(tmp_path, "a", "--executor", "inprocess", "--methods", "kd", extra=["train.iterations=400",
                      "train.checkpoint_interval=400"], popen=True)
-    try:
-        for line in proc.stdout:
-            if "step 3/400" in line:
-                break
-        proc.send_signal(signal.SIGINT)
-        out, _ = proc.communicate(timeout=120)
-    finally:
-        proc.kill()
+    out, _ = _signal_once_training(proc, signal.SIGINT)
     assert proc.returncode == EXIT_PREEMPTED, out[-2000:]
     assert "stopped by SIGINT at step" in out and "its state saved" in out
     step = json.loads((latest_state(tmp_path / "a/runs/demo/teacher/seed0") / "progress.json").read_text())["step"]
