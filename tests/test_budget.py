@@ -182,17 +182,31 @@ def test_equal_compute_rows_show_the_compute_they_achieved_and_flag_a_miss(tmp_p
     assert "x1.70 !" in text and "more than 10% off" in text
 
 
-def test_the_budget_figure_draws_each_method_through_its_budgets_and_marks_the_pareto_front(tmp_path):
+def test_the_budget_figure_draws_each_method_through_its_budgets_and_marks_the_pareto_front(tmp_path, monkeypatch):
+    from matplotlib.axes import Axes
+
     from afdcd_bench.harness.plots import pareto_front, plot_results
 
     assert pareto_front([(1.0, 5.0), (2.0, 4.0), (2.0, 6.0), (3.0, 6.0), (0.5, 1.0)]) == [0, 2, 4]
     costs = _costs({n: 100.0 + 50 * i for i, n in enumerate(NAMES)})
     budget = budget_overrides(_students(), Budget("compute", 1.0, "afdcd"), costs, 1)
-    for recipe in ("demo/baseline", "demo/kd"):
-        _record(tmp_path, recipe, 0, 0.3)
-        _record(tmp_path, recipe, 0, 0.33, budget[recipe], train_s=20.0)
+    # (train s, best): baseline 10 s 30, 20 s 33; KD 12 s 25 (beaten by the baseline's 10 s 30), 20 s 35 (beats 20 s 33)
+    _record(tmp_path, "demo/baseline", 0, 0.30)
+    _record(tmp_path, "demo/baseline", 0, 0.33, budget["demo/baseline"], train_s=20.0)
+    _record(tmp_path, "demo/kd", 0, 0.25, train_s=12.0)
+    _record(tmp_path, "demo/kd", 0, 0.35, budget["demo/kd"], train_s=20.0)
+    drawn, lines = [], []
+    scatter, plot = Axes.scatter, Axes.plot
+    monkeypatch.setattr(Axes, "scatter", lambda self, x, y, *a, **k: (drawn.append((k.get("label"), list(zip(x, y)))),
+                                                                       scatter(self, x, y, *a, **k))[1])
+    monkeypatch.setattr(Axes, "plot", lambda self, *a, **k: (lines.append((k.get("label"), list(zip(*a[:2])))),
+                                                             plot(self, *a, **k))[1])
     paths = plot_results(tmp_path)
     assert any(p.name.endswith("__budgets_pareto.png") and p.stat().st_size > 0 for p in paths)
+    front = dict(drawn)["Pareto front"]
+    assert sorted(front) == [(10.0, 30.0), (20.0, 35.0)]  # circled: exactly the points nothing beats
+    drawn_lines = {(label, tuple(sorted(points))) for label, points in lines if label}  # the curves' figure draws lines too
+    assert ("baseline", ((10.0, 30.0), (20.0, 33.0))) in drawn_lines and ("kd", ((12.0, 25.0), (20.0, 35.0))) in drawn_lines
 
 
 @pytest.mark.slow
