@@ -283,6 +283,22 @@ def _cmd_data_prepare(args: argparse.Namespace) -> int:
     return checked[-1] if checked else _cmd_data_check(check)  # a build already there: checked again
 
 
+def _cmd_data_cache(args: argparse.Namespace) -> int:
+    from .data import BENCHMARKS, build_dataset, cache_folder, resolve_root
+    from .data.cache import build_cache
+
+    if args.name not in BENCHMARKS:
+        print(f"afdcd-bench: error: data cache {args.name}: a cache is for the benchmarks read from image files "
+              f"({', '.join(sorted(BENCHMARKS))})", file=sys.stderr)
+        return 2
+    console = Console()
+    root = resolve_root(args.name, args.root)
+    for split in args.split or ["train"]:
+        dataset = build_dataset(args.name, root, split, cache="off")
+        build_cache(dataset, cache_folder(dataset.root, args.name, split, args.cache_dir), log=console.log)
+    return 0
+
+
 def _cmd_data_check(args: argparse.Namespace) -> int:
     from rich.table import Table
 
@@ -476,6 +492,14 @@ def build_parser() -> argparse.ArgumentParser:
     dc.add_argument("--workers", type=int, default=None)
     dc.add_argument("--max-problems", type=int, default=50)
     dc.set_defaults(func=_cmd_data_check)
+    dk = dsub.add_parser("cache", help="decode a benchmark's images and labels once into a cache that training reads without "
+                         "decoding (resumable; a changed source is never served from it)")
+    dk.add_argument("name", help="cityscapes, voc, camvid, ade20k or coco_stuff_164k")
+    dk.add_argument("--root", default=None, help="the benchmark's folder (default $AFDCD_DATA/<folder>)")
+    dk.add_argument("--split", action="append", default=None, help="cache this split (repeatable; default train)")
+    dk.add_argument("--cache-dir", default=None, help="where (default <root>/.afdcd-cache, or $AFDCD_DATA_CACHE); a recipe "
+                    "reads it with data.cache_dir=THE SAME")
+    dk.set_defaults(func=_cmd_data_cache)
     dp = dsub.add_parser("prepare", help="download (or take from --from), verify, extract and convert a benchmark, then check it")
     dp.add_argument("name", help="cityscapes, voc, camvid, ade20k or coco_stuff_164k")
     dp.add_argument("--root", default=None, help="the benchmark's folder (default $AFDCD_DATA/<folder>)")
@@ -491,7 +515,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     """Exceptions that carry a message meant for the user. Imported only once one was raised, so
     that `--help` and light commands do not pay for torch and Accelerate."""
     from .config import ConfigError
-    from .data import DatasetLayoutError
+    from .data import CacheError, DatasetLayoutError
     from .data.download import DownloadError
     from .data.prepare import PrepareError
     from .models.fetch import FetchError
@@ -507,7 +531,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 
     return (ConfigError, DatasetLayoutError, RecordError, RunFolderError, ReproduceError, PretrainedWeightsError, WeightsMismatch,
             LaunchMismatch, TrainingDiverged, RunsFailed, FileNotFoundError, PermissionError, ValueError, DownloadError,
-            PrepareError, FetchError, DiskFull, CollectiveTimeout)
+            PrepareError, FetchError, DiskFull, CollectiveTimeout, CacheError)
 
 
 def one_line(exc: BaseException) -> str:

@@ -203,6 +203,22 @@ def test_training_seconds_leave_out_the_validations(tmp_path, monkeypatch):
     assert rec["images_per_second"] == pytest.approx(4 * 4 / rec["train_seconds"])
 
 
+def test_the_record_says_how_long_the_loop_waited_for_its_batches(tmp_path, monkeypatch):
+    """A loader slowed by 0.1 s an item (4 a batch, no workers): the wait shows per step and as a share."""
+    import time
+
+    from afdcd_bench.data.digits import DigitsDataset
+
+    quick = train(load_recipe("demo/baseline", TINY + [f"output_dir={tmp_path / 'a'}"]), show_progress=False)
+    _reset()
+    load = DigitsDataset.load
+    monkeypatch.setattr(DigitsDataset, "load", lambda self, index: (time.sleep(0.1), load(self, index))[1])
+    slow = train(load_recipe("demo/baseline", TINY + [f"output_dir={tmp_path / 'b'}"]), show_progress=False)
+    _reset()
+    assert slow["data_wait_ms_per_step"] >= 4 * 100 and slow["data_wait_share"] > 0.5
+    assert quick["data_wait_ms_per_step"] < slow["data_wait_ms_per_step"] / 4 and 0 <= quick["data_wait_share"] < slow["data_wait_share"]
+
+
 @pytest.mark.slow
 def test_speed_settings_give_the_same_weights(tmp_path):
     """channels_last, each optimiser kernel and the loader's worker settings change no number beyond

@@ -70,11 +70,11 @@ def test_a_killed_reproduce_leaves_no_training_behind_and_the_rerun_resumes(tmp_
     """SIGKILL to `reproduce` alone (no handler of its own runs): the kernel's parent-death signal
     ends its launchers at once and has its runs save at the end of their step; the rerun resumes them."""
     proc = reproduce(tmp_path, "k", "--executor", "local", "--parallel", "2", "--methods", "baseline", popen=True,
-                     extra=["train.iterations=100", "train.checkpoint_interval=100"])
+                     extra=["train.iterations=40", "train.checkpoint_interval=40", "train.val_interval=40"])
     run = tmp_path / "k/runs/demo/baseline/seed0"
     log = run / "logs/local.log"
     deadline = time.time() + 300
-    while time.time() < deadline and not (log.is_file() and "step 3/100" in log.read_text()):
+    while time.time() < deadline and not (log.is_file() and "step 3/40" in log.read_text()):
         time.sleep(0.2)
     os.kill(proc.pid, signal.SIGKILL)
     proc.communicate(timeout=60)
@@ -86,9 +86,9 @@ def test_a_killed_reproduce_leaves_no_training_behind_and_the_rerun_resumes(tmp_
     assert not _lock_held(run) and not _lock_held(tmp_path / "k/runs/demo/teacher/seed0"), "a run outlived its reproduce"
     assert "stopped by SIGTERM at step" in log.read_text()
     saved = json.loads((run / "state/progress.json").read_text())["step"]
-    assert 3 <= saved < 100
+    assert 3 <= saved < 40
     again = reproduce(tmp_path, "k", "--executor", "local", "--parallel", "2", "--methods", "baseline",
-                      extra=["train.iterations=100", "train.checkpoint_interval=100"])
+                      extra=["train.iterations=40", "train.checkpoint_interval=40", "train.val_interval=40"])
     assert again.returncode == 0
     assert records(tmp_path / "k/res")["demo__baseline__seed0.json"]["resumed_from_step"] == saved
 

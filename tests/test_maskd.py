@@ -68,7 +68,7 @@ def test_reproduce_runs_the_token_stage_once_before_the_students_and_chains_them
     from rich.console import Console
 
     from afdcd_bench.engine.records import read_record
-    from afdcd_bench.harness.reproduce import ReproduceError, reproduce
+    from afdcd_bench.harness.reproduce import reproduce
     from afdcd_bench.harness.table import records_frame
 
     out, runs = tmp_path / "res", tmp_path / "runs"
@@ -95,11 +95,19 @@ def test_reproduce_runs_the_token_stage_once_before_the_students_and_chains_them
     text = again.export_text()
     assert "skip demo/maskd_tokens seed 0" in text
     assert "6 run(s) in this table were not trained by this command: their records were already in" in text
-    # other tokens at the same path: the students that read them are other runs, and their records are not passed off
-    save_file({"tokens": tokens + 1}, str(runs / "demo/maskd_tokens/seed0/stage.safetensors"))
-    with pytest.raises(ReproduceError, match=r"demo__maskd__seed0.json was written by a run with other settings "
-                                             r"\(inputs.method.maskd.stage_weights: '[0-9a-f]{64}' -> '[0-9a-f]{64}'\)"):
-        reproduce("demo", seeds=2, methods=["maskd"], results_dir=str(out), output_dir=str(runs), extra=small, console=again)
+    # other tokens at the same path, not the ones the stage's record holds: reproduce owns the stage, so it makes
+    # it again, and the students that read it (their old records moved aside, never passed off as the new ones')
+    stage_file = runs / "demo/maskd_tokens/seed0/stage.safetensors"
+    save_file({"tokens": tokens + 1}, str(stage_file))
+    third = Console(record=True, width=200)
+    reproduce("demo", seeds=1, methods=["maskd"], results_dir=str(out), output_dir=str(runs), extra=small, console=third)
+    said = " ".join(third.export_text().split())
+    assert "demo/maskd_tokens seed 0 is trained again: what it wrote changed since its record" in said
+    assert "demo/maskd seed 0 is trained again: it reads demo/maskd_tokens@seed0" in said
+    remade = file_sha256(stage_file)
+    assert read_record(out / "demo__maskd_tokens__seed0.json")["stage_weights_sha256"] == remade
+    assert read_record(out / "demo__maskd__seed0.json")["inputs"]["method.maskd.stage_weights"] == remade
+    assert list(out.glob("demo__maskd__seed0.json.replaced-*")) and "skip demo/baseline seed 0" in said
 
 
 def _tokens(tmp_path, teacher, label, extra, hooks=None):

@@ -53,6 +53,8 @@ def check_ranges(cfg: RecipeConfig) -> None:
         if abs(steps - round(steps)) > 1e-6:
             raise ConfigError(f"data.scale_step {d.scale_step} does not divide data.scale_range {d.scale_range} into whole steps")
     positive(d.num_workers, "data.num_workers", strict=False)
+    if d.cache not in ("auto", "off", "required"):
+        raise ConfigError(f"data.cache must be one of auto, off, required, got {d.cache!r}")
     for key in ("iterations", "effective_batch", "val_interval", "checkpoint_interval", "log_interval"):
         positive(getattr(t, key), f"train.{key}")
     positive(t.lr, "train.lr")

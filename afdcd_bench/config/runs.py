@@ -24,7 +24,7 @@ LOCATION_KEYS = PATH_KEYS + ("name", "data.num_workers", "train.log_interval", "
                              "train.collective_timeout",
                              "train.tensorboard", "train.trackers", "eval.batch_size", "eval.teacher_check", "published",
                              "ablation_of", "on_request", "data.pin_memory", "data.persistent_workers",
-                             "data.prefetch_factor")
+                             "data.prefetch_factor", "data.cache", "data.cache_dir")
 DEFAULT_OUTPUT_DIR = "runs"
 NAMED_WEIGHTS = ("digits",)  # pretrained values that name a weight source, not a file (engine/pretrain.py)
 

@@ -24,6 +24,11 @@ class DataConfig:
     pin_memory: bool = False  # page-locked batches, for asynchronous copies to a GPU
     persistent_workers: bool = False  # workers kept between epochs
     prefetch_factor: Optional[int] = None  # batches each worker loads ahead (torch's default: 2)
+    # decoded pixels cached once (`afdcd-bench data cache`; afdcd_bench/data/cache.py): auto (read a valid
+    # cache where there is one), off, required (refuse to start without one); cache_dir: where (default
+    # <data root>/.afdcd-cache, or $AFDCD_DATA_CACHE). Neither changes a number.
+    cache: str = "auto"
+    cache_dir: Optional[str] = None
     val_split: str = "val"  # the split the best checkpoint is selected on
     test_split: Optional[str] = None  # also scored at each validation; then the reported number (docs/method.md)
 

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from .base import SegmentationDataset
+from .cache import MODES, CacheError, DecodedCache, cache_folder
 from .benchmarks import BENCHMARKS, DatasetLayoutError, FolderDataset, default_data_root, describe
 from .digits import NUM_CLASSES as DIGITS_CLASSES
 from .digits import DigitsDataset
@@ -37,14 +38,30 @@ def build_dataset(
     seed: int = 0,
     flip: bool = True,
     scale_step: float | None = None,
+    cache: str = "auto",
+    cache_dir: str | os.PathLike | None = None,
 ) -> SegmentationDataset:
+    """A split of a dataset. cache (auto | off | required): a benchmark's split is read through its
+    decoded-pixel cache (data/cache.py) where a valid one exists; `required` refuses to go without."""
     kwargs = dict(train=train, crop_size=crop_size, scale_range=scale_range, normalization=normalization, seed=seed, flip=flip,
                   scale_step=scale_step)
     if name == "digits":
-        return DigitsDataset(str(root) if root else None, split, **kwargs)
+        return DigitsDataset(str(root) if root else None, split, **kwargs)  # generated arrays: nothing to decode
     if name not in BENCHMARKS:
         raise ValueError(f"unknown dataset {name!r}; expected one of {DATASET_NAMES}")
-    return FolderDataset(BENCHMARKS[name], resolve_root(name, root), split, **kwargs)
+    dataset = FolderDataset(BENCHMARKS[name], resolve_root(name, root), split, **kwargs)
+    if cache not in MODES:
+        raise ValueError(f"data.cache must be one of {', '.join(MODES)}, got {cache!r}")
+    if cache != "off":
+        folder = cache_folder(dataset.root, name, split, cache_dir)
+        dataset.cache, why = DecodedCache.open(dataset, folder)
+        if dataset.cache is not None:
+            dataset.cache_note = f"{name} {split}: reading decoded pixels from the cache at {folder}"
+        elif cache == "required":
+            raise CacheError(f"data.cache=required, but {why}")
+        else:
+            dataset.cache_note = f"{name} {split}: decoding every image ({why}; `afdcd-bench data cache {name}` builds one)"
+    return dataset
 
 
 __all__ = [

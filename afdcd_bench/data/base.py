@@ -34,6 +34,8 @@ class SegmentationDataset(Dataset):
         self.flip = bool(flip)
         self.scale_step = scale_step
         self.epoch = 0
+        self.cache: Any = None  # a DecodedCache (data/cache.py) that `load` is read through, where one is valid
+        self.cache_note = ""  # one line: whether the decoded-pixel cache is read, and why not
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
@@ -47,7 +49,7 @@ class SegmentationDataset(Dataset):
         """Each benchmark reads its own layout."""
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        image, label, name = self.load(index)
+        image, label, name = self.cache.load(index) if self.cache is not None else self.load(index)
         pad = None
         if self.train:
             image, label, pad = train_augment(image, label, self.crop_size, self.scale_range, self.rng(index), self.flip,

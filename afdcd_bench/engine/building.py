@@ -174,7 +174,7 @@ def training_data(cfg: RecipeConfig, normalization: Any, per_device: int, proces
     dc = cfg.data
     dataset = build_dataset(dc.name, resolve_root(dc.name, dc.root), "train", train=True, crop_size=tuple(dc.crop_size),
                             scale_range=tuple(dc.scale_range), normalization=normalization, seed=cfg.train.seed,
-                            flip=dc.flip, scale_step=dc.scale_step)
+                            flip=dc.flip, scale_step=dc.scale_step, cache=dc.cache, cache_dir=dc.cache_dir)
     if len(dataset) < per_device * processes:
         raise ValueError(f"training set has {len(dataset)} images, fewer than one global micro-batch")
     workers = loader_workers(dc.num_workers)
@@ -192,7 +192,7 @@ def evaluation_loaders(cfg: RecipeConfig, normalization: Any) -> tuple[DataLoade
     extra = loader_options(dc, workers)
 
     def loader(split: str) -> DataLoader:
-        dataset = build_dataset(dc.name, root, split, normalization=normalization)
+        dataset = build_dataset(dc.name, root, split, normalization=normalization, cache=dc.cache, cache_dir=dc.cache_dir)
         # a generator of its own: without one, each pass's iterator draws its seed from the global RNG,
         # which dropout and the distillers' masks draw from next, so validating more often would change
         # the trained weights (docs/runs.md, "The training code")

@@ -10,6 +10,7 @@ update of parts with their own optimiser, what happens at a log line and at a va
 from __future__ import annotations
 
 import contextlib
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
@@ -54,6 +55,20 @@ def resumed_batches(accelerator: Accelerator, dataset: Any, loader: Any, micro: 
         for batch in (accelerator.skip_first_batches(loader, skip) if skip else loader):
             micro += 1
             yield batch
+
+
+def timed_batches(batches: Iterator[Any], progress: dict[str, Any]) -> Iterator[Any]:
+    """The batches, the seconds spent waiting for each added to progress["data_wait_seconds"] (saved
+    with every checkpoint, so a resumed run's record counts its earlier sessions too)."""
+    it = iter(batches)
+    while True:
+        t0 = time.perf_counter()
+        try:
+            batch = next(it)
+        except StopIteration:
+            return
+        progress["data_wait_seconds"] = progress.get("data_wait_seconds", 0.0) + time.perf_counter() - t0
+        yield batch
 
 
 def note_trained(progress: dict[str, Any], names: Any) -> None:
@@ -195,7 +210,7 @@ class StepLoop:
         try:
             if step >= tc.iterations:
                 return step, last
-            for batch in resumed_batches(accelerator, dataset, loader, micro):
+            for batch in timed_batches(resumed_batches(accelerator, dataset, loader, micro), state):
                 lr = poly_lr(tc.lr, step, tc.iterations, tc.poly_power, tc.lr_floor)
                 for group in optimizer.param_groups:
                     group["lr"] = lr

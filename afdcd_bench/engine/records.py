@@ -98,8 +98,18 @@ def run_facts(cfg: RecipeConfig, accelerator: Any, per_device: int, accum: int, 
         "train_seconds": progress["train_seconds"],  # its steps only (engine/checkpointing.RunTimes)
         "eval_seconds": progress.get("eval_seconds", 0.0),  # its validations (and test scores)
         "images_per_second": images / progress["train_seconds"] if progress["train_seconds"] else None,
+        **data_wait(progress),
         "peak_memory_mb": peak_memory_mb(accelerator.device),
     }
+
+
+def data_wait(progress: dict[str, Any]) -> dict[str, Any]:
+    """How long the loop waited for its batches (engine/loop.timed_batches): per step, and as a share
+    of the training seconds. A share well above zero is a loader that does not keep up (a starved GPU)."""
+    wait, steps, train = progress.get("data_wait_seconds"), progress.get("step") or 0, progress.get("train_seconds") or 0.0
+    if wait is None or not steps:
+        return {"data_wait_ms_per_step": None, "data_wait_share": None}
+    return {"data_wait_ms_per_step": 1000 * wait / steps, "data_wait_share": wait / train if train else None}
 
 
 def where_ran(accelerator: Any) -> dict[str, Any]:
@@ -139,7 +149,7 @@ def write_record(path: Path, record: dict[str, Any]) -> Path:
 # What the table, the plots and reproduce read from a record, with the types they need.
 REQUIRED = {"kind": str, "recipe": str, "benchmark": str, "method": str, "student": str, "seed": int, "config": dict}
 NUMBERS = ("final_miou", "best_miou", "wall_seconds", "published_miou", "teacher_miou", "test_miou_at_best", "final_test_miou",
-           "best_test_miou")  # each a number or null
+           "best_test_miou", "data_wait_ms_per_step", "data_wait_share")  # each a number or null
 
 
 class RecordError(ValueError):

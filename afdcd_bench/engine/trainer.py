@@ -81,7 +81,7 @@ def _train(cfg: RecipeConfig, accelerator: Accelerator, run_dir: Path, state: Pa
         return run.model(images, batch["label"], teacher_out)
 
     with StepLoop(cfg.name, tc, accelerator, run_dir, progress_state, hooks, show_progress) as loop:
-        _announce(loop, cfg, run_dir, aside, state, progress_state["step"])
+        _announce(loop, cfg, run_dir, aside, state, progress_state["step"], run.train_set.cache_note)
         if run.teacher is not None and progress_state["teacher"] is None and cfg.eval.teacher_check:
             with loop.not_a_step("the teacher's check"):
                 progress_state["teacher"] = evaluate(run.teacher, run.val_loader, cfg.num_classes, accelerator, cfg.eval, loop.bar)
@@ -125,7 +125,10 @@ def _already_finished(cfg: RecipeConfig, accelerator: Accelerator, run_dir: Path
     return record
 
 
-def _announce(loop: StepLoop, cfg: RecipeConfig, run_dir: Path, aside: Path | None, state: Path | None, step: int) -> None:
+def _announce(loop: StepLoop, cfg: RecipeConfig, run_dir: Path, aside: Path | None, state: Path | None, step: int,
+              data_note: str = "") -> None:
+    if data_note:  # whether the decoded-pixel cache is read (data/cache.py)
+        loop.log(data_note)
     if aside is not None:
         loop.log(f"--no-resume: the earlier run in {run_dir} was moved to {aside}")
     workers = loader_workers(cfg.data.num_workers)

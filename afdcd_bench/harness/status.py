@@ -63,9 +63,15 @@ def why_failed(log: str | None, lines: int) -> list[str]:
     return said[-1:] if said else last[-lines:]
 
 
+def _waited(progress: dict) -> str:
+    """The share of the training seconds spent waiting for batches, as the record will give it."""
+    wait, train = progress.get("data_wait_seconds"), progress.get("train_seconds")
+    return f"data wait {100 * wait / train:.0f}% of the steps' time" if wait is not None and train else ""
+
+
 def _progress(run: PlannedRun, log: str | None) -> tuple[int | None, str]:
     """The step reached (the log's last step line, else the saved state's) and an ETA from the saved
-    state's training seconds per step."""
+    state's training seconds per step (with the share of it spent waiting for data)."""
     step = None
     for line in reversed(tail(log, 200)):
         m = STEP_LINE.search(line)
@@ -81,6 +87,7 @@ def _progress(run: PlannedRun, log: str | None) -> tuple[int | None, str]:
         if saved and progress.get("train_seconds"):  # steps and validations so far, at the same pace
             left = (run.iterations - step) * (progress["train_seconds"] + progress.get("eval_seconds", 0.0)) / saved
             eta = f"~{datetime.timedelta(seconds=int(left))} left"
+        eta = ", ".join(filter(None, [eta, _waited(progress)]))
     return step, eta
 
 
@@ -125,8 +132,10 @@ def plan_status(results_dir: Path, lines: int = 5) -> list[RunStatus]:
         st = RunStatus(run.key, "not started", job.get("job_id"))
         if Path(run.record).is_file():
             try:
-                read_record(Path(run.record))
+                rec = read_record(Path(run.record))
                 st.state = "done"
+                if rec.get("data_wait_share") is not None:
+                    st.detail = f"data wait {100 * rec['data_wait_share']:.0f}% of the steps' time"
             except RecordError as exc:
                 st.state, st.detail = "failed", f"damaged record: {exc}"
             out[run.key] = st

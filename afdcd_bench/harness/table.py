@@ -72,7 +72,7 @@ def _distinct_runs(records: list[dict[str, Any]], problems: list[str] | None) ->
 
 
 FRAME_COLUMNS = ["benchmark", "recipe", "student", "method", "base_method", "seed", "best", "final", "best_on_test", "wall_s",
-                 "train_s", "img_s", "peak_mb", "device", "launch", "budget", "iterations",
+                 "train_s", "img_s", "data_wait", "peak_mb", "device", "launch", "budget", "iterations",
                  "published", "selected_on", "precision", "split", "ablation_of", "settings", "protocol", "folder", "path"]
 
 
@@ -138,6 +138,7 @@ def frame_of(records: list[dict[str, Any]], root: Path) -> pd.DataFrame:
             "wall_s": rec.get("wall_seconds"),
             "train_s": rec.get("train_seconds"),  # training time without evaluations: the cost a budget equalises
             "img_s": rec.get("images_per_second"),  # training images per second, evaluations excluded
+            "data_wait": rec.get("data_wait_share"),  # the share of the training seconds spent waiting for batches
             "budget": budget_label(cfg.get("budget")),
             "iterations": (cfg.get("train") or {}).get("iterations"),
             "peak_mb": rec.get("peak_memory_mb"),
@@ -159,7 +160,7 @@ def frame_of(records: list[dict[str, Any]], root: Path) -> pd.DataFrame:
 COLUMNS = ["benchmark", "student", "method", "budget", "best_mean", "best_std", "final_mean", "final_std", "n", "delta_best",
            "delta_final", "vs_main", "best_on_test", "published", "released", "selected_on", "diff_published", "precision", "split",
            "iterations",
-           "wall_s", "train_s", "compute_vs_ref", "img_s", "peak_mb", "device", "launch", "settings",
+           "wall_s", "train_s", "compute_vs_ref", "img_s", "data_wait", "peak_mb", "device", "launch", "settings",
            "folder", "recipe"]
 KEY = ["benchmark", "student", "method", "settings"]
 
@@ -186,7 +187,7 @@ def summary(frame: pd.DataFrame, expected: list[tuple] | None = None) -> pd.Data
         g = frame.groupby(KEY, dropna=False)
         out = g.agg(best_mean=("best", "mean"), best_std=("best", "std"), final_mean=("final", "mean"), final_std=("final", "std"),
                     n=("final", "count"), best_on_test=("best_on_test", "mean"), wall_s=("wall_s", "mean"),
-                    img_s=("img_s", "mean"), train_s=("train_s", "mean"), budget=("budget", "first"),
+                    img_s=("img_s", "mean"), train_s=("train_s", "mean"), data_wait=("data_wait", "mean"), budget=("budget", "first"),
                     iterations=("iterations", "first"), peak_mb=("peak_mb", "max"), device=("device", lambda d: ", ".join(sorted({str(x) for x in d if x}))),
                     published=("published", "first"), selected_on=("selected_on", "first"), precision=("precision", "first"),
                     split=("split", "first"), launch=("launch", "first"), ablation_of=("ablation_of", "first"), recipe=("recipe", "first"),
@@ -331,6 +332,11 @@ def render(table: pd.DataFrame, console: Console | None = None) -> None:
                           f"evaluations excluded); ! marks a run more than {100 * COMPUTE_TOLERANCE:.0f}% off, whose budget "
                           "was not equal in fact (costs measured on a busy machine, or on other threads or another device)")
             cols += [("img/s", "img_s")]
+            if _present(part, "data_wait"):
+                cols.append(("data wait", "data_wait"))
+                notes.add("data wait: the share of the training seconds the loop spent waiting for its batches; well above "
+                          "a few % the loader does not keep up and the device waits (more data.num_workers, or the decoded "
+                          "cache: `afdcd-bench data cache`)")
             if _present(part, "peak_mb"):
                 cols.append(("peak MB", "peak_mb"))
             notes.add("cost as measured: wall s = the whole run, img/s = training images per second without evaluations, "
@@ -362,6 +368,8 @@ def render(table: pd.DataFrame, console: Console | None = None) -> None:
                         cells.append(_fmt(r[key], ".0f"))
                     elif key == "compute_vs_ref":
                         cells.append(compute_cell(r[key]))
+                    elif key == "data_wait":
+                        cells.append("" if r[key] != r[key] or r[key] is None else f"{100 * r[key]:.0f}%")
                     elif key == "img_s":
                         cells.append(_fmt(r[key], ".1f"))
                     elif key in ("published", "best_on_test", "released"):
