@@ -1,4 +1,5 @@
 import os
+import sys
 
 import pytest
 import torch
@@ -40,6 +41,15 @@ def reset_accelerate():
     from accelerate.state import AcceleratorState
 
     AcceleratorState._reset_state(reset_partial_state=True)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_accelerate_state():
+    """Accelerate keeps one process-wide state: a test whose run failed after building its Accelerator
+    (a refused recipe, a missing cache) would hand its precision to the next test of the worker."""
+    yield
+    if "accelerate.state" in sys.modules:
+        reset_accelerate()
 
 
 @pytest.fixture(scope="session")
