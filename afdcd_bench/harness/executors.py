@@ -5,6 +5,7 @@ SLURM executor is in harness/slurm.py. An executor never changes what a run comp
 from __future__ import annotations
 
 import datetime
+import functools
 import json
 import os
 import shlex
@@ -17,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from ..engine.stopping import EXIT_PREEMPTED
+from ..engine.stopping import EXIT_PREEMPTED, end_with_parent
 from ..files import atomic_write
 from .plan import PlannedRun
 
@@ -141,7 +142,7 @@ class LocalExecutor:
             # the launcher dies at once with reproduce, even a SIGKILLed one (it holds no state); the
             # training below it gets SIGTERM then (its own parent-death signal: afdcd_bench/cli.py) and saves
             proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True,
-                                    preexec_fn=_launcher_ends_with_us)
+                                    preexec_fn=functools.partial(end_with_parent, signal.SIGKILL))
         handle = Handle(run.key, log=str(log), state=RUNNING, process=proc)
         handle.detail = shlex.join(cmd)
         self.busy[slot] = handle
@@ -176,12 +177,6 @@ class LocalExecutor:
         proc.wait()
         self.busy = {s: h for s, h in self.busy.items() if h is not handle}
         handle.state, handle.detail = PREEMPTED, "stopped by reproduce; rerunning resumes it"
-
-
-def _launcher_ends_with_us() -> None:
-    import ctypes
-
-    ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL), 0, 0, 0)  # 1: PR_SET_PDEATHSIG
 
 
 def _signal_group(pgid: int, sig: int) -> None:

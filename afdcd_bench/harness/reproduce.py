@@ -121,11 +121,11 @@ def check_teacher(teacher: str, overrides: dict[str, list[str]]) -> None:
     from ..engine.provenance import check_finite_weights, check_recorded
 
     try:
-        check_recorded(Path(teacher).resolve(), "--teacher")
+        check_recorded(Path(teacher).resolve(), "checkpoint")
         model = load_segmentor(Path(teacher).resolve())
-        check_finite_weights(model.state_dict(), teacher, "--teacher")
+        check_finite_weights(model.state_dict(), teacher, "checkpoint")
     except (FileNotFoundError, ValueError, WeightsMismatch) as exc:
-        raise ReproduceError(f"--teacher {teacher}: {exc}" if not str(exc).startswith("--teacher") else str(exc)) from None
+        raise ReproduceError(f"--teacher {teacher}: {exc}") from None
     built = (model.build_args["arch"], model.build_args["backbone"], model.num_classes)
     for name, extra in overrides.items():
         cfg = load_recipe(name, extra)

@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ..engine.checkpointing import latest_state
-from ..engine.records import RecordError, read_record
+from ..engine.records import RecordError, data_wait, read_record
 from .executors import UNKNOWN, read_jobs
 from .plan import PlannedRun, load_plan
 
@@ -63,10 +63,9 @@ def why_failed(log: str | None, lines: int) -> list[str]:
     return said[-1:] if said else last[-lines:]
 
 
-def _waited(progress: dict) -> str:
-    """The share of the training seconds spent waiting for batches, as the record will give it."""
-    wait, train = progress.get("data_wait_seconds"), progress.get("train_seconds")
-    return f"data wait {100 * wait / train:.0f}% of the steps' time" if wait is not None and train else ""
+def _waited(share: float | None) -> str:
+    """The share of the training seconds spent waiting for batches (engine/records.data_wait)."""
+    return f"data wait {100 * share:.0f}% of the steps' time" if share is not None else ""
 
 
 def _progress(run: PlannedRun, log: str | None) -> tuple[int | None, str]:
@@ -87,7 +86,7 @@ def _progress(run: PlannedRun, log: str | None) -> tuple[int | None, str]:
         if saved and progress.get("train_seconds"):  # steps and validations so far, at the same pace
             left = (run.iterations - step) * (progress["train_seconds"] + progress.get("eval_seconds", 0.0)) / saved
             eta = f"~{datetime.timedelta(seconds=int(left))} left"
-        eta = ", ".join(filter(None, [eta, _waited(progress)]))
+        eta = ", ".join(filter(None, [eta, _waited(data_wait(progress)["data_wait_share"])]))
     return step, eta
 
 
@@ -132,10 +131,7 @@ def plan_status(results_dir: Path, lines: int = 5) -> list[RunStatus]:
         st = RunStatus(run.key, "not started", job.get("job_id"))
         if Path(run.record).is_file():
             try:
-                rec = read_record(Path(run.record))
-                st.state = "done"
-                if rec.get("data_wait_share") is not None:
-                    st.detail = f"data wait {100 * rec['data_wait_share']:.0f}% of the steps' time"
+                st.state, st.detail = "done", _waited(read_record(Path(run.record)).get("data_wait_share"))
             except RecordError as exc:
                 st.state, st.detail = "failed", f"damaged record: {exc}"
             out[run.key] = st

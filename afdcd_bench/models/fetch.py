@@ -178,7 +178,7 @@ def fetch_one(entry: Released, root: Path, from_dir: Path | None, accept_changed
     except Exception as exc:  # strict import refused it (wrong tensors, truncated, not a checkpoint, a pickle with code)
         aside = raw.with_name(f"{raw.name}.failed-{datetime.datetime.now():%Y%m%d-%H%M%S}")
         raw.rename(aside)
-        raise FetchError(f"{entry.key}: {entry.file} (sha256 {digest}) did not import: {one_sentence(exc)}; it was moved aside "
+        raise FetchError(f"{entry.key}: {entry.file} (sha256 {digest}) did not import: {exc}; it was moved aside "
                          f"as {aside} and not recorded as the release's file: give the right file (--from DIR) or rerun "
                          "to download it again") from None
     if not recorded or recorded["sha256"] != digest:
@@ -191,11 +191,6 @@ def fetch_one(entry: Released, root: Path, from_dir: Path | None, accept_changed
     what = f"{report.build_args.get('arch', '')}-{report.backbone}".lstrip("-")
     log(f"{entry.key}: imported {what} into {dst} ({report.tensors} tensors){'; ' + entry.note if entry.note else ''}")
     return dst
-
-
-def one_sentence(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[-1] if text else type(exc).__name__
 
 
 def recorded_import(path: Path, root: Path | None = None) -> tuple[str, Path] | None:
