@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -66,7 +67,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     cfg = load_recipe(args.recipe, args.overrides)
     model = load_segmentor(args.checkpoint)
     ds = build_dataset(cfg.data.name, resolve_root(cfg.data.name, cfg.data.root), cfg.data.val_split,
-                       normalization=model.build_args["normalization"])
+                       cache=cfg.data.cache, cache_dir=cfg.data.cache_dir)
     acc = Accelerator(dataloader_config=DataLoaderConfiguration(even_batches=False))
     model, loader = acc.prepare(model, DataLoader(ds, batch_size=cfg.eval.batch_size))
     writer = None
@@ -285,7 +286,7 @@ def _cmd_data_prepare(args: argparse.Namespace) -> int:
 
 def _cmd_data_cache(args: argparse.Namespace) -> int:
     from .data import BENCHMARKS, build_dataset, cache_folder, resolve_root
-    from .data.cache import build_cache
+    from .data.cache import build_cache, bytes_needed
 
     if args.name not in BENCHMARKS:
         print(f"afdcd-bench: error: data cache {args.name}: a cache is for the benchmarks read from image files "
@@ -295,7 +296,13 @@ def _cmd_data_cache(args: argparse.Namespace) -> int:
     root = resolve_root(args.name, args.root)
     for split in args.split or ["train"]:
         dataset = build_dataset(args.name, root, split, cache="off")
-        build_cache(dataset, cache_folder(dataset.root, args.name, split, args.cache_dir), log=console.log)
+        folder = cache_folder(dataset.root, args.name, split, args.cache_dir)
+        if args.size_only:  # from the images' headers: nothing decoded, nothing written
+            free = shutil.disk_usage(next(p for p in (folder, *folder.parents) if p.exists())).free
+            console.print(f"{args.name} {split}: {len(dataset)} items, a cache of {bytes_needed(dataset) / 1e9:.2f} GB at "
+                          f"{folder} ({free / 1e9:.2f} GB free there)")
+            continue
+        build_cache(dataset, folder, log=console.log)
     return 0
 
 
@@ -499,6 +506,8 @@ def build_parser() -> argparse.ArgumentParser:
     dk.add_argument("--split", action="append", default=None, help="cache this split (repeatable; default train)")
     dk.add_argument("--cache-dir", default=None, help="where (default <root>/.afdcd-cache, or $AFDCD_DATA_CACHE); a recipe "
                     "reads it with data.cache_dir=THE SAME")
+    dk.add_argument("--size-only", action="store_true", help="say the space the cache needs (from the images' headers) "
+                    "and what is free; write nothing")
     dk.set_defaults(func=_cmd_data_cache)
     dp = dsub.add_parser("prepare", help="download (or take from --from), verify, extract and convert a benchmark, then check it")
     dp.add_argument("name", help="cityscapes, voc, camvid, ade20k or coco_stuff_164k")

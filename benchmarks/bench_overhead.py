@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from afdcd_bench.config import load_recipe  # noqa: E402
+from afdcd_bench.data.batches import model_inputs  # noqa: E402
 from afdcd_bench.data import build_dataset, resolve_root  # noqa: E402
 from afdcd_bench.engine import TrainHooks, train  # noqa: E402
 from afdcd_bench.engine.schedule import poly_lr  # noqa: E402
@@ -47,7 +48,7 @@ def bare_loop(recipe: str, overrides: list[str], steps: int, tmp: Path) -> tuple
         teacher_path = tmp / "teacher.safetensors"
         save_segmentor(teacher, teacher_path)
     ds = build_dataset(cfg.data.name, resolve_root(cfg.data.name, cfg.data.root), "train", train=True, crop_size=crop,
-                       scale_range=tuple(cfg.data.scale_range), normalization=student.build_args["normalization"],
+                       scale_range=tuple(cfg.data.scale_range),
                        seed=cfg.train.seed, flip=cfg.data.flip, scale_step=cfg.data.scale_step)
     loader = DataLoader(ds, batch_size=cfg.train.effective_batch, shuffle=True, drop_last=True, num_workers=0,
                         generator=torch.Generator().manual_seed(cfg.train.seed))
@@ -60,10 +61,11 @@ def bare_loop(recipe: str, overrides: list[str], steps: int, tmp: Path) -> tuple
             for group in optimizer.param_groups:
                 group["lr"] = poly_lr(cfg.train.lr, step, steps, cfg.train.poly_power, cfg.train.lr_floor)
             teacher_out = None
+            images, labels = model_inputs(batch, student.build_args["normalization"])
             if teacher is not None:
                 with torch.no_grad():
-                    teacher_out = teacher(batch["image"])
-            loss = sum(method(student(batch["image"]), teacher_out, batch["label"]).values())
+                    teacher_out = teacher(images)
+            loss = sum(method(student(images), teacher_out, labels).values())
             loss.backward()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)

@@ -164,11 +164,44 @@ def test_padding_is_zero_after_normalisation_the_mean_colour(norm):
         def load(self, index):
             return _rgb(20, 20), np.ones((20, 20), np.uint8), "x"
 
-    ds = Small(train=True, crop_size=(40, 40), scale_range=(0.5, 0.5), normalization=norm, flip=False)
-    item = ds[0]
-    pad = item["label"] == 255
+    from afdcd_bench.data.batches import model_inputs, one_batch
+
+    ds = Small(train=True, crop_size=(40, 40), scale_range=(0.5, 0.5), flip=False)
+    images, labels = model_inputs(one_batch(ds[0]), norm)
+    pad = labels[0] == 255
     assert pad.sum() == 40 * 40 - 10 * 10
-    assert torch.all(item["image"][:, pad] == 0) and item["image"][:, ~pad].abs().sum() > 0
+    assert torch.all(images[0][:, pad] == 0) and images[0][:, ~pad].abs().sum() > 0
+
+
+@pytest.mark.parametrize("norm", [None, {"mean": [104.00698793, 116.66876762, 122.67891434], "std": [1.0, 1.0, 1.0],
+                                          "bgr": True, "scale": 255.0}])
+def test_a_batch_normalised_at_once_equals_each_item_normalised_then_padded(norm):
+    """Items leave the loader as uint8; model_inputs normalises the batch where it is. Its numbers are
+    those of normalising each crop alone and zeroing its pad (the per-item pipeline it replaced),
+    bit for bit, flipped and padded crops included."""
+    from afdcd_bench.data.batches import model_inputs
+    from afdcd_bench.data.transforms import normalize
+
+    gen = np.random.default_rng(5)
+    image, label = gen.integers(0, 256, (37, 53, 3), dtype=np.uint8), gen.integers(0, 19, (37, 53), dtype=np.uint8)
+    crops = [train_augment(image, label, (48, 40), (0.4, 1.6), np.random.default_rng(seed), True, None) for seed in range(8)]
+    assert any(pad.any() for *_, pad in crops) and not all(pad.any() for *_, pad in crops)
+    batch = torch.utils.data.default_collate([
+        {"image": torch.from_numpy(img).permute(2, 0, 1).contiguous(), "label": torch.from_numpy(lab),
+         "valid": torch.tensor(_box(pad), dtype=torch.int32)} for img, lab, pad in crops])
+    images, labels = model_inputs(batch, norm)
+    for k, (img, lab, pad) in enumerate(crops):
+        want = normalize(img, norm)
+        want[:, torch.from_numpy(pad)] = 0.0
+        assert torch.equal(images[k], want) and torch.equal(labels[k], torch.from_numpy(lab).long())
+    assert images.dtype == torch.float32 and labels.dtype == torch.int64 and images.is_contiguous()
+    with pytest.raises(TypeError, match="uint8"):
+        model_inputs({**batch, "image": images}, norm)
+
+
+def _box(pad):
+    rows, cols = np.flatnonzero(~pad.all(1)), np.flatnonzero(~pad.all(0))
+    return rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
 
 
 @pytest.mark.parametrize("name", sorted(CASES))

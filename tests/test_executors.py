@@ -25,6 +25,8 @@ def test_parallel_2_writes_the_records_of_one_run_at_a_time_and_runs_side_by_sid
     mine = records(tmp_path / "b/res")
     same_runs(records(inprocess_chain / "res"), mine)
     assert {r["launch"]["executor"] for r in mine.values()} == {"local"}
+    # each of the two runs side by side was pinned to its half of the cores, and its loader counted on that
+    assert {r["loader"]["cores"] for r in mine.values()} == {max(1, len(os.sched_getaffinity(0)) // 2)}
     jobs = json.loads((tmp_path / "b/res/jobs.json").read_text())["runs"]
     # the baseline needs no teacher: it started while the teacher trained; KD only after the teacher ended
     teacher_end = datetime.datetime.fromisoformat(mine["demo__teacher__seed0.json"]["finished_at"])

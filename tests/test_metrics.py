@@ -111,7 +111,7 @@ class _Fixed(torch.nn.Module):
     def forward(self, x):
         from types import SimpleNamespace
 
-        p = self.preds[x[:, 0, 0, 0].long()]
+        p = self.preds[x[:, 0, 0, 0].round().long()]
         return SimpleNamespace(logits=torch.nn.functional.one_hot(p, self.k).permute(0, 3, 1, 2).float())
 
 
@@ -122,12 +122,13 @@ def _evaluate(pred, truth, k, **eval_options):
     from afdcd_bench.engine import evaluate
 
     pred, truth = pred.reshape(-1, *pred.shape[-2:]), truth.reshape(-1, *truth.shape[-2:])
-    images = torch.zeros(len(pred), 3, *pred.shape[-2:])
-    images[:, 0, 0, 0] = torch.arange(len(pred)).float()
+    images = torch.zeros(len(pred), 3, *pred.shape[-2:], dtype=torch.uint8)
+    images[:, 0, 0, 0] = torch.arange(len(pred))
     data = [{"image": images[i], "label": truth[i], "name": str(i)} for i in range(len(pred))]
+    index_as_is = {"mean": [0.0] * 3, "std": [1.0] * 3, "scale": 255.0}  # the input value of pixel (0, 0) is the image's index
     acc = Accelerator(dataloader_config=DataLoaderConfiguration(even_batches=False))
     loader = acc.prepare(torch.utils.data.DataLoader(data, batch_size=2))
-    return evaluate(_Fixed(pred, k), loader, k, acc, EvalConfig(**eval_options))
+    return evaluate(_Fixed(pred, k), loader, k, acc, EvalConfig(**eval_options), normalization=index_as_is)
 
 
 def test_evaluate_over_a_loader_equals_pixel_counting_over_the_whole_split():

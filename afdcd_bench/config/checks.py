@@ -52,7 +52,13 @@ def check_ranges(cfg: RecipeConfig) -> None:
         steps = (d.scale_range[1] - d.scale_range[0]) / d.scale_step
         if abs(steps - round(steps)) > 1e-6:
             raise ConfigError(f"data.scale_step {d.scale_step} does not divide data.scale_range {d.scale_range} into whole steps")
-    positive(d.num_workers, "data.num_workers", strict=False)
+    if d.num_workers != "auto":
+        if isinstance(d.num_workers, str):
+            raise ConfigError(f"data.num_workers must be a number of workers or auto, got {d.num_workers!r}")
+        positive(d.num_workers, "data.num_workers", strict=False)
+    for key in ("pin_memory", "persistent_workers"):
+        if getattr(d, key) not in (True, False, "auto"):
+            raise ConfigError(f"data.{key} must be true, false or auto, got {getattr(d, key)!r}")
     if d.cache not in ("auto", "off", "required"):
         raise ConfigError(f"data.cache must be one of auto, off, required, got {d.cache!r}")
     for key in ("iterations", "effective_batch", "val_interval", "checkpoint_interval", "log_interval"):

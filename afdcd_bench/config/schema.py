@@ -19,10 +19,12 @@ class DataConfig:
     # null draws uniformly from the range.
     scale_step: Optional[float] = None
     flip: bool = True  # random horizontal flip in training
-    num_workers: int = 0
-    # loader settings that change no number (with num_workers > 0 for the last two)
-    pin_memory: bool = False  # page-locked batches, for asynchronous copies to a GPU
-    persistent_workers: bool = False  # workers kept between epochs
+    # loader settings that change no number (engine/feeding.py). num_workers: per training process; auto:
+    # the cores the executor gave the process, less its own, on a GPU (none on a CPU, where the step
+    # itself uses them)
+    num_workers: Union[int, str] = "auto"
+    pin_memory: Union[bool, str] = "auto"  # page-locked batches for asynchronous copies; auto: on a GPU
+    persistent_workers: Union[bool, str] = "auto"  # workers kept between epochs; auto: the training loader's
     prefetch_factor: Optional[int] = None  # batches each worker loads ahead (torch's default: 2)
     # decoded pixels cached once (`afdcd-bench data cache`; afdcd_bench/data/cache.py): auto (read a valid
     # cache where there is one), off, required (refuse to start without one); cache_dir: where (default

@@ -34,7 +34,6 @@ def build_dataset(
     train: bool = False,
     crop_size: tuple[int, int] | None = None,
     scale_range: tuple[float, float] = (0.5, 2.0),
-    normalization: dict[str, Any] | None = None,
     seed: int = 0,
     flip: bool = True,
     scale_step: float | None = None,
@@ -43,7 +42,7 @@ def build_dataset(
 ) -> SegmentationDataset:
     """A split of a dataset. cache (auto | off | required): a benchmark's split is read through its
     decoded-pixel cache (data/cache.py) where a valid one exists; `required` refuses to go without."""
-    kwargs = dict(train=train, crop_size=crop_size, scale_range=scale_range, normalization=normalization, seed=seed, flip=flip,
+    kwargs = dict(train=train, crop_size=crop_size, scale_range=scale_range, seed=seed, flip=flip,
                   scale_step=scale_step)
     if name == "digits":
         return DigitsDataset(str(root) if root else None, split, **kwargs)  # generated arrays: nothing to decode

@@ -164,10 +164,10 @@ def build_cache(dataset: "FolderDataset", folder: Path, log: Callable[[str], Non
     need = int(bytes_needed(dataset) * len(todo) / max(1, len(sources)))
     free = shutil.disk_usage(folder).free
     log(f"{dataset.bench.name} {dataset.split}: {len(sources)} items, {len(fresh)} cached already, {len(todo)} to decode "
-        f"into {folder}: about {need / 2**30:.2f} GB, {free / 2**30:.2f} GB free there")
+        f"into {folder}: about {need / 1e9:.2f} GB, {free / 1e9:.2f} GB free there")
     if need > free:
-        raise CacheError(f"{dataset.bench.name} {dataset.split}: the cache needs about {need / 2**30:.2f} GB more at {folder}, "
-                         f"{free / 2**30:.2f} GB are free: free some space or give another --cache-dir")
+        raise CacheError(f"{dataset.bench.name} {dataset.split}: the cache needs about {need / 1e9:.2f} GB more at {folder}, "
+                         f"{free / 1e9:.2f} GB are free: free some space or give another --cache-dir")
     current: tuple[Path, Path] | None = None
     try:
         with open(progress, "w") as out:  # the entries still right, then each new one as it is finished
@@ -208,5 +208,5 @@ def build_cache(dataset: "FolderDataset", folder: Path, log: Callable[[str], Non
         raise
     progress.unlink()
     size = sum(p.stat().st_size for p in folder.glob("*.npy"))
-    log(f"{dataset.bench.name} {dataset.split}: cache complete at {folder} ({len(sources)} items, {size / 2**30:.2f} GB)")
+    log(f"{dataset.bench.name} {dataset.split}: cache complete at {folder} ({len(sources)} items, {size / 1e9:.2f} GB)")
     return folder

@@ -58,6 +58,81 @@ def _nearest_taps(out_index: np.ndarray, in_size: int, out_size: int) -> np.ndar
     return np.minimum(np.floor(out_index.astype(np.float32) * scale).astype(np.int64), in_size - 1)
 
 
+Box = tuple[int, int, int, int]  # rows y0:y1, columns x0:x1 of a crop that hold image (the rest is pad)
+
+
+def augment(
+    image: np.ndarray,
+    label: np.ndarray,
+    crop_size: tuple[int, int],
+    scale_range: tuple[float, float],
+    rng: np.random.Generator,
+    flip: bool = True,
+    scale_step: float | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, Box]:
+    """Random scale, pad (label ignore), random crop, horizontal flip, as released: the crop as a
+    uint8 3xHxW tensor, its uint8 label (pad: IGNORE_INDEX) and the box that holds image. The image's
+    pad is 0 here; the release normalises before padding, so a padded pixel is the mean colour,
+    which batches.model_inputs sets after normalising. flip=False for data whose classes are not
+    mirror-symmetric (digits).
+
+    Only the crop's pixels are resampled: the result is that of resizing the whole image (bilinear,
+    rounded to uint8; labels nearest) and cropping it, at a fraction of the cost (a 2x scale of a
+    Cityscapes frame would otherwise resample 8M pixels for a 0.5M-pixel crop). Each source row is
+    resampled along x once, however many output rows it feeds (an upscale shares most of them),
+    with the same float32 operations in the same order, so the pixels do not depend on that.
+    """
+    h, w = label.shape
+    s = draw_scale(rng, scale_range, scale_step)
+    nh, nw = max(1, int(round(h * s))), max(1, int(round(w * s)))
+    ch, cw = crop_size
+    y = int(rng.integers(0, max(nh, ch) - ch + 1))
+    x = int(rng.integers(0, max(nw, cw) - cw + 1))
+    flipped = rng.random() < 0.5 and flip
+    vh, vw = min(ch, nh - y), min(cw, nw - x)  # the part of the crop inside the scaled image
+    rows, cols = np.arange(y, y + vh), np.arange(x, x + vw)
+    if flipped:  # the columns taken right to left: the flip costs no pass of its own
+        cols = cols[::-1].copy()
+    box = (0, vh, cw - vw, cw) if flipped else (0, vh, 0, vw)
+    out_image = torch.zeros((3, ch, cw), dtype=torch.uint8)
+    out_label = torch.full((ch, cw), IGNORE_INDEX, dtype=torch.uint8)
+    out_image[:, :vh, box[2]:box[3]] = _bilinear(image, _linear_taps(rows, h, nh), _linear_taps(cols, w, nw)).permute(2, 0, 1)
+    near = np.take(np.take(label, _nearest_taps(rows, h, nh), axis=0), _nearest_taps(cols, w, nw), axis=1)
+    out_label[:vh, box[2]:box[3]] = torch.from_numpy(near)
+    return out_image, out_label, box
+
+
+def _rows(array: np.ndarray, index: torch.Tensor) -> torch.Tensor:
+    """array[index] as a tensor of its own (the source may be a read-only memory map)."""
+    return torch.from_numpy(np.take(array, index.numpy(), axis=0))
+
+
+def _bilinear(image: np.ndarray, row_taps: tuple, col_taps: tuple) -> torch.Tensor:
+    """The crop's pixels, rows x cols x 3 uint8: along x then along y, each as a*(1-w) + b*w in
+    float32, rounded (the values lie in [0, 255], so no clamp is needed; numpy's conversion of the
+    whole numbers to uint8 is the faster one)."""
+    r0, r1, wr = row_taps
+    c0, c1, wc = col_taps
+    wc_t = torch.from_numpy(wc)[:, None].expand(-1, 3)  # made contiguous: the product runs along memory
+    left, right = (1 - wc_t).contiguous(), wc_t.contiguous()
+    c0_t, c1_t = torch.from_numpy(c0), torch.from_numpy(c1)
+
+    def along_x(source_rows: np.ndarray) -> torch.Tensor:
+        slab = _rows(image, torch.from_numpy(source_rows))  # rows x W x 3
+        out = slab.index_select(1, c0_t).float().mul_(left)
+        return out.add_(slab.index_select(1, c1_t).float().mul_(right))
+
+    sources, where = np.unique(np.concatenate([r0, r1]), return_inverse=True)
+    if len(sources) < len(r0) + len(r1):  # output rows share source rows (all but a halving): each resampled once
+        shared, where = along_x(sources), torch.from_numpy(where.reshape(-1))
+        upper, lower = shared.index_select(0, where[: len(r0)]), shared.index_select(0, where[len(r0):])
+    else:
+        upper, lower = along_x(r0), along_x(r1)
+    wr_t = torch.from_numpy(wr)[:, None, None]
+    out = upper.mul_(1 - wr_t).add_(lower.mul_(wr_t))
+    return torch.from_numpy(out.round_().numpy().astype(np.uint8))
+
+
 def train_augment(
     image: np.ndarray,
     label: np.ndarray,
@@ -67,39 +142,8 @@ def train_augment(
     flip: bool = True,
     scale_step: float | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Random scale, pad (label ignore), random crop, horizontal flip, as released.
-
-    Returns the image, the label and the pad mask (True where padded): the release normalises
-    before padding, so the pad is 0 in normalised space (the mean colour), which the caller sets
-    after normalising (SegmentationDataset), whatever the normalisation. The image's own pad value
-    here is only a placeholder. flip=False for data whose classes are not mirror-symmetric (digits).
-
-    Only the crop's pixels are resampled: the result is that of resizing the whole image (bilinear,
-    rounded to uint8; labels nearest) and cropping it, at a fraction of the cost (a 2x scale of a
-    Cityscapes frame would otherwise resample 8M pixels for a 0.5M-pixel crop).
-    """
-    h, w = label.shape
-    s = draw_scale(rng, scale_range, scale_step)
-    nh, nw = max(1, int(round(h * s))), max(1, int(round(w * s)))
-    ch, cw = crop_size
-    y = int(rng.integers(0, max(nh, ch) - ch + 1))
-    x = int(rng.integers(0, max(nw, cw) - cw + 1))
-    vh, vw = min(ch, nh - y), min(cw, nw - x)  # the part of the crop inside the scaled image
-    rows, cols = np.arange(y, y + vh), np.arange(x, x + vw)
-    r0, r1, wr = _linear_taps(rows, h, nh)
-    c0, c1, wc = _linear_taps(cols, w, nw)
-    top, bottom = image[r0], image[r1]  # (vh, W, 3) uint8 copies: the source may be read-only
-    tap = lambda rows, c: torch.from_numpy(rows[:, c]).float()  # noqa: E731
-    wc_t, wr_t = torch.from_numpy(wc)[None, :, None], torch.from_numpy(wr)[:, None, None]
-    upper = tap(top, c0) * (1 - wc_t) + tap(top, c1) * wc_t
-    lower = tap(bottom, c0) * (1 - wc_t) + tap(bottom, c1) * wc_t
-    inside = (upper * (1 - wr_t) + lower * wr_t).round_().clamp_(0, 255).to(torch.uint8).numpy()
-    out_image = np.zeros((ch, cw, 3), dtype=np.uint8)
-    out_label = np.full((ch, cw), IGNORE_INDEX, dtype=np.uint8)
-    pad = np.ones((ch, cw), dtype=bool)
-    out_image[:vh, :vw] = inside
-    out_label[:vh, :vw] = label[np.ix_(_nearest_taps(rows, h, nh), _nearest_taps(cols, w, nw))]
-    pad[:vh, :vw] = False
-    if rng.random() < 0.5 and flip:
-        out_image, out_label, pad = out_image[:, ::-1], out_label[:, ::-1], pad[:, ::-1]
-    return np.ascontiguousarray(out_image), np.ascontiguousarray(out_label), np.ascontiguousarray(pad)
+    """`augment` as HxWx3 / HxW arrays and a pad mask (True where padded), for inspection and tests."""
+    img, lab, (y0, y1, x0, x1) = augment(image, label, crop_size, scale_range, rng, flip, scale_step)
+    pad = np.ones(tuple(crop_size), dtype=bool)
+    pad[y0:y1, x0:x1] = False
+    return img.permute(1, 2, 0).contiguous().numpy(), lab.numpy(), pad

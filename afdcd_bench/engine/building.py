@@ -6,7 +6,6 @@ a rerun, a resume and a run under another executor build the same weights (docs/
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -21,6 +20,7 @@ from ..data import build_dataset, resolve_root
 from ..losses import IGNORE_INDEX
 from ..methods import BuildContext, Method, OwnPart, OwnPartsState, RunStates, build_method, needs_teacher
 from ..models import Segmentor, build_segmentor, load_segmentor
+from .feeding import loader_options, loader_workers
 from .full_weights import FullWeights
 from .pretrain import DIGITS, digits_pretrained
 from .provenance import check_finite_weights
@@ -150,49 +150,32 @@ def build_optimizer(params: list[nn.Parameter], tc: Any) -> torch.optim.Optimize
     raise ValueError(f"train.optimizer must be sgd or adamw, not {tc.optimizer!r}")
 
 
-def loader_workers(requested: int) -> int:
-    """data.num_workers, capped at the CPUs this process may use (more only oversubscribe)."""
-    try:
-        cpus = len(os.sched_getaffinity(0))
-    except AttributeError:
-        cpus = os.cpu_count() or 1
-    return min(requested, cpus)
-
-
-def loader_options(dc: Any, workers: int) -> dict[str, Any]:
-    """The recipe's loader settings that DataLoader accepts with this many workers."""
-    out: dict[str, Any] = {"pin_memory": dc.pin_memory and torch.cuda.is_available()}
-    if workers > 0:
-        out["persistent_workers"] = dc.persistent_workers
-        if dc.prefetch_factor is not None:
-            out["prefetch_factor"] = dc.prefetch_factor
-    return out
-
-
-def training_data(cfg: RecipeConfig, normalization: Any, per_device: int, processes: int) -> tuple[Any, DataLoader]:
-    """The augmented training set and its loader (shuffled by the seed; each epoch reseeded by the loop)."""
+def training_data(cfg: RecipeConfig, per_device: int, processes: int, on_gpu: bool) -> tuple[Any, DataLoader]:
+    """The augmented training set and its loader (shuffled by the seed; each epoch reseeded by the loop),
+    its workers and options from the cores this process was given (engine/feeding.py)."""
     dc = cfg.data
     dataset = build_dataset(dc.name, resolve_root(dc.name, dc.root), "train", train=True, crop_size=tuple(dc.crop_size),
-                            scale_range=tuple(dc.scale_range), normalization=normalization, seed=cfg.train.seed,
+                            scale_range=tuple(dc.scale_range), seed=cfg.train.seed,
                             flip=dc.flip, scale_step=dc.scale_step, cache=dc.cache, cache_dir=dc.cache_dir)
     if len(dataset) < per_device * processes:
         raise ValueError(f"training set has {len(dataset)} images, fewer than one global micro-batch")
-    workers = loader_workers(dc.num_workers)
+    workers = loader_workers(dc.num_workers, on_gpu)
     loader = DataLoader(dataset, batch_size=per_device, shuffle=True, drop_last=True, num_workers=workers,
-                        generator=torch.Generator().manual_seed(cfg.train.seed), **loader_options(dc, workers))
+                        generator=torch.Generator().manual_seed(cfg.train.seed), **loader_options(dc, workers, on_gpu))
     return dataset, loader
 
 
-def evaluation_loaders(cfg: RecipeConfig, normalization: Any) -> tuple[DataLoader, DataLoader | None]:
+def evaluation_loaders(cfg: RecipeConfig, on_gpu: bool) -> tuple[DataLoader, DataLoader | None]:
     """The validation loader, and the test split's where the recipe reports on one (selected on val,
-    reported on test: docs/method.md, "Evaluation")."""
+    reported on test: docs/method.md, "Evaluation"). Their workers are kept between passes only where
+    the recipe says so: by default only the training loader's stay (one set of workers per process)."""
     dc = cfg.data
     root = resolve_root(dc.name, dc.root)
-    workers = loader_workers(dc.num_workers)
-    extra = loader_options(dc, workers)
+    workers = loader_workers(dc.num_workers, on_gpu)
+    extra = loader_options(dc, workers, on_gpu, persistent_by_default=False)
 
     def loader(split: str) -> DataLoader:
-        dataset = build_dataset(dc.name, root, split, normalization=normalization, cache=dc.cache, cache_dir=dc.cache_dir)
+        dataset = build_dataset(dc.name, root, split, cache=dc.cache, cache_dir=dc.cache_dir)
         # a generator of its own: without one, each pass's iterator draws its seed from the global RNG,
         # which dropout and the distillers' masks draw from next, so validating more often would change
         # the trained weights (docs/runs.md, "The training code")
@@ -281,9 +264,9 @@ def build_student_run(cfg: RecipeConfig, accelerator: Accelerator, per_device: i
     compiled = compile_parts(tc.compile, student, teacher, method)
     model = DistillStep(student, method)
 
-    norm = student.build_args["normalization"]
-    train_set, train_loader = training_data(cfg, norm, per_device, accelerator.num_processes)
-    val_loader, test_loader = evaluation_loaders(cfg, norm)
+    on_gpu = accelerator.device.type == "cuda"
+    train_set, train_loader = training_data(cfg, per_device, accelerator.num_processes, on_gpu)
+    val_loader, test_loader = evaluation_loaders(cfg, on_gpu)
     optimizer = build_optimizer([p for p in model.parameters() if p.requires_grad], tc)
     global_clip = disable_global_clip(accelerator)
     clip_params = method.clip_parameters()  # the same Parameter objects after prepare (wrapped, not copied)

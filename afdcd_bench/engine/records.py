@@ -17,6 +17,7 @@ import torch
 
 from ..config import RecipeConfig, config_hash, to_dict
 from ..files import atomic_write
+from .feeding import loader_facts
 
 PACKAGES = ("torch", "torchvision", "timm", "accelerate", "deepspeed", "datasets", "afdcd-bench")
 
@@ -99,6 +100,7 @@ def run_facts(cfg: RecipeConfig, accelerator: Any, per_device: int, accum: int, 
         "eval_seconds": progress.get("eval_seconds", 0.0),  # its validations (and test scores)
         "images_per_second": images / progress["train_seconds"] if progress["train_seconds"] else None,
         **data_wait(progress),
+        "loader": loader_facts(cfg.data, accelerator.device.type == "cuda"),  # the workers that fed it (engine/feeding.py)
         "peak_memory_mb": peak_memory_mb(accelerator.device),
     }
 

@@ -16,6 +16,7 @@ from safetensors.torch import save_file
 
 from ..config import RecipeConfig, project_root
 from ..config.runs import recorded_path
+from ..data.batches import model_inputs
 from ..files import atomic_write
 from ..methods import METHODS
 from .building import build_context, build_optimizer, load_teacher, speed_layout, training_data
@@ -47,7 +48,7 @@ def train_stage(cfg: RecipeConfig, accelerator: Accelerator, run_dir: Path, stat
     teacher_mode = getattr(stage.options, "teacher_mode", "eval")
     teacher = teacher.to(accelerator.device).requires_grad_(False).train(teacher_mode == "train")
 
-    train_ds, loader = training_data(cfg, teacher.build_args["normalization"], per_device, accelerator.num_processes)
+    train_ds, loader = training_data(cfg, per_device, accelerator.num_processes, accelerator.device.type == "cuda")
     speed_layout(tc, teacher, stage)
     optimizer = build_optimizer([p for p in stage.parameters() if p.requires_grad], tc)
     wrapped, optimizer, loader = accelerator.prepare(stage, optimizer, loader)
@@ -56,8 +57,9 @@ def train_stage(cfg: RecipeConfig, accelerator: Accelerator, run_dir: Path, stat
                                                    {"step": 0, "train_seconds": 0.0, "wall_seconds": 0.0, "history": []})
 
     def forward(batch: dict[str, Any]) -> dict[str, Any]:
-        teacher_out = teacher_forward(teacher, input_layout(batch["image"], tc), tc, accelerator.autocast)
-        return wrapped(None, teacher_out, batch["label"])
+        images, labels = model_inputs(batch, teacher.build_args["normalization"])
+        teacher_out = teacher_forward(teacher, input_layout(images, tc), tc, accelerator.autocast)
+        return wrapped(None, teacher_out, labels)
 
     def at_log(step: int, terms: dict[str, float]) -> None:
         progress_state["history"].append({"step": step, **terms})

@@ -13,11 +13,13 @@ from accelerate.utils import set_seed
 
 from ..config import RecipeConfig, budget_slug, project_root, run_dir as run_folder, settings, to_dict
 from ..config.runs import recorded_path
+from ..data.batches import model_inputs
 from ..methods import stage_of
 from ..models import save_segmentor
-from .building import StudentRun, build_student_run, compile_counts, loader_workers
+from .building import StudentRun, build_student_run, compile_counts
 from .checkpointing import resume_or_start
 from .evaluate import evaluate
+from .feeding import loader_facts
 from .finished import close_run, stored_record
 from .identity import file_sha256, identity, input_files, input_paths, launch
 from .launching import LaunchMismatch, flat_hparams, make_accelerator, prepare_run_folder, split_batch, trackers_of
@@ -76,9 +78,10 @@ def _train(cfg: RecipeConfig, accelerator: Accelerator, run_dir: Path, state: Pa
     progress_state.setdefault("test_history", [])
 
     def forward(batch: dict[str, Any]) -> dict[str, Any]:
-        images = input_layout(batch["image"], tc)
+        images, labels = model_inputs(batch, run.student.build_args["normalization"])
+        images = input_layout(images, tc)
         teacher_out = teacher_forward(run.teacher, images, tc, accelerator.autocast) if run.teacher is not None else None
-        return run.model(images, batch["label"], teacher_out)
+        return run.model(images, labels, teacher_out)
 
     with StepLoop(cfg.name, tc, accelerator, run_dir, progress_state, hooks, show_progress) as loop:
         _announce(loop, cfg, run_dir, aside, state, progress_state["step"], run.train_set.cache_note)
@@ -131,9 +134,11 @@ def _announce(loop: StepLoop, cfg: RecipeConfig, run_dir: Path, aside: Path | No
         loop.log(data_note)
     if aside is not None:
         loop.log(f"--no-resume: the earlier run in {run_dir} was moved to {aside}")
-    workers = loader_workers(cfg.data.num_workers)
-    if workers < cfg.data.num_workers:
-        loop.log(f"data.num_workers={cfg.data.num_workers} but this process may use {workers} CPU(s): using {workers} loader workers")
+    feed = loader_facts(cfg.data, loop.accelerator.device.type == "cuda")
+    asked = cfg.data.num_workers
+    loop.log(f"loader: {feed['workers']} worker(s) per process (data.num_workers={asked}; {feed['cores']} core(s) for this "
+             f"process{', fewer than asked' if asked != 'auto' and feed['workers'] < asked else ''}), pinned memory "
+             f"{'on' if feed['pin_memory'] else 'off'}{', workers kept between epochs' if feed.get('persistent_workers') else ''}")
     if state is not None:
         loop.log(f"resumed {cfg.name} from {state} at step {step}")
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from ..engine.feeding import CPUS_ENV
 from ..engine.stopping import EXIT_PREEMPTED, end_with_parent
 from ..files import atomic_write
 from .plan import PlannedRun
@@ -100,6 +101,25 @@ class InProcessExecutor:
         pass
 
 
+def share_cores(slots: int) -> list[list[int]]:
+    """The cores this process may use, split into `slots` equal runs of neighbours (the remainder
+    unused), so parallel runs do not take each other's; none pinned where there are fewer cores than slots."""
+    try:
+        cores = sorted(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux: no pinning
+        return [[] for _ in range(slots)]
+    each = len(cores) // max(1, slots)
+    return [cores[i * each:(i + 1) * each] for i in range(slots)] if each else [[] for _ in range(slots)]
+
+
+def _start_run(cores: list[int]) -> None:
+    """In the run's launcher before it starts: dies with reproduce, and runs on the slot's cores (its
+    processes and their loader workers inherit them)."""
+    end_with_parent(signal.SIGKILL)
+    if cores:
+        os.sched_setaffinity(0, cores)
+
+
 class LocalExecutor:
     """Runs as separate process groups on this node: each GPU slice (`CUDA_VISIBLE_DEVICES`) or CPU
     share (`OMP_NUM_THREADS`) holds one run at a time."""
@@ -117,6 +137,7 @@ class LocalExecutor:
             self.slots = [gpus[i:i + gpus_per_run] for i in range(0, len(gpus) - gpus_per_run + 1, gpus_per_run)]
         else:
             self.slots = [[] for _ in range(max(1, parallel))]
+        self.cores = share_cores(len(self.slots))
         self.busy: dict[int, Handle] = {}
 
     def capacity(self) -> int:
@@ -125,6 +146,9 @@ class LocalExecutor:
     def submit(self, run: PlannedRun, needs: list[Handle]) -> Handle:
         slot = next(i for i in range(len(self.slots)) if i not in self.busy)
         env = {**os.environ, "AFDCD_EXECUTOR": self.name, "PYTHONUNBUFFERED": "1"}
+        cores = self.cores[slot]
+        if cores:  # its loader workers count on these (engine/feeding.py)
+            env[CPUS_ENV] = str(len(cores))
         if self.slots[slot]:
             env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, self.slots[slot]))
         else:
@@ -142,7 +166,7 @@ class LocalExecutor:
             # the launcher dies at once with reproduce, even a SIGKILLed one (it holds no state); the
             # training below it gets SIGTERM then (its own parent-death signal: afdcd_bench/cli.py) and saves
             proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True,
-                                    preexec_fn=functools.partial(end_with_parent, signal.SIGKILL))
+                                    preexec_fn=functools.partial(_start_run, cores))
         handle = Handle(run.key, log=str(log), state=RUNNING, process=proc)
         handle.detail = shlex.join(cmd)
         self.busy[slot] = handle

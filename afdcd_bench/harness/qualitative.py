@@ -15,12 +15,12 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-import torch  # noqa: E402
 
 from ..config import project_root  # noqa: E402
 from ..config.runs import resolve_recorded  # noqa: E402
 from ..config.schema import EvalConfig, from_dict  # noqa: E402
 from ..data import build_dataset, resolve_root  # noqa: E402
+from ..data.batches import model_inputs, one_batch  # noqa: E402
 from ..engine.identity import file_sha256  # noqa: E402
 from ..engine.provenance import CheckpointMismatch  # noqa: E402
 from ..engine.inference import predict  # noqa: E402
@@ -34,16 +34,6 @@ def pick_indices(length: int, count: int) -> list[int]:
 
 def _colour(label: np.ndarray, pal: np.ndarray) -> np.ndarray:
     return pal[label.astype(np.uint8)]
-
-
-def _display(image: torch.Tensor, norm: dict[str, Any]) -> np.ndarray:
-    """Undo the model's input normalisation for display (RGB, 0-255)."""
-    mean = torch.tensor(norm["mean"]).view(3, 1, 1)
-    std = torch.tensor(norm["std"]).view(3, 1, 1)
-    x = (image * std + mean) / float(norm.get("scale", 1.0))
-    if norm.get("bgr"):
-        x = x.flip(0)
-    return (x.clamp(0, 1) * 255).byte().permute(1, 2, 0).numpy()
 
 
 def class_key(bench: str, classes: list[int], pal: np.ndarray) -> list[Any]:
@@ -92,9 +82,8 @@ def plot_qualitative(bench: str, student: str, by_method: dict[str, list[dict[st
     unverified = check_checkpoints(chosen, checkpoints)
     cfg = next(iter(chosen.values()))["config"]
     models = {m: load_segmentor(c).eval() for m, c in checkpoints.items()}
-    norm = next(iter(models.values())).build_args["normalization"]
     data = cfg["data"]
-    ds = build_dataset(data["name"], resolve_root(data["name"], data.get("root")), data.get("val_split", "val"), normalization=norm)
+    ds = build_dataset(data["name"], resolve_root(data["name"], data.get("root")), data.get("val_split", "val"))
     eval_cfg = from_dict(EvalConfig, cfg.get("eval", {}))
     pal = palette(bench).copy()
     pal[255] = (255, 255, 255)  # ignored pixels white: class 0 is black in most palettes
@@ -106,9 +95,10 @@ def plot_qualitative(bench: str, student: str, by_method: dict[str, list[dict[st
         item = ds[i]
         label = item["label"].numpy()
         shown.update(int(c) for c in np.unique(label) if c != 255)
-        panels = [("image", _display(item["image"], norm)), ("ground truth", _colour(label, pal))]
+        panels = [("image", item["image"].permute(1, 2, 0).numpy()), ("ground truth", _colour(label, pal))]
         for m, model in models.items():
-            pred = predict(model, item["image"][None], eval_cfg).argmax(1)[0].numpy()
+            images, _ = model_inputs(one_batch(item), model.build_args["normalization"])
+            pred = predict(model, images, eval_cfg).argmax(1)[0].numpy()
             shown.update(int(c) for c in np.unique(pred))
             mark = " [unverified]" if m in unverified else ""
             panels.append((f"{m} (seed {chosen[m]['seed']}){mark}", _colour(pred, pal)))

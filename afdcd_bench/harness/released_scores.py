@@ -60,7 +60,8 @@ def score_released(benchmark: str, results_dir: Path, data_root: str | None = No
         if model.num_classes != cfg.num_classes:
             raise ValueError(f"{path} predicts {model.num_classes} classes, {recipe} has {cfg.num_classes}")
         split = cfg.data.test_split or cfg.data.val_split  # the split the published numbers report
-        ds = build_dataset(cfg.data.name, resolve_root(cfg.data.name, cfg.data.root), split, normalization=model.build_args["normalization"])
+        ds = build_dataset(cfg.data.name, resolve_root(cfg.data.name, cfg.data.root), split, cache=cfg.data.cache,
+                           cache_dir=cfg.data.cache_dir)
         net, loader = accelerator.prepare(model, DataLoader(ds, batch_size=cfg.eval.batch_size))
         scores = evaluate(net, loader, cfg.num_classes, accelerator, cfg.eval)
         record = {"kind": KIND, "key": entry.key, "benchmark": cfg.benchmark, "recipe": recipe,
