@@ -21,13 +21,19 @@ def test_bench_data_runs_on_a_small_generated_tree(tmp_path):
     import json
 
     out = tmp_path / "data.json"
-    res = subprocess.run([sys.executable, str(ROOT / "benchmarks/bench_data.py"), "--images", "6", "--size", "64", "128",
-                          "--crop", "32", "64", "--stage-items", "2", "--repeats", "1", "--workers", "0", "--batch", "2",
-                          "--json", str(out)], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    res = subprocess.run([sys.executable, str(ROOT / "benchmarks/bench_data.py"), "--frames", "4", "--voc-images", "4", "--size", "64",
+                          "128", "--epochs", "2", "--repeats", "1", "--workers", "0", "--batch", "2", "--json", str(out)],
+                         capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert res.returncode == 0, res.stderr[-3000:]
     result = json.loads(out.read_text())
-    assert set(result["stages_ms"]) == {"decode", "decode_and_pillow_resize", "augment", "normalize", "item"}
-    assert result["loader_images_per_second"]["0"] > 0
+    for name in ("cityscapes", "voc"):
+        bench = result["benchmarks"][name]
+        assert set(bench["ms"]) == {"decode_image", "load_pair", "uncached_item", "cached_item"}
+        assert bench["draws"] == 8 and bench["loader_images_per_second"]["0"] > 0
+        assert bench["cache_bytes_per_item"] > (4 * 64 * 128 if name == "cityscapes" else 4 * 375 * 500)
+    baseline = next(v for k, v in result["cores_needed"].items() if k.startswith("cityscapes/deeplabv3_resnet18/baseline "))
+    assert baseline["images_per_second"] > 200 and baseline["cached"] >= 1
+    assert "target: cached Cityscapes item / decoding its PNG alone" in res.stdout
 
 
 def test_bench_step_runs_at_a_tiny_shape(tmp_path):
