@@ -19,7 +19,8 @@ ALIASES: dict[str, tuple[str, dict[str, Any]]] = {
 }
 
 # Backbones the recipes use; any other timm name with features_only support also works.
-KNOWN = ("resnet18", "resnet101", "mobilenetv2_100", "resnet18_deepstem", "resnet101_deepstem")
+KNOWN = ("resnet18", "resnet101", "mobilenetv2_100", "resnet18_deepstem", "resnet101_deepstem", "mobilenetv3_small_100",
+         "mobilenetv3_large_100", "mobilevit_xxs")
 
 
 class PretrainedWeightsError(RuntimeError):
@@ -37,9 +38,10 @@ def resolve(name: str) -> tuple[str, dict[str, Any]]:
     return name, {}
 
 
-def create_backbone(name: str, pretrained: bool | str = False, output_stride: int = 8) -> nn.Module:
+def create_backbone(name: str, pretrained: bool | str = False, output_stride: int = 8,
+                    out_indices: tuple[int, ...] = (3, 4)) -> nn.Module:
     """features_only timm model at output stride 8 returning [C3, C4] (32: undilated, the same
-    weights, as classification pretraining runs them).
+    weights, as classification pretraining runs them); out_indices (1, 2, 3, 4): C1..C4.
 
     pretrained: False (random), True (timm's own weights by name; needs a network), or the
     path of a local weights file: timm's layout (.safetensors or .pth, classifier optional) or
@@ -47,7 +49,7 @@ def create_backbone(name: str, pretrained: bool | str = False, output_stride: in
     tensor: timm itself loads a features_only model non-strictly and would accept a wrong file.
     """
     timm_name, kwargs = resolve(name)
-    common = dict(features_only=True, output_stride=output_stride, out_indices=(3, 4), **kwargs)
+    common = dict(features_only=True, output_stride=output_stride, out_indices=tuple(out_indices), **kwargs)
     if pretrained is False or pretrained is None:
         return timm.create_model(timm_name, pretrained=False, **common)
     if isinstance(pretrained, (str, os.PathLike)) and not isinstance(pretrained, bool):

@@ -108,11 +108,57 @@ class FCNHead(nn.Module):
         return self.block(x)
 
 
+class UPerNetHead(nn.Module):
+    """UPerNet as CIRKDv2 releases it (models/upernet.py at dab64db): a pyramid pooling module on C4
+    (each pooled map upsampled, then 1x1 to 512 + BN + ReLU; concatenated with C4; 3x3 to `width`),
+    an FPN over C1..C3 (1x1 laterals + BN + ReLU, top-down sums, 3x3 + BN + ReLU outputs), the four
+    levels upsampled to C1's size and fused by a 3x3 stride-2 conv + BN + ReLU (the head feature,
+    no dropout) before the 1x1 classifier: logits at 1/8 from C1 at 1/4. width 128 is the release's
+    `upernet_lite` (the CIRKDv2 student), 512 its `upernet`. Upsampling here is align_corners=False."""
+
+    POOLED = 512  # the pooling branches' width, whatever `width`
+
+    def __init__(self, channels: list[int], num_classes: int, width: int, bins: tuple[int, ...] = (1, 2, 3, 6)):
+        super().__init__()
+        *lower, top = channels
+        self.bins = bins
+        self.ppm_conv = nn.ModuleList([conv_bn_relu(top, self.POOLED) for _ in bins])
+        self.ppm_last_conv = conv_bn_relu(top + len(bins) * self.POOLED, width, 3)
+        self.fpn_in = nn.ModuleList([conv_bn_relu(c, width) for c in lower])
+        self.fpn_out = nn.ModuleList([nn.Sequential(conv_bn_relu(width, width, 3)) for _ in lower])
+        fuse = conv_bn_relu(len(channels) * width, width, 3)
+        fuse[0].stride = (2, 2)
+        self.conv_last = nn.Sequential(fuse, nn.Conv2d(width, num_classes, 1))
+
+    def forward(self, features: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logits, the fused feature before the classifier)."""
+        top = features[-1]
+        size = tuple(top.shape[-2:])
+        pooled = [conv(_resize_free(F.adaptive_avg_pool2d(top, b), size)) for b, conv in zip(self.bins, self.ppm_conv)]
+        f = self.ppm_last_conv(torch.cat([top, *pooled], dim=1))
+        levels = [f]
+        for i in reversed(range(len(features) - 1)):
+            lateral = self.fpn_in[i](features[i])
+            f = lateral + _resize_free(f, tuple(lateral.shape[-2:]))
+            levels.append(self.fpn_out[i](f))
+        levels.reverse()
+        size = tuple(levels[0].shape[-2:])
+        fused = torch.cat([levels[0], *(_resize_free(x, size) for x in levels[1:])], dim=1)
+        feature = self.conv_last[0](fused)
+        return self.conv_last[1](feature), feature
+
+
+def _resize_free(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+
+
 HEADS = {"deeplabv3": DeepLabV3Head, "pspnet": PSPHead}
+MULTI_LEVEL_HEADS = {"upernet": UPerNetHead}  # heads that read every stage C1..C4
 
 
 def default_head_width(arch: str, channels: int) -> int:
-    """Released widths: DeepLabV3 256 on 2048 ch, PSPNet 512 on 2048 ch; 128 for narrow backbones."""
-    if channels >= 2048:
+    """Released widths: DeepLabV3 256 on 2048 ch, PSPNet 512 on 2048 ch; 128 for narrow backbones
+    (and UPerNet's lite variant, CIRKDv2's student)."""
+    if channels >= 2048 and arch in HEADS:
         return 256 if arch == "deeplabv3" else 512
     return 128

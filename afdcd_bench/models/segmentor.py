@@ -1,4 +1,5 @@
-"""Segmentation networks by name: a timm backbone (OS 8) + DeepLabV3/PSPNet head + aux head."""
+"""Segmentation networks by name: a timm backbone (OS 8) + DeepLabV3/PSPNet/UPerNet head + aux head,
+or SegFormer (models/segformer.py)."""
 from __future__ import annotations
 
 from typing import Any, NamedTuple
@@ -7,7 +8,7 @@ import torch
 import torch.nn as nn
 
 from .backbones import create_backbone, weights_normalization
-from .heads import HEADS, FCNHead, default_head_width
+from .heads import HEADS, MULTI_LEVEL_HEADS, FCNHead, default_head_width
 
 
 class SegmentorOutput(NamedTuple):
@@ -35,16 +36,18 @@ class Segmentor(nn.Module):
         normalization: dict[str, Any] | None = None,
     ):
         super().__init__()
-        if arch not in HEADS:
-            raise ValueError(f"unknown arch {arch!r}; expected one of {sorted(HEADS)}")
+        if arch not in HEADS and arch not in MULTI_LEVEL_HEADS:
+            raise ValueError(f"unknown arch {arch!r}; expected one of {sorted([*HEADS, *MULTI_LEVEL_HEADS, 'segformer'])}")
         if int(num_classes) < 1:
             raise ValueError(f"num_classes must be >= 1, got {num_classes}")
-        self.backbone = create_backbone(backbone, pretrained)
-        c3, c4 = self.backbone.feature_info.channels()
+        self.multi_level = arch in MULTI_LEVEL_HEADS
+        self.backbone = create_backbone(backbone, pretrained, out_indices=(1, 2, 3, 4) if self.multi_level else (3, 4))
+        channels = self.backbone.feature_info.channels()
+        c3, c4 = channels[-2:]
         if aux is None:
             aux = backbone.startswith("resnet")
         width = head_width or default_head_width(arch, c4)
-        self.head = HEADS[arch](c4, num_classes, width)
+        self.head = MULTI_LEVEL_HEADS[arch](channels, num_classes, width) if self.multi_level else HEADS[arch](c4, num_classes, width)
         self.auxlayer = FCNHead(c3, num_classes) if aux else None
         self.output_channels: dict[str, int | None] = {
             "logits": int(num_classes), "aux_logits": int(num_classes) if aux else None, "features": c4, "c3": c3,
@@ -62,9 +65,10 @@ class Segmentor(nn.Module):
         }
 
     def forward(self, x: torch.Tensor) -> SegmentorOutput:
-        c3, c4 = self.backbone(x)
+        stages = self.backbone(x)
+        c3, c4 = stages[-2:]
         aux = self.auxlayer(c3) if self.auxlayer is not None else None
-        logits, head = self.head(c4)
+        logits, head = self.head(stages if self.multi_level else c4)
         return SegmentorOutput(logits, aux, c4, c3, head)
 
 
@@ -76,6 +80,15 @@ def build_segmentor(
     aux: bool | None = None,
     head_width: int | None = None,
     normalization: dict[str, Any] | None = None,
-) -> Segmentor:
-    """aux=None: an FCN aux head on C3 for ResNets, none for other backbones (MobileNetV2)."""
+) -> nn.Module:
+    """aux=None: an FCN aux head on C3 for ResNets, none for other backbones (MobileNetV2).
+    arch "segformer": a MiT encoder (backbone mit_b0..mit_b5) and its all-MLP decoder (models/segformer.py)."""
+    if arch == "segformer":
+        from .segformer import MIT, SegFormer
+
+        if aux:
+            raise ValueError("segformer has no aux head (aux must be false)")
+        if head_width is not None and backbone in MIT and head_width != MIT[backbone][2]:
+            raise ValueError(f"segformer-{backbone}: the decoder is {MIT[backbone][2]} wide, not {head_width}")
+        return SegFormer(backbone, num_classes, pretrained, normalization)
     return Segmentor(arch, backbone, num_classes, pretrained, aux, head_width, normalization)
