@@ -19,6 +19,8 @@ import torch
 
 from .backbones import CAFFE_NORMALIZATION, create_backbone
 from .checkpoint import save_segmentor, save_state_dict
+from .released_mit import IMAGENET_HEAD, decoder_names, encoder_names, infer_mit, is_nvlabs_mit
+from .segformer import MIT_NORMALIZATION, SegFormer
 from .segmentor import build_segmentor
 from .weights import CLASSIFIER_PREFIXES, WeightsMismatch, fit_state_dict, is_bn_counter, read_state_dict, sha256_file
 
@@ -103,6 +105,8 @@ def import_released(src: str | os.PathLike, dst: str | os.PathLike, backbone: st
     released = read_state_dict(src)
     digest = sha256_file(src)
     meta = {"source": os.fspath(src), "source_sha256": digest, "imported_from": "released"}
+    if is_nvlabs_mit(released):
+        return _import_mit(released, src, dst, digest, meta, backbone)
     is_segmentor = any(k.startswith(("pretrained.", "head.")) for k in released)
     if not is_segmentor:
         backbone = backbone or infer_backbone(released)
@@ -131,3 +135,33 @@ def import_released(src: str | os.PathLike, dst: str | os.PathLike, backbone: st
     fit_state_dict(model, state, f"{src} does not fit {arch}-{backbone} with {width}-wide heads", drop_classifier=False)
     save_segmentor(model, dst, {"kind": "segmentor", **meta, "ignored": [f"pretrained.{k}" for k in ignored]})
     return ImportReport("segmentor", backbone, os.fspath(src), digest, len(released), ignored, model.build_args)
+
+
+def _import_mit(released: dict[str, torch.Tensor], src: str | os.PathLike, dst: str | os.PathLike, digest: str,
+                meta: dict[str, Any], backbone: str | None) -> ImportReport:
+    """NVlabs' layout (models/released_mit.py): an ImageNet encoder file (mit_b*.pth) becomes a file
+    for `student.pretrained=PATH` (ImageNet's RGB mean/std, as it was trained); a SegFormer checkpoint
+    of the release (its B4 teacher, its students) a model checkpoint in the release's convention
+    (BGR, 0-255, Caffe mean: the data it was trained on)."""
+    found = infer_mit(released)
+    if backbone and backbone != found:
+        raise WeightsMismatch(f"{src} holds a {found} encoder, not {backbone}")
+    encoder, rest = encoder_names(released)
+    if "linear_pred.weight" not in released:
+        ignored = sorted(k for k in rest if k.startswith(IMAGENET_HEAD))
+        if len(ignored) != len(rest):
+            raise WeightsMismatch(f"{src}: tensors of no MiT encoder: {sorted(set(rest) - set(ignored))[:5]}")
+        net = SegFormer(found, 1).encoder
+        fit_state_dict(net, encoder, f"{src} does not fit the {found} encoder", drop_classifier=False)
+        build_args = {"backbone": found, "normalization": dict(MIT_NORMALIZATION)}
+        save_state_dict(net.state_dict(), dst, build_args, {"kind": "backbone", **meta, "ignored": ignored})
+        return ImportReport("backbone", found, os.fspath(src), digest, len(released), ignored, build_args)
+    decoder, left = decoder_names({k: released[k] for k in rest})
+    if left:
+        raise WeightsMismatch(f"{src}: tensors of no SegFormer: {sorted(left)[:5]}")
+    num_classes = int(released["linear_pred.weight"].shape[0])
+    model = build_segmentor("segformer", found, num_classes, normalization=dict(CAFFE_NORMALIZATION))
+    state = {f"encoder.{k}": v for k, v in encoder.items()} | {f"decoder.{k}": v for k, v in decoder.items()}
+    fit_state_dict(model, state, f"{src} does not fit segformer-{found}", drop_classifier=False)
+    save_segmentor(model, dst, {"kind": "segmentor", **meta, "ignored": []})
+    return ImportReport("segmentor", found, os.fspath(src), digest, len(released), [], model.build_args)

@@ -18,7 +18,10 @@ from __future__ import annotations
 
 from typing import Any
 
+import json
+import os
 import re
+from pathlib import Path
 
 import torch
 import torch.nn as nn
@@ -56,9 +59,9 @@ class SegFormer(nn.Module):
         from transformers import SegformerModel
         from transformers.models.segformer.modeling_segformer import SegformerDecodeHead
 
-        if pretrained not in (False, None):
-            raise ValueError(f"segformer-{backbone}: pretrained encoder weights are not importable yet (NVlabs' mit_b*.pth "
-                             "comes with the release import); train from random weights (student.pretrained=false)")
+        if pretrained is True:
+            raise ValueError(f"segformer-{backbone}: there are no MiT weights to fetch by name; give the path of NVlabs' "
+                             f"{backbone}.pth (or of its import by `afdcd-bench import-released`)")
         config = mit_config(backbone, int(num_classes))
         self.encoder = SegformerModel(config)
         for name, module in self.encoder.named_modules():  # NVlabs' eps where it differs from transformers' default
@@ -67,6 +70,9 @@ class SegFormer(nn.Module):
         self.decoder = SegformerDecodeHead(config)
         self._head: list[torch.Tensor] = []
         self.decoder.classifier.register_forward_pre_hook(lambda _m, args: self._head.append(args[0]))
+        if pretrained:
+            weights_convention = load_encoder(self.encoder, pretrained, backbone)
+            normalization = normalization or weights_convention
         hidden, _, width = MIT[backbone]
         self.num_classes = int(num_classes)
         self.output_channels: dict[str, int | None] = {"logits": self.num_classes, "aux_logits": None, "features": hidden[-1],
@@ -83,3 +89,29 @@ class SegFormer(nn.Module):
         logits = self.decoder(stages)
         head = self._head.pop()
         return SegmentorOutput(logits, None, stages[-1], stages[-2], head)
+
+
+def load_encoder(encoder: nn.Module, path: str | os.PathLike, backbone: str) -> dict[str, Any]:
+    """Fit a MiT encoder file into `encoder`, strictly: NVlabs' mit_b*.pth (its ImageNet classifier
+    dropped) or its import (models/released_mit.py). Returns the input convention of the weights."""
+    from .backbones import PretrainedWeightsError
+    from .released_mit import encoder_names, infer_mit, is_nvlabs_mit
+    from .weights import WeightsMismatch, fit_state_dict, read_state_dict
+
+    if not os.path.isfile(path):
+        raise PretrainedWeightsError(f"pretrained weights file not found: {path} (NVlabs' {backbone}.pth, or its import by "
+                                     "`afdcd-bench import-released`)")
+    state = read_state_dict(path)
+    if is_nvlabs_mit(state):
+        if infer_mit(state) != backbone:
+            raise PretrainedWeightsError(f"{path} holds a {infer_mit(state)} encoder, not {backbone}")
+        state, rest = encoder_names(state)
+        if [k for k in rest if not k.startswith("head.")]:
+            raise PretrainedWeightsError(f"{path}: tensors of no MiT encoder: {sorted(rest)[:5]}")
+    try:
+        fit_state_dict(encoder, state, f"weights file {path} does not fit the {backbone} encoder", drop_classifier=False)
+    except WeightsMismatch as exc:
+        raise PretrainedWeightsError(str(exc)) from exc
+    meta = Path(path).with_suffix(".json")
+    norm = json.loads(meta.read_text()).get("build_args", {}).get("normalization") if meta.is_file() else None
+    return dict(norm or MIT_NORMALIZATION)
