@@ -34,3 +34,26 @@ def test_a_segformer_student_trains_alone_with_kd_and_with_afdcd(tmp_path):
         assert 0.0 <= records[recipe]["final_miou"] <= 1.0
     assert set(records["demo/kd"]["method_terms"]) >= {"task", "kd"}
     assert set(records["demo/afdcd"]["method_terms"]) >= {"task", "kd", "fd", "ctr"}
+
+
+def test_a_method_that_compares_maps_of_other_sizes_is_refused_at_load_with_the_reason():
+    """A SegFormer teacher's logits are at 1/4 and its C4 at 1/32, a DeepLabV3 student's at 1/8: KD,
+    Af-DCD, FitNet and DIST compare them as they are and are refused, naming the map and both sizes;
+    KT brings the logits to the labels' size itself (its head feature still differs: refused for that);
+    the same methods between two SegFormers build."""
+    from afdcd_bench.config.schema import MethodConfig, from_dict
+    from afdcd_bench.methods import BuildContext, build_method
+
+    segformer, cnn = build_segmentor("segformer", "mit_b0", 11), build_segmentor("deeplabv3", "resnet18", 11)
+
+    def build(name, student, teacher):
+        ctx = BuildContext(student=student.output_channels, teacher=teacher.output_channels, num_classes=11,
+                           crop_size=(64, 64), student_strides=student.output_strides, teacher_strides=teacher.output_strides)
+        return build_method(from_dict(MethodConfig, {"name": name}), ctx)
+
+    for name, tap in (("kd", "logits"), ("afdcd", "logits"), ("fitnet", "features"), ("dist", "logits"), ("kt", "head")):
+        with pytest.raises(ValueError, match=rf"method '{name}' compares the student's {tap} \(1/\d+ of the input\) with the "
+                                             rf"teacher's \(1/\d+\): it needs them at one size"):
+            build(name, cnn, segformer)
+    for name in ("kd", "afdcd", "fitnet", "dist", "kt", "cwd"):
+        build(name, segformer, build_segmentor("segformer", "mit_b1", 11))

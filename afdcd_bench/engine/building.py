@@ -88,7 +88,9 @@ def build_context(cfg: RecipeConfig, accelerator: Accelerator, per_device: int, 
         num_processes=processes, gather=accelerator.gather,
         reduce_mean=lambda t: accelerator.reduce(t, reduction="mean"),
         sum_across=differentiable_sum if processes > 1 else (lambda t: t),
-        device=accelerator.device, per_device_batch=per_device, seed=cfg.train.seed, iterations=cfg.train.iterations)
+        device=accelerator.device, per_device_batch=per_device, seed=cfg.train.seed, iterations=cfg.train.iterations,
+        student_strides=dict(getattr(student, "output_strides", {})),
+        teacher_strides=dict(getattr(teacher, "output_strides", {})) if teacher is not None else None)
 
 
 def build_student_method(cfg: RecipeConfig, accelerator: Accelerator, per_device: int, student: Segmentor,

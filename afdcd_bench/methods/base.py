@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, ClassVar
 
 import torch
@@ -60,6 +60,9 @@ class BuildContext:
     per_device_batch: int = 1  # images per forward on each process
     seed: int = 0  # the run's seed, for state a method draws itself (identical on every process)
     iterations: int = 40000  # the run's optimiser steps (a method whose terms change during the schedule: KT)
+    # each output's stride (input size / its size): SegFormer's logits are at 1/4, a CNN's at 1/8 (docs/networks.md)
+    student_strides: dict[str, int | None] = field(default_factory=dict)
+    teacher_strides: dict[str, int | None] | None = None
 
 
 @dataclass
@@ -96,6 +99,7 @@ class Component(nn.Module, abc.ABC):
     name: ClassVar[str] = ""
     Options: ClassVar[type] = NoOptions
     reads: ClassVar[tuple[str, ...]] = ()  # outputs read from student and teacher (OUTPUTS)
+    any_size: ClassVar[tuple[str, ...]] = ()  # of those, the ones it brings to one size itself (else: equal strides)
     terms: ClassVar[tuple[str, ...]] = ()  # names of the terms forward returns
     needs_teacher: ClassVar[bool] = True
     # set: this is a stage of the named method trained on the frozen teacher alone, before any
@@ -152,3 +156,10 @@ def check_reads(cls: type[Component], ctx: BuildContext) -> None:
                 raise ValueError(f"method {cls.name!r} reads {out!r}, not an output of the networks ({OUTPUTS})")
             if channels is not None and channels.get(out) is None:
                 raise ValueError(f"method {cls.name!r} reads the {side}'s {out}, which this {side} network does not have")
+    if not cls.needs_teacher or not ctx.teacher_strides:
+        return
+    for out in cls.reads:
+        s, t = ctx.student_strides.get(out), ctx.teacher_strides.get(out)
+        if s and t and s != t and out not in cls.any_size:
+            raise ValueError(f"method {cls.name!r} compares the student's {out} (1/{s} of the input) with the teacher's (1/{t}): "
+                             f"it needs them at one size, and this pair's differ (a heterogeneous pair, docs/networks.md)")

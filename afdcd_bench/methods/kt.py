@@ -36,6 +36,7 @@ class KTOptions:
 class KnowledgeTailoring(Component):
     Options = KTOptions
     reads = ("logits", "head")
+    any_size = ("logits",)  # logit tailoring brings both to the labels' size
     terms = ("kt_kd", "kt_kd_aux", "kt_lt", "kt_ft", "kt_triplet")
 
     def __init__(self, options: KTOptions, ctx):

@@ -77,6 +77,7 @@ class SegFormer(nn.Module):
         self.num_classes = int(num_classes)
         self.output_channels: dict[str, int | None] = {"logits": self.num_classes, "aux_logits": None, "features": hidden[-1],
                                                       "c3": hidden[-2], "head": width}
+        self.output_strides: dict[str, int | None] = {"logits": 4, "aux_logits": None, "features": 32, "c3": 16, "head": 4}
         self.build_args: dict[str, Any] = {"arch": "segformer", "backbone": backbone, "num_classes": self.num_classes,
                                            "aux": False, "head_width": width,
                                            "normalization": normalization or dict(MIT_NORMALIZATION)}

@@ -53,6 +53,12 @@ class Segmentor(nn.Module):
             "logits": int(num_classes), "aux_logits": int(num_classes) if aux else None, "features": c4, "c3": c3,
             "head": int(width),
         }
+        strides = self.backbone.feature_info.reduction()
+        top = strides[0] * 2 if self.multi_level else strides[-1]  # UPerNet fuses at C1's size with a stride-2 conv
+        # each output's size as a fraction of the input's: a method that compares a student's map with
+        # its teacher's needs them at one size (methods/base.check_reads)
+        self.output_strides: dict[str, int | None] = {"logits": top, "aux_logits": strides[-2] if aux else None,
+                                                      "features": strides[-1], "c3": strides[-2], "head": top}
         self.num_classes = int(num_classes)
         # Everything needed to rebuild the net (weights come from the checkpoint, not the hub).
         self.build_args: dict[str, Any] = {
