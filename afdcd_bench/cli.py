@@ -151,7 +151,8 @@ def _cmd_recipes(args: argparse.Namespace) -> int:
             rows.append({"recipe": n, "benchmark": cfg.benchmark, "method": run_method(n, cfg.method.name),
                          "student": _network(cfg),
                          "teacher": f"{cfg.teacher.arch}-{cfg.teacher.backbone}" if distilled else None,
-                         "published_miou": cfg.published.miou, "config": to_dict(cfg)})
+                         "published_miou": cfg.published.miou, "published_split": cfg.published.split if cfg.published.miou else None,
+                         "protocol": cfg.protocol, "config": to_dict(cfg)})
         print(json.dumps(rows, indent=2))
     else:
         rows = []
@@ -159,9 +160,10 @@ def _cmd_recipes(args: argparse.Namespace) -> int:
             cfg = configs[n]
             method = run_method(n, cfg.method.name)
             teacher = f"{cfg.teacher.arch}-{cfg.teacher.backbone}" if cfg.teacher and method not in ("baseline", "teacher") else ""
-            rows.append((n, cfg.benchmark, method, _network(cfg) or "- (stage)", teacher,
-                         "" if cfg.published.miou is None else f"{cfg.published.miou:.2f}"))
-        header = ("recipe", "benchmark", "method", "network", "teacher", "published")
+            published = "" if cfg.published.miou is None else f"{cfg.published.miou:.2f}" + (
+                " (test server)" if cfg.published.split == "test-server" else " (test)" if cfg.published.split == "test" else "")
+            rows.append((n, cfg.benchmark, cfg.protocol, method, _network(cfg) or "- (stage)", teacher, published))
+        header = ("recipe", "benchmark", "protocol", "method", "network", "teacher", "published")
         widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
         for r in [header, *rows]:
             print("  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip())
@@ -181,7 +183,7 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
     resources = {"gpus": args.gpus_per_run, "processes": args.processes_per_run, "nodes": args.nodes, "threads": args.threads}
     reproduce(args.benchmark, seeds=1 if args.quick else (args.seeds or 3), data_root=args.data_root, teacher=args.teacher, quick=args.quick,
               results_dir=args.results_dir, output_dir=args.output_dir, executor=args.executor, extra=args.overrides,
-              only=args.only, ablations=args.ablations,
+              only=args.only, ablations=args.ablations, protocol=args.protocol,
               methods=[m for m in (args.methods or "").split(",") if m] or None, resources=resources,
               parallel=args.parallel, dry_run=args.dry_run, step_times=args.step_times,
               slurm=slurm_options(args) if args.executor == "slurm" else None, wait=args.wait,
@@ -427,7 +429,10 @@ def build_parser() -> argparse.ArgumentParser:
     from .harness.slurm_options import add_slurm_arguments
 
     add_slurm_arguments(rp)
-    rp.add_argument("--only", default=None, help="the teacher and only the student recipes whose name contains this")
+    rp.add_argument("--only", default=None, help="the student recipes whose name contains this, with their baselines and "
+                    "teacher (of any protocol unless --protocol)")
+    rp.add_argument("--protocol", default=None, choices=["2023", "2025", "all"],
+                    help="the table to run: 2023 (Af-DCD's CNN students, the default), 2025 (CIRKDv2's students, SegFormer) or all")
     rp.add_argument("--methods", default=None, metavar="M1,M2",
                     help="only these methods' recipes (a method of method.name, e.g. cwd, or a recipe's file name, e.g. "
                          "dist_authors_schedule), with the teacher and the baselines")

@@ -274,7 +274,7 @@ def test_recipes_listing_lines_up_and_names_teachers(capsys):
     assert {line[column - 2 : column] for line in lines[1:]} == {"  "} and all(line[column] != " " for line in lines[1:])
     assert max(map(len, rows)) > min(map(len, rows))  # names of several lengths, one column
     teacher = next(line for line in lines if line.startswith("demo/teacher "))
-    assert teacher.split()[2] == "teacher"
+    assert teacher.split()[2:4] == ["2023", "teacher"]
 
 
 def test_a_pipe_closed_early_ends_quietly():

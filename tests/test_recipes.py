@@ -95,6 +95,8 @@ def test_recipes_carry_the_papers_settings(bench):
     assert names
     for name in names:
         cfg = load_recipe(name)
+        if cfg.protocol == "2025":  # CIRKDv2's settings (test_the_2025_recipes_carry_cirkdv2s_settings)
+            continue
         d = cfg.data
         assert cfg.num_classes == classes and d.crop_size == crop and d.scale_range == [0.5, 2.0] and d.scale_step == 0.1 and d.flip
         t = cfg.train
@@ -166,7 +168,8 @@ def test_cityscapes_r18_variants_and_ablations_differ_from_the_main_recipe_in_on
 def test_every_pair_with_a_kd_recipe_has_fitnet_alone_and_with_kd_differing_in_the_fitnet_term_only():
     from afdcd_bench.config import settings, settings_diff, to_dict
 
-    pairs = sorted(n.rsplit("/", 1)[0] for n in list_recipes() if n.endswith("/kd") and "/ablations/" not in n)
+    pairs = sorted(n.rsplit("/", 1)[0] for n in list_recipes() if n.endswith("/kd") and "/ablations/" not in n
+                   and load_recipe(n).protocol == "2023")
     assert len(pairs) == 10  # 9 benchmark pairs and the demo
     for pair in pairs:
         for variant, main, name in (("fitnet", "baseline", "fitnet"), ("fitnet_kd", "kd", "kd+fitnet")):
@@ -252,3 +255,36 @@ def test_reproduce_methods_picks_recipes_with_the_teacher_and_the_baselines():
     assert maskd[:2] == ["cityscapes/teacher", "cityscapes/maskd_tokens"] and "cityscapes/deeplabv3_resnet18/maskd" in maskd
     assert "cityscapes/maskd_tokens" not in plan("cityscapes", methods=["cirkd"])
     assert "demo/cirkd" not in plan("demo") and "demo/cirkd" in plan("demo", methods=["cirkd"])  # on_request
+
+
+def test_the_2025_recipes_carry_cirkdv2s_settings_and_test_server_numbers():
+    """SegFormer MiT-B4 -> B0 on Cityscapes as CIRKDv2's scripts train it (AdamW 2e-4, 160k iterations at
+    batch 8, 1024x1024 crops), from MiT's ImageNet encoders, its published numbers marked as Cityscapes
+    test-server ones; the 2023 table (reproduce's default) does not run them, --only and --protocol do."""
+    from afdcd_bench.harness.reproduce import plan
+
+    names = [n for n in list_recipes("cityscapes") if load_recipe(n).protocol == "2025"]
+    assert sorted(names) == sorted(["cityscapes/segformer_mitb4/teacher", *(f"cityscapes/segformer_mitb0/{m}" for m in
+                                    ("baseline", "kd", "afdcd", "dist", "cwd", "fitnet"))])
+    for name in names:
+        cfg = load_recipe(name)
+        t = cfg.train
+        assert (t.optimizer, t.lr, t.weight_decay, t.iterations, t.effective_batch, t.poly_power) == ("adamw", 2e-4, 1e-4, 160000, 8, 0.9)
+        assert cfg.data.crop_size == [1024, 1024] and cfg.data.scale_step == 0.1 and cfg.student.arch == "segformer"
+        assert cfg.student.pretrained.endswith(f"weights/{cfg.student.backbone}.safetensors") and not cfg.student.aux
+        if not name.endswith("/teacher"):
+            assert (cfg.teacher.arch, cfg.teacher.backbone, cfg.teacher.recipe) == ("segformer", "mit_b4", "cityscapes/segformer_mitb4/teacher")
+    published = {n: (load_recipe(n).published.miou, load_recipe(n).published.split) for n in names if load_recipe(n).published.miou}
+    assert published == {"cityscapes/segformer_mitb4/teacher": (80.38, "test-server"),
+                         "cityscapes/segformer_mitb0/baseline": (74.12, "test-server")}
+    assert not set(plan("cityscapes")) & set(names)
+    assert set(plan("cityscapes", protocols=("2025",))) == set(names)
+
+
+def test_recipes_lists_the_2025_pairs_with_their_test_server_numbers(capsys):
+    assert main(["recipes"]) == 0
+    lines = {ln.split()[0]: ln for ln in capsys.readouterr().out.splitlines()[1:]}
+    assert lines["cityscapes/segformer_mitb0/baseline"].split()[1:5] == ["cityscapes", "2025", "baseline", "segformer-mit_b0"]
+    assert lines["cityscapes/segformer_mitb0/baseline"].endswith("74.12 (test server)")
+    assert lines["cityscapes/segformer_mitb0/kd"].split()[5] == "segformer-mit_b4"
+    assert lines["cityscapes/deeplabv3_resnet18/afdcd"].split()[2] == "2023" and lines["cityscapes/deeplabv3_resnet18/afdcd"].endswith("77.03")

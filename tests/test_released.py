@@ -180,7 +180,13 @@ def test_models_command_lists_recipe_models(capsys):
     assert main(["models", "--format", "json"]) == 0
     rows = json.loads(capsys.readouterr().out)
     assert {r["role"] for r in rows} == {"teacher", "student"}
-    assert all(r["gmacs"] > 0 and r["gmacs_printed_style"] >= r["gmacs"] for r in rows)
+    cnn = [r for r in rows if not r["model"].startswith("segformer")]
+    assert all(r["gmacs"] > 0 and r["gmacs_printed_style"] >= r["gmacs"] for r in cnn)  # dilation over-counted
+    # SegFormer (the 2025 recipes): the papers' conv-and-linear counter leaves attention's products out
+    segformer = {r["model"]: r for r in rows if r["model"].startswith("segformer")}
+    assert set(segformer) == {"segformer-mit_b0", "segformer-mit_b4"}
+    assert all(0 < r["gmacs_printed_style"] < r["gmacs"] for r in segformer.values())
+    assert segformer["segformer-mit_b0"]["params_m"] == pytest.approx(3.7, abs=0.1)
 
 
 def test_public_mobilenetv2_imagenet_file_drops_exactly_its_classification_head(tmp_path, capsys):

@@ -158,3 +158,27 @@ def test_the_qualitative_key_names_each_drawn_class_in_its_palette_colour():
     assert np.allclose(key[1].get_facecolor()[:3], pal[11] / 255.0)
     assert _row_label("frankfurt_000000_000294_leftImg8bit") == "frankfurt_000000_000294"
     assert _row_label("a_very_long_image_name_of_forty_chars_x") == "...name_of_forty_chars_x"
+
+
+def test_a_test_server_number_is_marked_and_never_compared_with_a_val_measurement(tmp_path):
+    """CIRKDv2's Cityscapes numbers are test-server ones: shown with their mark and a note, and no
+    best-pub beside a val measurement; a val number beside them is compared as before."""
+    from rich.console import Console
+
+    from afdcd_bench.harness.table import render
+
+    rec(tmp_path, "cityscapes/segformer_mitb0/baseline", "baseline", "segformer-mit_b0", 0, 0.75, published=74.12)
+    rec(tmp_path, "cityscapes/deeplabv3_resnet18/baseline", "baseline", "deeplabv3-resnet18_deepstem", 0, 0.74, published=74.21)
+    t = summary(records_frame(tmp_path), expected_runs(["cityscapes/segformer_mitb0/kd", "cityscapes/segformer_mitb4/teacher"]))
+    seg = t[t.student == "segformer-mit_b0"].set_index("method")
+    assert seg.loc["baseline", "published"] == 74.12 and seg.loc["baseline", "published_split"] == "test-server"
+    assert math.isnan(seg.loc["baseline", "diff_published"])
+    r18 = t[t.student == "deeplabv3-resnet18_deepstem"].set_index("method")
+    assert r18.loc["baseline", "diff_published"] == pytest.approx(74.0 - 74.21)
+    teacher = t[t.student == "segformer-mit_b4"].iloc[0]  # not run yet: its number still carries the mark
+    assert teacher.n == 0 and teacher.published_split == "test-server"
+    console = Console(record=True, width=300)
+    render(t, console)
+    text = console.export_text()
+    assert "74.12†" in text and "80.38†" in text and "74.21†" not in text
+    assert "marked † are on Cityscapes' test server (1525 test images), not on the val split measured here" in " ".join(text.split())

@@ -1,6 +1,8 @@
 """A SegFormer student through the whole loop (docs/networks.md): trained, validated and recorded
 alone, with logit KD from a SegFormer teacher, and with Af-DCD on its 1/32 "C4"; the taps at their
 strides reach each method; a SegFormer teacher checkpoint must be the network the recipe names."""
+import json
+
 import pytest
 import torch
 
@@ -57,3 +59,31 @@ def test_a_method_that_compares_maps_of_other_sizes_is_refused_at_load_with_the_
             build(name, cnn, segformer)
     for name in ("kd", "afdcd", "fitnet", "dist", "kt", "cwd"):
         build(name, segformer, build_segmentor("segformer", "mit_b1", 11))
+
+
+def test_reproduce_only_segformer_runs_its_teacher_baseline_and_every_distiller_on_a_fake_tree(tmp_path):
+    """`reproduce cityscapes --only segformer`: the SegFormer-B4 teacher (not the 2023 protocol's
+    R101), then the B0 baseline and every distiller with a 2025 recipe, each after that teacher; the
+    table marks the test-server numbers."""
+    from rich.console import Console
+
+    from afdcd_bench.harness.reproduce import reproduce
+    from test_cli import _fake_cityscapes
+
+    root = tmp_path / "cityscapes"
+    _fake_cityscapes(root)
+    tiny = ["student.pretrained=false", "data.crop_size=[128,128]", "data.num_workers=0", "train.iterations=2",
+            "train.effective_batch=2", "train.val_interval=2", "train.checkpoint_interval=2", "train.mixed_precision=no",
+            "eval.teacher_check=false"]
+    console = Console(record=True, width=250)
+    reproduce("cityscapes", seeds=1, data_root=str(root), only="segformer", executor="inprocess", extra=tiny,
+              results_dir=str(tmp_path / "res"), output_dir=str(tmp_path / "runs"), console=console)
+    records = sorted(p.name for p in (tmp_path / "res").glob("*__seed*.json"))
+    assert records == [f"cityscapes__segformer_mitb0__{m}__seed0.json" for m in ("afdcd", "baseline", "cwd", "dist", "fitnet", "kd")] \
+        + ["cityscapes__segformer_mitb4__teacher__seed0.json"]
+    planned = {f"{r['recipe']}@seed{r['seed']}": r for r in json.loads((tmp_path / "res/plan.json").read_text())["runs"]}
+    assert planned["cityscapes/segformer_mitb0/kd@seed0"]["needs"] == ["cityscapes/segformer_mitb4/teacher@seed0"]
+    assert planned["cityscapes/segformer_mitb0/baseline@seed0"]["needs"] == []
+    teacher = json.loads((tmp_path / "res/cityscapes__segformer_mitb4__teacher__seed0.json").read_text())
+    kd = json.loads((tmp_path / "res/cityscapes__segformer_mitb0__kd__seed0.json").read_text())
+    assert teacher["config"]["student"]["backbone"] == "mit_b4" and kd["config"]["teacher"]["backbone"] == "mit_b4"

@@ -4,9 +4,20 @@ from __future__ import annotations
 
 from .schema import BUDGET_KINDS, COMPILE_TARGETS, OPTIMIZER_KERNELS, ConfigError, RecipeConfig
 
-OUTPUT_STRIDE = 8  # every backbone here is dilated to stride 8 (models/backbones.py)
+OUTPUT_STRIDE = 8  # every CNN backbone here is dilated to stride 8 (models/backbones.py)
+# SegFormer's outputs where they are not at 1/8 (docs/networks.md); what a network computes says it
+# too (output_strides): this is for checking a recipe before building anything
+SEGFORMER_STRIDES = {"logits": 4, "head": 4, "features": 32, "c3": 16}
+
+
+def tap_stride(arch: str, tap: str) -> int:
+    """The stride of a network's output by the recipe's arch, for checks at load."""
+    return SEGFORMER_STRIDES.get(tap, OUTPUT_STRIDE) if arch == "segformer" else OUTPUT_STRIDE
 PRECISIONS = ("no", "fp16", "bf16", "fp8")
 TRACKERS = ("tensorboard", "wandb", "mlflow", "aim", "comet_ml", "clearml", "dvclive", "swanlab", "trackio")  # Accelerate's
+
+PUBLISHED_SPLITS = ("val", "test", "test-server")
+PROTOCOLS = ("2023", "2025")
 
 
 def positive(value: float, key: str, strict: bool = True) -> None:
@@ -76,6 +87,10 @@ def check_ranges(cfg: RecipeConfig) -> None:
     for i, name in enumerate(t.trackers):
         if name not in TRACKERS:
             raise ConfigError(f"train.trackers[{i}]: unknown tracker {name!r}; Accelerate supports {', '.join(TRACKERS)}")
+    if cfg.published.split not in PUBLISHED_SPLITS:
+        raise ConfigError(f"published.split must be one of {', '.join(PUBLISHED_SPLITS)}, got {cfg.published.split!r}")
+    if cfg.protocol not in PROTOCOLS:
+        raise ConfigError(f"protocol must be one of {', '.join(PROTOCOLS)}, got {cfg.protocol!r}")
     if cfg.published.selected_on not in ("val", "test"):
         raise ConfigError(f"published.selected_on must be val or test, got {cfg.published.selected_on!r}")
     if cfg.published.selected_on == "test" and not d.test_split:

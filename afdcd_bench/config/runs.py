@@ -23,7 +23,7 @@ PATH_KEYS = ("output_dir", "data.root", "student.pretrained", "teacher.pretraine
 LOCATION_KEYS = PATH_KEYS + ("name", "data.num_workers", "train.log_interval", "train.checkpoint_interval", "train.keep_state",
                              "train.collective_timeout",
                              "train.tensorboard", "train.trackers", "eval.batch_size", "eval.teacher_check", "published",
-                             "ablation_of", "on_request", "data.pin_memory", "data.persistent_workers",
+                             "ablation_of", "on_request", "protocol", "data.pin_memory", "data.persistent_workers",
                              "data.prefetch_factor", "data.cache", "data.cache_dir")
 DEFAULT_OUTPUT_DIR = "runs"
 NAMED_WEIGHTS = ("digits",)  # pretrained values that name a weight source, not a file (engine/pretrain.py)

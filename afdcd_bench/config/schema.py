@@ -133,6 +133,9 @@ class PublishedConfig:
     # the split the published number's checkpoint was selected on: "val", or "test" where the
     # release selected on the reported split itself (CamVid's Af-DCD rows)
     selected_on: str = "val"
+    # the split the number is on: "val", "test", or "test-server" (Cityscapes' 1525 test images scored by
+    # the benchmark's server: never beside a val measurement without saying so)
+    split: str = "val"
 
 
 BUDGET_KINDS = ("iterations", "compute")
@@ -168,6 +171,9 @@ class RecipeConfig:
     budget: BudgetConfig = field(default_factory=BudgetConfig)
     ablation_of: Optional[str] = None  # the main recipe this one varies; run by `reproduce --ablations`
     on_request: bool = False  # reproduce runs it only when --methods names it (slow extras of the demo)
+    # the table it belongs to: "2023" (Af-DCD's and CIRKD v1's CNN students) or "2025" (CIRKDv2's students,
+    # SegFormer); reproduce runs the 2023 one unless --protocol or --only says otherwise
+    protocol: str = "2023"
     output_dir: str = "runs"  # run folders: <output_dir>/<name>/seed<seed> (config/runs.py)
 
 

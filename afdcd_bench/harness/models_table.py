@@ -59,5 +59,6 @@ def render_models(frame: pd.DataFrame, console: Console | None = None) -> None:
     console.print(
         "GMACs are true multiply-adds (torch.utils.flop_counter). The papers' counter sizes every conv's output "
         "as if dilation were 1, so dilated convs are over-counted: at 1024x2048 it prints 2371.7 / 572.0 / 128.9 "
-        "for DeepLabV3-R101 / R18 / MBV2, reproduced by the last column (`--size 1024x2048`)."
+        "for DeepLabV3-R101 / R18 / MBV2, reproduced by the last column (`--size 1024x2048`). It counts convs and "
+        "linear layers only, so for SegFormer it leaves attention's matrix products out (its figure is the lower one)."
     )

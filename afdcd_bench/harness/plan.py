@@ -88,7 +88,7 @@ def build_runs(names: list[str], seeds: int, common: list[str], quick_overrides:
     them), each needing the teacher run and the stage runs whose outputs it reads. budgets: a student
     recipe named there also runs under those overrides (harness/budget.py), beside its own schedule."""
     runs: list[PlannedRun] = []
-    teacher_key: str | None = None
+    teacher_keys: dict[str, str] = {}  # by teacher recipe: a benchmark may have several (2023's R101, 2025's SegFormer-B4)
     stage_keys: dict[str, str] = {}
     for name in names:
         is_teacher = is_teacher_recipe(name)
@@ -103,8 +103,12 @@ def build_runs(names: list[str], seeds: int, common: list[str], quick_overrides:
                 overrides.append(f"teacher.checkpoint={Path(teacher).resolve()}")
             cfg = load_recipe(name, overrides)
             needs: list[str] = []
-            if not is_teacher and teacher_key and needs_teacher(cfg.method.name):
-                needs.append(teacher_key)
+            if not is_teacher and needs_teacher(cfg.method.name) and teacher_keys:
+                own = teacher_keys.get(cfg.teacher.recipe) if cfg.teacher is not None else None
+                if own is None and len(teacher_keys) == 1:  # the plan's one teacher, whatever the recipe calls it
+                    own = next(iter(teacher_keys.values()))
+                if own is not None:
+                    needs.append(own)
             for component in cfg.method.components:
                 stage = getattr(cfg.method.options.get(component), "stage_recipe", None)
                 if stage and stage in stage_keys:
@@ -119,7 +123,7 @@ def build_runs(names: list[str], seeds: int, common: list[str], quick_overrides:
                 raise ValueError(f"{name}: effective batch {cfg.train.effective_batch} does not split over {procs} processes")
             runs.append(run)
             if is_teacher:
-                teacher_key = run.key
+                teacher_keys[name] = run.key
             elif once:
                 stage_keys[name] = run.key
     return runs

@@ -42,16 +42,33 @@ EQUAL_COMPUTE_EXTRAS = ("fitnet", "fitnet_kd", "kt")
 SCHEDULE_SCALES = (0.05, 20.0)  # --schedule-scale's allowed range
 
 
-def plan(benchmark: str, ablations: bool = False, methods: list[str] | None = None, also: tuple[str, ...] = ()) -> list[str]:
+PROTOCOLS = ("2023", "2025")
+
+
+def protocols_of(protocol: str | None, only: str | None = None) -> tuple[str, ...]:
+    """--protocol 2023 | 2025 | all; unset: the 2023 table, or every protocol where --only picks the students."""
+    if protocol in (None, ""):
+        return PROTOCOLS if only else ("2023",)
+    if protocol == "all":
+        return PROTOCOLS
+    if protocol not in PROTOCOLS:
+        raise ReproduceError(f"--protocol {protocol}: expected 2023, 2025 or all")
+    return (protocol,)
+
+
+def plan(benchmark: str, ablations: bool = False, methods: list[str] | None = None, also: tuple[str, ...] = (),
+         protocols: tuple[str, ...] = ("2023",)) -> list[str]:
     """Recipe names in run order: the teacher first, then the stages learnt on the teacher alone
     (MasKD's tokens), then the baselines (every delta needs them),
     then the other students' recipes; recipes that are ablations of another (`ablation_of`) only
     when asked for, or when methods (or `also`) names their file. methods: keep only the student recipes of these
-    methods (a method of its method.name, or the recipe's file name), baselines always."""
+    methods (a method of its method.name, or the recipe's file name), baselines always. protocols: the
+    tables whose recipes run (a recipe's `protocol`: 2023, Af-DCD's CNN students; 2025, CIRKDv2's)."""
     runnable = list_recipes(benchmark)
     if not runnable:
         raise ReproduceError(f"no recipes for {benchmark!r} under {recipes_root() / benchmark}")
     configs = {n: load_recipe(n) for n in runnable}
+    runnable = [n for n in runnable if configs[n].protocol in protocols]
     if ablations and not any(c.ablation_of for c in configs.values()):
         raise ReproduceError(f"{benchmark} has no ablation recipes (recipes with ablation_of)")
     # an ablation runs with --ablations, or when --methods names its file (fitnet_kd)
@@ -364,6 +381,7 @@ def reproduce(
     equal_compute: str | None = None,
     schedule_scale: float = 1.0,
     costs: str | None = None,
+    protocol: str | None = None,
 ) -> Path:
     """only: keep the teacher and the student recipes whose name contains this text; ablations: also
     run the recipes that vary a main recipe (`ablation_of`: variants and the paper's ablation axes).
@@ -406,17 +424,19 @@ def reproduce(
                              "there (`afdcd-bench costs BENCHMARK --out costs.json` in a job) and give --costs costs.json")
     if methods and equal_compute and equal_compute not in methods:
         methods = [*methods, equal_compute]  # the reference's cost sets every run's budget
-    names = plan(benchmark, ablations, methods, EQUAL_COMPUTE_EXTRAS if budget.kind == "compute" and not methods else ())
+    protocols = protocols_of(protocol, only)
+    names = plan(benchmark, ablations, methods, EQUAL_COMPUTE_EXTRAS if budget.kind == "compute" and not methods else (), protocols)
     if only:
         configs = {n: load_recipe(n) for n in names}
         net = {n: (c.student.arch, c.student.backbone) for n, c in configs.items()}
         kept = [n for n in names if only in n and not is_teacher_recipe(n) and not stage_of(configs[n].method.name)]
         if not kept:
-            raise ReproduceError(f"--only {only!r} matches no student recipe of {benchmark}: {plan(benchmark)}")
+            raise ReproduceError(f"--only {only!r} matches no student recipe of {benchmark}: {plan(benchmark, protocols=protocols)}")
         nets = {net[n] for n in kept}
         baselines = [n for n in names if configs[n].method.name == "baseline" and net[n] in nets]  # every delta needs its baseline
-        names = needed_stages([n for n in names if is_teacher_recipe(n) or stage_of(configs[n].method.name) or n in kept
-                               or n in baselines], configs)
+        teachers = {configs[n].teacher.recipe for n in [*kept, *baselines] if configs[n].teacher is not None}  # theirs only
+        names = needed_stages([n for n in names if (is_teacher_recipe(n) and n in teachers) or stage_of(configs[n].method.name)
+                               or n in kept or n in baselines], configs)
     quick_overrides: dict[str, list[str]] = {}
     if quick:
         quick_overrides = quick_schedule(benchmark, [n for n in names if not (teacher and is_teacher_recipe(n))])

@@ -20,6 +20,11 @@ from ..methods import stage_of
 # Rows: the teacher, the baseline, then every other method by name, the suite's own (Af-DCD) last as
 # in the paper's tables. Methods come from the records; none is left out for its name.
 METHOD_ORDER = {"teacher": 0, "baseline": 1, "afdcd": 3}
+TEST_SERVER_MARK = "†"  # a published number on Cityscapes' test server (recipes' published.split)
+
+
+def _on_test_server(row: Any) -> bool:
+    return row.get("published_split") == "test-server" if hasattr(row, "get") else False
 
 
 def _ids(identity: dict[str, Any]) -> tuple[str, str]:
@@ -73,7 +78,7 @@ def _distinct_runs(records: list[dict[str, Any]], problems: list[str] | None) ->
 
 FRAME_COLUMNS = ["benchmark", "recipe", "student", "method", "base_method", "seed", "best", "final", "best_on_test", "wall_s",
                  "train_s", "img_s", "data_wait", "peak_mb", "device", "launch", "budget", "iterations",
-                 "published", "selected_on", "precision", "split", "ablation_of", "settings", "protocol", "folder", "path"]
+                 "published", "selected_on", "published_split", "precision", "split", "ablation_of", "settings", "protocol", "folder", "path"]
 
 
 def records_frame(results_dir: str | Path, problems: list[str] | None = None) -> pd.DataFrame:
@@ -146,6 +151,7 @@ def frame_of(records: list[dict[str, Any]], root: Path) -> pd.DataFrame:
             "launch": launch_label(identity["launch"]),
             "published": rec.get("published_miou") if rec.get("published_miou") is None or published_schedule(rec) else None,
             "selected_on": (cfg.get("published") or {}).get("selected_on", "val"),
+            "published_split": (cfg.get("published") or {}).get("split", "val"),
             "precision": _precision((cfg.get("train") or {}).get("mixed_precision")),
             "split": rec.get("test_split") or (cfg.get("data") or {}).get("val_split"),
             "ablation_of": cfg.get("ablation_of"),
@@ -158,8 +164,8 @@ def frame_of(records: list[dict[str, Any]], root: Path) -> pd.DataFrame:
 
 
 COLUMNS = ["benchmark", "student", "method", "budget", "best_mean", "best_std", "final_mean", "final_std", "n", "delta_best",
-           "delta_final", "vs_main", "best_on_test", "published", "released", "selected_on", "diff_published", "precision", "split",
-           "iterations",
+           "delta_final", "vs_main", "best_on_test", "published", "released", "selected_on", "published_split", "diff_published", "precision",
+           "split", "iterations",
            "wall_s", "train_s", "compute_vs_ref", "img_s", "data_wait", "peak_mb", "device", "launch", "settings",
            "folder", "recipe"]
 KEY = ["benchmark", "student", "method", "settings"]
@@ -190,11 +196,13 @@ def summary(frame: pd.DataFrame, expected: list[tuple] | None = None) -> pd.Data
                     img_s=("img_s", "mean"), train_s=("train_s", "mean"), data_wait=("data_wait", "mean"), budget=("budget", "first"),
                     iterations=("iterations", "first"), peak_mb=("peak_mb", "max"), device=("device", lambda d: ", ".join(sorted({str(x) for x in d if x}))),
                     published=("published", "first"), selected_on=("selected_on", "first"), precision=("precision", "first"),
+                    published_split=("published_split", "first"),
                     split=("split", "first"), launch=("launch", "first"), ablation_of=("ablation_of", "first"), recipe=("recipe", "first"),
                     protocol=("protocol", "first"), folder=("folder", lambda f: ", ".join(sorted(set(f))))).reset_index()
     have = set(zip(out["benchmark"], out["student"], out["method"], out["settings"]))
     triples = {k[:3] for k in have}
-    missing = [dict(benchmark=b, student=st, method=m, n=0, published=p, settings=sid, budget=(rest or ["x1 iterations"])[0])
+    missing = [dict(benchmark=b, student=st, method=m, n=0, published=p, settings=sid, budget=(rest or ["x1 iterations"])[0],
+                    published_split=rest[1] if len(rest) > 1 else "val")
                for b, st, m, p, sid, *rest in (expected or []) if ((b, st, m, sid) not in have if sid else (b, st, m) not in triples)]
     if missing:
         out = pd.concat([out, pd.DataFrame(missing)], ignore_index=True) if not out.empty else pd.DataFrame(missing)
@@ -217,6 +225,8 @@ def summary(frame: pd.DataFrame, expected: list[tuple] | None = None) -> pd.Data
     out["delta_best"], out["delta_final"], out["vs_main"] = deltas_best, deltas_final, vs_main
     reference = [t if s == "test" else b for b, t, s in zip(out["best_mean"], out["best_on_test"], out["selected_on"])]
     out["diff_published"] = pd.Series(reference, index=out.index, dtype=float) - out["published"].astype(float)
+    if "published_split" in out:  # a test-server number is no reference for a val measurement
+        out.loc[out["published_split"].fillna("val") == "test-server", "diff_published"] = float("nan")
     out["order"] = out["method"].map(lambda m: method_rank(m)[0])
     out["is_teacher"] = out["method"] != "teacher"
     out["compute_vs_ref"] = achieved_compute(out)
@@ -246,7 +256,7 @@ def expected_runs(recipes: list[str] | dict[str, list[str]] | list[tuple[str, li
         run_launch = launch(processes, cfg.train.effective_batch // processes, 1) if processes > 1 else single_process_launch(cfg)
         sid = _ids(planned_identity(cfg, run_launch))[0] if with_settings else None
         out.append((cfg.benchmark, f"{cfg.student.arch}-{cfg.student.backbone}", method_label(name, cfg.method.name), cfg.published.miou, sid,
-                    budget_label(to_dict(cfg).get("budget"))))
+                    budget_label(to_dict(cfg).get("budget")), cfg.published.split))
     return out
 
 
@@ -320,6 +330,9 @@ def render(table: pd.DataFrame, console: Console | None = None) -> None:
                           "script made; published numbers marked * were selected that way and are compared with it")
             if _present(part, "published"):
                 cols += [("published", "published"), ("best-pub", "diff_published")]
+                if any(_on_test_server(r) for _, r in part.iterrows() if r["published"] == r["published"]):
+                    notes.add(f"published numbers marked {TEST_SERVER_MARK} are on Cityscapes' test server (1525 test images), "
+                              "not on the val split measured here: no best-pub is given beside them")
             if _present(part, "released"):
                 cols.append(("released (measured)", "released"))
                 notes.add("released (measured): the authors' released checkpoint of that network and method, scored by this "
@@ -373,7 +386,8 @@ def render(table: pd.DataFrame, console: Console | None = None) -> None:
                     elif key == "img_s":
                         cells.append(_fmt(r[key], ".1f"))
                     elif key in ("published", "best_on_test", "released"):
-                        cells.append(_fmt(r[key]) + ("*" if key == "published" and r["selected_on"] == "test" else ""))
+                        cells.append(_fmt(r[key]) + ("*" if key == "published" and r["selected_on"] == "test" else "")
+                                     + (TEST_SERVER_MARK if key == "published" and _on_test_server(r) else ""))
                     else:
                         cells.append("" if not isinstance(r[key], str) else r[key])
                 t.add_row(*cells)

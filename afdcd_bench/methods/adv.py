@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..config.checks import OUTPUT_STRIDE, positive
+from ..config.checks import positive, tap_stride
 from ..config.schema import ConfigError
 from ..losses import Discriminator, discriminator_hinge, generator_hinge
 from ..losses.skd import SPECTRAL_NORMS
@@ -50,11 +50,12 @@ class Adversarial(Component):
             raise ConfigError(f"{path}.betas must be two numbers in [0, 1), got {options.betas!r}")
         if options.spectral_norm not in SPECTRAL_NORMS:
             raise ConfigError(f"{path}.spectral_norm must be one of {', '.join(SPECTRAL_NORMS)}, got {options.spectral_norm!r}")
-        sides = [-(-s // OUTPUT_STRIDE) for s in cfg.data.crop_size]
+        stride = tap_stride(cfg.student.arch, "logits")
+        sides = [-(-s // stride) for s in cfg.data.crop_size]
         if min(sides) < Discriminator.MIN_SIZE:
             raise ConfigError(
                 f"{path}: the discriminator needs logit maps of at least {Discriminator.MIN_SIZE}x{Discriminator.MIN_SIZE} "
-                f"(data.crop_size >= {Discriminator.MIN_SIZE * OUTPUT_STRIDE} a side); data.crop_size {cfg.data.crop_size} "
+                f"(data.crop_size >= {Discriminator.MIN_SIZE * stride} a side); data.crop_size {cfg.data.crop_size} "
                 f"gives {sides[0]}x{sides[1]}"
             )
 

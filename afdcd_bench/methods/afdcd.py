@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..config.checks import OUTPUT_STRIDE, fraction, pair, positive
+from ..config.checks import fraction, pair, positive, tap_stride
 from ..config.schema import ConfigError
 from ..losses import AfDCDLoss, kd_loss
 from .base import Component, check_option_ranges, register
@@ -50,12 +50,13 @@ class AfDCD(Component):
         pair(options.patch, f"{path}.patch")
         positive(options.pool, f"{path}.pool", strict=False)
         fraction(options.mask_ratio, f"{path}.mask_ratio")
-        h, w = (-(-side // OUTPUT_STRIDE) for side in cfg.data.crop_size)  # a stride-8 map rounds up
+        stride = tap_stride(cfg.student.arch, "features")
+        h, w = (-(-side // stride) for side in cfg.data.crop_size)  # a dilated stride-8 map rounds up
         if options.pool:
             h, w = h // options.pool, w // options.pool
         if h < options.patch[0] or w < options.patch[1]:
             raise ConfigError(
-                f"data.crop_size {cfg.data.crop_size} gives a {h}x{w} map after output stride {OUTPUT_STRIDE} and "
+                f"data.crop_size {cfg.data.crop_size} gives a {h}x{w} map after output stride {stride} and "
                 f"{path}.pool {options.pool}, smaller than one {path}.patch {options.patch}: use a larger crop, "
                 f"a smaller pool or a smaller patch"
             )

@@ -42,10 +42,11 @@ class Released:
     source: str  # the README line that links it
     note: str = ""
     mirror: str = ""  # another address of the same file (the tests' loopback server); default: Google Drive
+    address: str = ""  # a plain URL where the release is not on Google Drive (CIRKDv2's GitHub release assets)
 
     @property
     def url(self) -> str:
-        return self.mirror or f"https://drive.google.com/uc?id={self.drive_id}"
+        return self.mirror or self.address or f"https://drive.google.com/uc?id={self.drive_id}"
 
 
 def _teacher(bench: str, drive_id: str, miou: float, line: int) -> Released:
@@ -57,6 +58,16 @@ def _teacher(bench: str, drive_id: str, miou: float, line: int) -> Released:
 def _student(bench: str, net: str, arch: str, backbone: str, drive_id: str, miou: float, line: int, note: str = "") -> Released:
     return Released(f"{bench}-afdcd-{net}", "student", f"{bench}_afdcd_{arch}_{net}.pth", drive_id,
                     f"released/{bench}_afdcd_{arch}_{backbone}.safetensors", backbone, arch, bench, miou, f"{README}, line {line}", note)
+
+
+CIRKD = "winycg/CIRKD README at dab64db"
+ASSETS = "https://github.com/winycg/CIRKD/releases/download"
+
+
+def _cirkd(key: str, kind: str, file: str, dst: str, backbone: str, arch: str | None, bench: str | None, miou: float | None,
+           line: int, folder: str) -> Released:
+    """A CIRKDv2 release asset (a plain URL; its published Cityscapes numbers are test-server ones)."""
+    return Released(key, kind, file, "", dst, backbone, arch, bench, miou, f"{CIRKD}, line {line}", address=f"{ASSETS}/{folder}/{file}")
 
 
 SAME_LINK = "the README links one file for two rows (the other: {other}); which network it holds shows on import"
@@ -84,6 +95,10 @@ RELEASED: tuple[Released, ...] = (
     _student("camvid", "r18", "deeplabv3", "resnet18_deepstem", "1-cUEZorAzRTcbCWSW2o3PECdxs84c5Ay", 69.27, 104),
     _student("camvid", "psp18", "pspnet", "resnet18_deepstem", "1PcU9SSAWlwsaIcsH8eZFYZOkejEjDhR1", 69.48, 109,
              SAME_LINK.format(other="voc-afdcd-psp18")),
+    _cirkd("mit_b0", "backbone", "mit_b0.pth", "mit_b0.safetensors", "mit_b0", None, None, None, 30, "backbonev0.1"),
+    _cirkd("mit_b4", "backbone", "mit_b4.pth", "mit_b4.safetensors", "mit_b4", None, None, None, 31, "backbonev0.1"),
+    _cirkd("cityscapes-segformer-teacher", "teacher", "segformer_MiT_B4_citys_best_model.pth",
+           "teachers/cityscapes_segformer_mit_b4.safetensors", "mit_b4", "segformer", "cityscapes", 80.38, 66, "segv0.1"),
 )
 BY_KEY = {r.key: r for r in RELEASED}
 
