@@ -103,8 +103,9 @@ def _cmd_table(args: argparse.Namespace) -> int:
     # the recipes of the benchmarks found, so runs not made yet show as missing (ablations only
     # where some ablation was run)
     with_ablations = bool(frame["ablation_of"].notna().any())
+    protocols = tuple(sorted({"2023", *(_protocol(r) for r in set(frame["recipe"]))} - {None}))  # the tables some run is in
     expected: list = [n for b in sorted({r.split("/")[0] for r in frame["recipe"]}) if list_recipes(b)
-                      for n in plan(b, ablations=with_ablations)]
+                      for n in plan(b, ablations=with_ablations, protocols=protocols)]
     if (folder / "plan.json").is_file():  # a reproduction's folder: the runs it planned, not every recipe
         from .harness.plan import load_plan
 
@@ -191,11 +192,24 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
     return 0
 
 
+def _protocol(recipe: str) -> str | None:
+    """The protocol of a record's recipe, where the recipe still loads."""
+    from .config import load_recipe
+    from .config.schema import ConfigError
+
+    try:
+        return load_recipe(recipe).protocol
+    except (ConfigError, ValueError, FileNotFoundError):
+        return None
+
+
 def _cmd_costs(args: argparse.Namespace) -> int:
     from .harness.reproduce import measure_benchmark_costs
 
+    from .harness.reproduce import protocols_of
+
     path = measure_benchmark_costs(args.benchmark, Path(args.out), methods=[m for m in (args.methods or "").split(",") if m] or None,
-                                   ablations=args.ablations, quick=args.quick, extra=args.overrides,
+                                   ablations=args.ablations, quick=args.quick, extra=args.overrides, protocols=protocols_of(args.protocol),
                                    processes=args.processes_per_run * args.nodes, steps=args.steps, threads=args.threads)
     print(f"wrote {path}: give it to `reproduce {args.benchmark} --equal-compute REF --costs {path}`")
     return 0
@@ -454,6 +468,7 @@ def build_parser() -> argparse.ArgumentParser:
     co.add_argument("--out", default="costs.json", help="the JSON to write (default costs.json)")
     co.add_argument("--methods", default=None, metavar="M1,M2", help="only these methods' recipes, with the baselines")
     co.add_argument("--ablations", action="store_true", help="also the ablation recipes")
+    co.add_argument("--protocol", default=None, choices=["2023", "2025", "all"], help="the table whose recipes to measure (default 2023)")
     co.add_argument("--quick", action="store_true", help="at the --quick reproduction's shapes")
     co.add_argument("--processes-per-run", type=int, default=1, help="processes per run and node the runs will use (sets the batch measured)")
     co.add_argument("--nodes", type=int, default=1, help="nodes per run")

@@ -279,6 +279,11 @@ def test_the_2025_recipes_carry_cirkdv2s_settings_and_test_server_numbers():
                          "cityscapes/segformer_mitb0/baseline": (74.12, "test-server")}
     assert not set(plan("cityscapes")) & set(names)
     assert set(plan("cityscapes", protocols=("2025",))) == set(names)
+    from afdcd_bench.harness.released_scores import recipe_of
+    from afdcd_bench.models.fetch import BY_KEY
+
+    entry = BY_KEY["cityscapes-segformer-teacher"]  # score-released scores it with its own recipe's protocol
+    assert recipe_of(entry) == "cityscapes/segformer_mitb4/teacher" and entry.published == published[recipe_of(entry)][0]
 
 
 def test_recipes_lists_the_2025_pairs_with_their_test_server_numbers(capsys):

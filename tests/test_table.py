@@ -182,3 +182,16 @@ def test_a_test_server_number_is_marked_and_never_compared_with_a_val_measuremen
     text = console.export_text()
     assert "74.12†" in text and "80.38†" in text and "74.21†" not in text
     assert "marked † are on Cityscapes' test server (1525 test images), not on the val split measured here" in " ".join(text.split())
+
+
+def test_table_lists_the_missing_runs_of_every_protocol_some_record_is_in(tmp_path, capsys):
+    """A results folder with a 2025 run: `table` lists that table's other runs as missing too (and the
+    2023 one's, as before), never its runs as present."""
+    rec(tmp_path, "cityscapes/segformer_mitb0/baseline", "baseline", "segformer-mit_b0", 0, 0.75, published=74.12)
+    assert main(["table", str(tmp_path), "--out", str(tmp_path / "out")]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "cityscapes, segformer-mit_b0" in out and "cityscapes, deeplabv3-resnet18_deepstem" in out
+    assert "cityscapes, segformer-mit_b4" in out  # its teacher, not run: missing
+    rows = pd.read_csv(tmp_path / "out" / "table.csv")
+    seg = rows[rows.student == "segformer-mit_b0"].set_index("method")
+    assert seg.loc["baseline", "n"] == 1 and seg.loc["kd", "n"] == 0 and seg.loc["baseline", "published_split"] == "test-server"

@@ -342,11 +342,12 @@ def student_configs(names: list[str], common: list[str], per_recipe: dict[str, l
 
 def measure_benchmark_costs(benchmark: str, out: Path, methods: list[str] | None = None, ablations: bool = False,
                             quick: bool = False, extra: list[str] | None = None, processes: int = 1, steps: int = 10,
-                            console: Console | None = None, threads: int | None = None) -> Path:
+                            console: Console | None = None, threads: int | None = None,
+                            protocols: tuple[str, ...] = ("2023",)) -> Path:
     """`afdcd-bench costs`: the costs per step of a reproduction's student recipes, measured on this
     machine, written as the JSON `reproduce --costs` reads (on a cluster: run it on a compute node)."""
     console = console or Console()
-    names = plan(benchmark, ablations, methods)
+    names = plan(benchmark, ablations, methods, protocols=protocols)
     per_recipe = quick_schedule(benchmark, names) if quick else {}
     students = student_configs(names, list(extra or []), per_recipe)
     measured = measure_costs({n: (c, [*(extra or []), *per_recipe.get(n, [])]) for n, c in students.items()}, processes,
