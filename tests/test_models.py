@@ -159,3 +159,9 @@ def test_segformer_is_nvlabs_mit_in_sizes_and_norms():
         build_segmentor("segformer", "mit_b9", 19)
     with pytest.raises(ValueError, match="segformer has no aux head"):
         build_segmentor("segformer", "mit_b0", 19, aux=True)
+    import copy  # a deep copy (ZeRO-3's full weights) gives its own head feature, the original's untouched
+
+    twin = copy.deepcopy(b0.eval())
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(twin(x).head, b0(x).head) and not b0._head and not twin._head

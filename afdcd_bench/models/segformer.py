@@ -69,7 +69,8 @@ class SegFormer(nn.Module):
                 module.eps = 1e-6
         self.decoder = SegformerDecodeHead(config)
         self._head: list[torch.Tensor] = []
-        self.decoder.classifier.register_forward_pre_hook(lambda _m, args: self._head.append(args[0]))
+        # a bound method, not a closure: a deep copy of the network (engine/full_weights.py) keeps its own
+        self.decoder.classifier.register_forward_pre_hook(self._keep_head)
         if pretrained:
             weights_convention = load_encoder(self.encoder, pretrained, backbone)
             normalization = normalization or weights_convention
@@ -81,6 +82,10 @@ class SegFormer(nn.Module):
         self.build_args: dict[str, Any] = {"arch": "segformer", "backbone": backbone, "num_classes": self.num_classes,
                                            "aux": False, "head_width": width,
                                            "normalization": normalization or dict(MIT_NORMALIZATION)}
+
+    def _keep_head(self, _module: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
+        """The classifier's input: the decoder's fused feature (the `head` tap)."""
+        self._head.append(args[0])
 
     def forward(self, x: torch.Tensor) -> Any:
         from .segmentor import SegmentorOutput
