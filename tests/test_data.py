@@ -177,10 +177,16 @@ def test_padding_is_zero_after_normalisation_the_mean_colour(norm):
                                           "bgr": True, "scale": 255.0}])
 def test_a_batch_normalised_at_once_equals_each_item_normalised_then_padded(norm):
     """Items leave the loader as uint8; model_inputs normalises the batch where it is. Its numbers are
-    those of normalising each crop alone and zeroing its pad (the per-item pipeline it replaced),
-    bit for bit, flipped and padded crops included."""
+    those of normalising each crop alone and zeroing its pad (the per-item pipeline it replaced,
+    written out here), bit for bit, flipped and padded crops included."""
     from afdcd_bench.data.batches import model_inputs
-    from afdcd_bench.data.transforms import normalize
+    from afdcd_bench.data.transforms import DEFAULT_NORMALIZATION
+
+    def normalize(img, norm):  # the per-item pipeline's operations, in its order
+        norm = norm or DEFAULT_NORMALIZATION
+        x = torch.from_numpy(img).permute(2, 0, 1).float() / 255.0
+        x = (x.flip(0) if norm.get("bgr") else x) * float(norm.get("scale", 1.0))
+        return (x - torch.tensor(norm["mean"]).view(3, 1, 1)) / torch.tensor(norm["std"]).view(3, 1, 1)
 
     gen = np.random.default_rng(5)
     image, label = gen.integers(0, 256, (37, 53, 3), dtype=np.uint8), gen.integers(0, 19, (37, 53), dtype=np.uint8)

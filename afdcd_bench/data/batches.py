@@ -22,6 +22,19 @@ def _constants(mean: tuple[float, ...], std: tuple[float, ...], device: torch.de
     return torch.full((), 255.0, device=device), as_tensor(mean), as_tensor(std)
 
 
+def normalize_images(images: torch.Tensor, normalization: dict[str, Any] | None) -> torch.Tensor:
+    """uint8 N x 3 x H x W (in any memory layout, which the result keeps) -> float in the convention the
+    model was trained with: {"mean", "std", "bgr", "scale"}, timm's RGB [0, 1] mean/std or the released
+    checkpoints' BGR, 0-255, Caffe mean, std 1."""
+    norm = normalization or DEFAULT_NORMALIZATION
+    full, mean, std = _constants(tuple(map(float, norm["mean"])), tuple(map(float, norm["std"])), images.device)
+    x = images.float() / full
+    if norm.get("bgr"):
+        x = x.flip(1)
+    x = x * float(norm.get("scale", 1.0))
+    return (x - mean) / std
+
+
 def model_inputs(batch: dict[str, Any], normalization: dict[str, Any] | None) -> tuple[torch.Tensor, torch.Tensor]:
     """(float N x 3 x H x W in the model's convention, pad 0 there; int64 labels) of a collated batch.
 
@@ -32,13 +45,7 @@ def model_inputs(batch: dict[str, Any], normalization: dict[str, Any] | None) ->
     if images.dtype != torch.uint8 or images.dim() != 4:
         raise TypeError(f"a batch's images are uint8 N x 3 x H x W as the datasets give them, got {images.dtype} "
                         f"{tuple(images.shape)}")
-    norm = normalization or DEFAULT_NORMALIZATION
-    full, mean, std = _constants(tuple(map(float, norm["mean"])), tuple(map(float, norm["std"])), images.device)
-    x = images.float() / full
-    if norm.get("bgr"):
-        x = x.flip(1)
-    x = x * float(norm.get("scale", 1.0))
-    x = (x - mean) / std
+    x = normalize_images(images, normalization)
     valid = batch.get("valid")
     if valid is not None:  # the release pads after normalising: a padded pixel is 0, the mean colour
         valid = valid.to(x.device)

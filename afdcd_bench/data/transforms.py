@@ -1,4 +1,5 @@
-"""Image/label transforms shared by every benchmark: normalisation and the training augmentation.
+"""Image/label transforms shared by every benchmark: the training augmentation (normalisation is
+data/batches.py's, on the device).
 
 Randomness comes from an explicit numpy Generator per sample, so a run is repeatable whatever
 the number of loader workers (see SegmentationDataset.rng).
@@ -12,22 +13,6 @@ import torch
 
 IGNORE_INDEX = 255
 DEFAULT_NORMALIZATION = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225], "bgr": False, "scale": 1.0}
-
-
-def normalize(image: np.ndarray, norm: dict[str, Any] | None = None) -> torch.Tensor:
-    """uint8 RGB HxWx3 -> float 3xHxW in the convention the model was trained with.
-
-    norm: {"mean", "std", "bgr", "scale"}: timm's RGB [0,1] mean/std, or the released
-    checkpoints' BGR, 0-255, Caffe mean, std 1.
-    """
-    norm = norm or DEFAULT_NORMALIZATION
-    x = torch.from_numpy(np.array(image, copy=True)).permute(2, 0, 1).float() / 255.0
-    if norm.get("bgr"):
-        x = x.flip(0)
-    x = x * float(norm.get("scale", 1.0))
-    mean = torch.tensor(norm["mean"], dtype=torch.float32).view(3, 1, 1)
-    std = torch.tensor(norm["std"], dtype=torch.float32).view(3, 1, 1)
-    return (x - mean) / std
 
 
 def draw_scale(rng: np.random.Generator, scale_range: tuple[float, float], step: float | None) -> float:

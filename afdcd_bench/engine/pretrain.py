@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 
 from ..data.digits import cache_root, classification_split
-from ..data.transforms import normalize
+from ..data.batches import normalize_images
 from ..files import atomic_write
 from ..models.backbones import create_backbone, timm_normalization
 
@@ -40,7 +40,8 @@ class Classifier(nn.Module):
 def _tensor(images: np.ndarray, norm: dict) -> torch.Tensor:
     """A batch normalised as the datasets do; channels-last in memory, the layout the cached
     weights were trained from (another layout changes the float rounding of every conv)."""
-    return torch.stack([normalize(image, norm) for image in images]).contiguous(memory_format=torch.channels_last)
+    pixels = torch.from_numpy(np.array(images)).permute(0, 3, 1, 2)  # a copy: the source may be read-only
+    return normalize_images(pixels, norm).contiguous(memory_format=torch.channels_last)
 
 
 def pretrained_path(backbone: str) -> Path:
