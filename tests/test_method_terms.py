@@ -17,13 +17,15 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
-from afdcd_bench.losses import (AfDCDLoss, cirkd_memory_kl, cirkd_minibatch_loss, cwd_loss, discriminator_hinge,
+from afdcd_bench.losses import (AfDCDLoss, cirkd_channel_batch_loss, cirkd_memory_kl, cirkd_minibatch_loss, cwd_loss,
+                                discriminator_hinge,
                                 dist_loss, fitnet_loss, generator_hinge, ifvd_loss, kd_loss, kt_feature_terms,
                                 kt_logit_tailoring_loss, pairwise_loss)
 from afdcd_bench.losses.ifvd import labels_at
 from afdcd_bench.losses.maskd import maskd_loss, masked_logits, token_dice, token_masks
 from afdcd_bench.losses.task import segmentation_ce
-from afdcd_bench.methods import METHODS, BuildContext
+from afdcd_bench.methods import METHODS, BuildContext, RunStates
+from afdcd_bench.methods._channel_queue import ChannelQueue
 from afdcd_bench.methods._class_queues import ClassQueues
 from afdcd_bench.models import SegmentorOutput
 
@@ -49,7 +51,7 @@ def _sum_across(x):  # a second process whose sums are not this one's
 def _context(setting):
     student = dict(CH, aux_logits=None if setting == "noaux" else K)
     ctx = BuildContext(student=student, teacher=dict(CH_T), num_classes=K, ignore_index=IGNORE, crop_size=(512, 512),
-                       per_device_batch=B, seed=SEED)
+                       per_device_batch=B, seed=SEED, student_strides={"head": 32}, teacher_strides={"head": 32})
     if setting != "one_process":
         ctx.num_processes, ctx.gather, ctx.reduce_mean, ctx.sum_across = 2, _gather, _reduce_mean, _sum_across
     return ctx
@@ -106,10 +108,18 @@ OPTIONS = {
     "cirkd": dict(minibatch_weight=0.7, pixel_weight=0.3, region_weight=0.2, tau=0.3, temperature=2.0, pixel_queue=30,
                   region_queue=6, pixel_contrasts=11, region_contrasts=7, pixels_per_image=3, minibatch_images=4,
                   pixel_enqueue="class", enqueue="after_step"),
+    # the 16x16 head maps: pooled by 4 for the pixel mini-batch term (from 16), by 3 for the channels (a partial patch)
+    "cirkdv2": dict(minibatch_weight=0.7, pixel_weight=0.3, region_weight=0.2, tau=0.3, temperature=2.0, pixel_queue=30,
+                    region_queue=6, pixel_contrasts=11, region_contrasts=7, pixels_per_image=3, minibatch_images=4,
+                    pixel_enqueue="class", enqueue="after_step", fitnet_weight=0.4, context=True, channel_batch_weight=0.6,
+                    channel_memory_weight=0.25, channel_kd_weight=5.0, channel_pool=3, channel_queue=50, channel_contrasts=13,
+                    channel_per_step=9, minibatch_pool_from=16),
 }
 VARIANTS = {  # further option sets a method's reference must also match
     "cirkd": [dict(enqueue="before_loss", pixel_enqueue="released", minibatch_images=2), dict(region_weight=0.0),
               dict(pixel_weight=0.0, region_weight=0.0)],
+    "cirkdv2": [dict(context=False, enqueue="before_loss", pixel_enqueue="released", minibatch_pool_from=0, minibatch_images=1),
+                dict(pixel_weight=0.0, region_weight=0.0, channel_memory_weight=0.0, fitnet_weight=0.0, channel_pool=1)],
     "dist": [dict(intra_batch="device")],
     "afdcd": [dict(mask="center", lambda_kd=0.0, mode="spatial")],
     "fd": [dict(mask="center", projector="basic")],
@@ -264,6 +274,77 @@ def ref_cirkd(m, o, ctx, s, t, y, steps):
     return out, queues
 
 
+def _bn_relu(x, bn):  # a BatchNorm in training mode (the method's parts train), then ReLU
+    return F.relu(F.batch_norm(x, None, None, bn.weight, bn.bias, training=True, eps=bn.eps))
+
+
+def ref_cirkdv2(m, o, ctx, s, t, y, steps):
+    f = s.head
+    if o.context:  # attention over the 256 positions at half the width, concatenated with f and fused back
+        c = m.context
+        q, k, v = (F.conv2d(f, conv.weight).flatten(2) for conv in (c.query, c.key, c.value))
+        attn = torch.softmax(q.transpose(1, 2) @ k * q.shape[1] ** -0.5, dim=-1)  # (B, 256 queries, 256 keys)
+        ctx_map = (attn @ v.transpose(1, 2)).transpose(1, 2).reshape(B, -1, 16, 16)
+        expanded = _bn_relu(F.conv2d(ctx_map, c.expand[0].weight), c.expand[1])
+        f = _bn_relu(F.conv2d(torch.cat([s.head, expanded], 1), c.fuse[0].weight), c.fuse[1])
+    else:
+        assert m.context is None
+    g = o.minibatch_images
+    fs, ft = (F.avg_pool2d(f, 4, 4, ceil_mode=True), F.avg_pool2d(t.head, 4, 4, ceil_mode=True)) if o.minibatch_pool_from else (f, t.head)
+    batch = torch.stack([cirkd_minibatch_loss(fs[i:i + g], ft[i:i + g], o.tau) for i in range(0, B, g)]).mean()
+    fixed = {"cirkd_batch": o.minibatch_weight * batch}
+    if o.fitnet_weight:
+        fixed["cirkd_fitnet"] = o.fitnet_weight * fitnet_loss(F.conv2d(f, m.fitnet_adapter.weight), t.head)
+    p = m.channel_projector  # channels: pooled by 3 (16 -> 6, the last patch of 1), projected, unit over positions
+    pooled = F.avg_pool2d(f, o.channel_pool, o.channel_pool, ceil_mode=True)
+    proj = F.conv2d(_bn_relu(F.conv2d(pooled, p[0].weight), p[1]), p[3].weight)
+    sc = F.normalize(proj.flatten(2), dim=2)
+    tc = F.normalize(F.avg_pool2d(t.head, o.channel_pool, o.channel_pool, ceil_mode=True).flatten(2), dim=2)
+    groups = [cirkd_channel_batch_loss(sc[i:i + g], tc[i:i + g], o.tau) for i in range(0, B, g)]
+    fixed["cirkd_channel_batch"] = o.channel_batch_weight * torch.stack(groups).mean()
+    fixed["cirkd_channel_kd"] = o.channel_kd_weight * ((sc - tc) ** 2).mean()
+    queues = channels = None
+    if o.pixel_weight or o.region_weight:
+        queues = ClassQueues(K, o.pixel_queue, o.region_queue, CH_T["head"], o.pixels_per_image, seed=SEED,
+                             pixel_enqueue=o.pixel_enqueue)
+    if o.channel_memory_weight:
+        side = -(-16 // o.channel_pool)
+        channels = ChannelQueue(o.channel_queue, side * side, o.channel_per_step, seed=SEED + 1)
+    tn = F.normalize(t.head, dim=1)
+    lab = labels_at(y, (16, 16))
+    valid = (lab >= 0) & (lab < K)
+    tv = tn.permute(0, 2, 3, 1)[valid]
+    count = valid.sum().float()
+    scale = 1.0 / (ctx.reduce_mean(count) if ctx.num_processes > 1 else count).clamp_min(1.0)
+    rows_s, rows_t = sc.flatten(0, 1), tc.flatten(0, 1)
+    out = []
+    for _ in range(steps):
+        terms = dict(fixed)
+        if queues is not None:
+            if o.enqueue == "before_loss":
+                queues.enqueue(ctx.gather(tn), ctx.gather(lab))
+            banks = dict(zip(("pixel", "region"), queues.sample(o.pixel_contrasts, o.region_contrasts)))
+            projected = F.conv2d(_bn_relu(F.conv2d(f, m.projector[0].weight), m.projector[1]), m.projector[3].weight)
+            sv = F.normalize(projected, dim=1).permute(0, 2, 3, 1)[valid]
+            for key in ("pixel", "region"):
+                if getattr(o, f"{key}_weight"):
+                    terms[f"cirkd_{key}"] = getattr(o, f"{key}_weight") * cirkd_memory_kl(sv, tv, banks[key], o.tau,
+                                                                                          o.temperature).sum() * scale
+        if channels is not None:
+            if o.enqueue == "before_loss":
+                channels.enqueue(ctx.gather(rows_t))
+            bank = channels.sample(o.channel_contrasts)
+            terms["cirkd_channel_memory"] = o.channel_memory_weight * cirkd_memory_kl(rows_s, rows_t, bank, o.tau, o.temperature).mean()
+        out.append(terms)
+        if o.enqueue == "after_step":
+            if queues is not None:
+                queues.enqueue(ctx.gather(tn), ctx.gather(lab))
+            if channels is not None:
+                channels.enqueue(ctx.gather(rows_t))
+    states = {k: v for k, v in (("classes", queues), ("channels", channels)) if v is not None}
+    return out, (RunStates(states) if states else None)
+
+
 REFERENCES = {name[4:]: f for name, f in globals().items() if name.startswith("ref_")}
 
 # what the record must say each trained term was weighted by (aux: both networks have aux logits)
@@ -283,6 +364,10 @@ WEIGHTS = {
     "maskd_tokens": lambda o, aux: {"tokens_ce": 1.0, "tokens_dice": o.dice_weight},
     "cirkd": lambda o, aux: {"cirkd_batch": o.minibatch_weight, "cirkd_pixel": o.pixel_weight,
                              "cirkd_region": o.region_weight},
+    "cirkdv2": lambda o, aux: {"cirkd_batch": o.minibatch_weight, "cirkd_pixel": o.pixel_weight,
+                               "cirkd_region": o.region_weight, "cirkd_fitnet": o.fitnet_weight,
+                               "cirkd_channel_batch": o.channel_batch_weight, "cirkd_channel_memory": o.channel_memory_weight,
+                               "cirkd_channel_kd": o.channel_kd_weight},
 }
 
 
@@ -293,6 +378,8 @@ def _state_bytes(o, queues):
 
 STATE_BYTES = {name: (lambda o, state: 0) for name in WEIGHTS}
 STATE_BYTES["cirkd"] = _state_bytes
+STATE_BYTES["cirkdv2"] = lambda o, state: 0 if state is None else sum(
+    4 * (q.pixel.numel() + q.region.numel()) if k == "classes" else 4 * q.entries.numel() for k, q in state.states.items())
 STATE_BYTES["maskd"] = lambda o, state: 4 * 3 * K  # the 3 x K tokens of the file
 
 
@@ -305,6 +392,10 @@ PARAMETERS.update({
     "kt": lambda o: (_tailoring_size(CH_T["head"]) + _tailoring_size(CH["head"]) + CH["head"] * CH_T["head"]) if o.train_tailoring else 0,
     "maskd_tokens": lambda o: o.num_tokens * K,
     "cirkd": lambda o: (CH["head"] * CH_T["head"] + 2 * CH_T["head"] + CH_T["head"] ** 2) if o.pixel_weight or o.region_weight else 0,
+    # projectors (memory and channel: conv, BN, conv), the context block (q, k, v, expand + BN, fuse + BN), FitNet's conv
+    "cirkdv2": lambda o: ((CH["head"] * CH_T["head"] + 2 * CH_T["head"] + CH_T["head"] ** 2) * (1 + bool(o.pixel_weight or o.region_weight))
+                          + (4 * CH["head"] * (CH["head"] // 2) + 2 * CH["head"] + 2 * CH["head"] ** 2 + 2 * CH["head"]) * o.context
+                          + CH["head"] * CH_T["head"] * bool(o.fitnet_weight)),
 })
 
 
@@ -314,7 +405,7 @@ def _cases():
             continue
         o = METHODS[name].Options(**OPTIONS[name])
         reads_aux = WEIGHTS[name](o, True) != WEIGHTS[name](o, False)  # the others never see aux logits
-        settings = ["aux", *(["noaux"] if reads_aux else []), *(["one_process"] if name == "cirkd" else [])]
+        settings = ["aux", *(["noaux"] if reads_aux else []), *(["one_process"] if name in ("cirkd", "cirkdv2") else [])]
         for i, extra in enumerate([{}, *VARIANTS.get(name, [])]):
             for setting in settings:
                 yield pytest.param(name, extra, setting, id=f"{name}-{i}-{setting}")
@@ -325,7 +416,7 @@ def test_every_method_has_a_reference_here():
     for name, options in OPTIONS.items():
         defaults = METHODS[name].Options()
         same = [k for k, v in options.items() if getattr(defaults, k) == v and k not in ("mode", "mask", "pixel_enqueue",
-                                                                                          "enqueue", "count_ignored")]
+                                                                                          "enqueue", "count_ignored", "context")]
         assert not same, f"{name}: {same} at their defaults, so a dropped option is not seen"
 
 
@@ -341,10 +432,18 @@ def _build(name, extra, setting, tokens_file):
     return m, options, ctx
 
 
+def _same_state(a, b) -> bool:
+    if isinstance(a, dict):
+        return isinstance(b, dict) and sorted(a) == sorted(b) and all(_same_state(a[k], b[k]) for k in a)
+    if torch.is_tensor(a):
+        return torch.is_tensor(b) and torch.equal(a, b)
+    return a == b
+
+
 @pytest.mark.parametrize("name,extra,setting", list(_cases()))
 def test_each_term_is_its_weight_times_its_loss_computed_by_hand(name, extra, setting, tokens_file):
     m, o, ctx = _build(name, extra, setting, tokens_file)
-    s, t, y = _outputs(setting, beyond=name in ("cirkd", "ifvd"))
+    s, t, y = _outputs(setting, beyond=name in ("cirkd", "cirkdv2", "ifvd"))
     steps = 2
     want, state = REFERENCES[name](m, o, ctx, s, t, y, steps)  # first: it copies what the method owns now
     got = []
@@ -362,9 +461,9 @@ def test_each_term_is_its_weight_times_its_loss_computed_by_hand(name, extra, se
     assert [id(p) for p in m.clip_parameters()] == [id(p) for p in clipped] and (clipped or name not in ("afdcd", "fd"))
     if state is not None:  # the run state the method holds after the same steps
         held, ref = m.run_state().state_dict(), state.state_dict()
-        assert sorted(held) == sorted(ref)
-        for k in ref:
-            assert torch.equal(held[k], ref[k]) if torch.is_tensor(ref[k]) else held[k] == ref[k], (name, k)
+        assert _same_state(held, ref), name
+    elif name in ("cirkd", "cirkdv2"):
+        assert m.run_state() is None, name
     for step, (g, w) in enumerate(zip(got, want)):
         assert sorted(g) == sorted(w), (name, step)
         for k in w:

@@ -45,6 +45,9 @@ PER_METHOD = {
     # small queues: they are written to every checkpoint
     "cirkd": ["method.cirkd.pixel_queue=50", "method.cirkd.region_queue=10", "method.cirkd.pixel_contrasts=64",
               "method.cirkd.region_contrasts=16"],
+    "cirkdv2": ["method.cirkdv2.pixel_queue=50", "method.cirkdv2.region_queue=10", "method.cirkdv2.pixel_contrasts=64",
+                "method.cirkdv2.region_contrasts=16", "method.cirkdv2.channel_queue=40", "method.cirkdv2.channel_contrasts=16",
+                "method.cirkdv2.channel_per_step=8", "method.cirkdv2.channel_pool=1"],
 }
 # |1 process - 2 processes| after two steps, largest over the weights and over the own parts, measured on an
 # Intel Xeon with each kernel set torch, oneDNN and MKL can take (ATEN_CPU_CAPABILITY / ONEDNN_MAX_CPU_ISA /
@@ -182,15 +185,19 @@ def test_every_method_trains_resumes_exactly_and_two_processes_equal_one(tmp_pat
         assert _gap(a, b) == 0, f"{label}: the resumed run differs from the straight one"
         if label == "adv":
             assert rec["own_parts"]["adv.discriminator"] > 0 and a[1], "the discriminator's state is checkpointed"
-        if label.startswith("cirkd"):
+        if label.startswith("cirkd-") or label == "cirkd":
             assert rec["method_state_bytes"]["cirkd"] == 11 * (50 + 10) * 128 * 4
             queues = [v["cirkd"] for v in a[1].values() if "cirkd" in v]
             assert len(queues) == 1 and queues[0]["pixel_ptr"] != [0] * 11, "the queues are checkpointed and filled"
+        if label == "cirkdv2":  # the class queues and a channel queue of 40 entries over the 4x4 head positions
+            assert rec["method_state_bytes"]["cirkdv2"] == (11 * (50 + 10) * 128 + 40 * 16) * 4
+            states = [v["cirkdv2"] for v in a[1].values() if "cirkdv2" in v]
+            assert len(states) == 1 and states[0]["channels"]["ptr"] == 16 and states[0]["classes"]["pixel_ptr"] != [0] * 11
         if label == "maskd":
             assert rec["method_state_bytes"]["maskd"] == 8 * 11 * 4 and rec["method_parameters"] == 0  # frozen tokens
 
     runs = [(label, recipe, extra) for label, recipe, extra in runs if label == "kd" or _crosses_processes(load_recipe(recipe, extra))]
-    assert {label for label, _, _ in runs} == {"kd", "adv", "cirkd", "cirkd-released", "dist", "maskd_tokens"}
+    assert {label for label, _, _ in runs} == {"kd", "adv", "cirkd", "cirkd-released", "cirkdv2", "dist", "maskd_tokens"}
     many = json.dumps([[recipe, [*extra, f"output_dir={tmp_path / 'two' / label}"]] for label, recipe, extra in runs])
     cmd = [sys.executable, str(ROOT / "tests/distributed_helpers.py"), "demo/kd", "--sync-bn", "--many", many]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=ROOT)

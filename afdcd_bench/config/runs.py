@@ -117,6 +117,8 @@ def settings(config: dict[str, Any]) -> dict[str, Any]:
     out = copy.deepcopy(config)
     if out.get("budget") == default_budget():
         out.pop("budget")
+    if isinstance(out.get("method"), dict) and out["method"].get("resize_teacher") is False:
+        out["method"].pop("resize_teacher")  # likewise for the setting that heterogeneous pairs brought
     for key in LOCATION_KEYS:
         *parents, last = key.split(".")
         node: Any = out

@@ -61,6 +61,10 @@ class MethodConfig:
     name: str = "baseline"
     aux_weight: float = 0.4
     clip_grad_norm: float = 15.0  # on the methods' align/projector parameters (Af-DCD, as released)
+    # a heterogeneous pair (a SegFormer teacher's 1/4 maps, a CNN student's 1/8): bring each teacher map
+    # a method reads to the student's size (area-averaged where finer, bilinear where coarser) instead
+    # of refusing the method (docs/networks.md)
+    resize_teacher: bool = False
     options: dict[str, Any] = field(default_factory=dict)  # method -> its options dataclass
 
     @property

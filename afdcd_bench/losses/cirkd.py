@@ -52,3 +52,24 @@ def cirkd_memory_kl(student_vecs: torch.Tensor, teacher_vecs: torch.Tensor, cont
         log_s = as_float(student_vecs) @ bank.T * scale
         log_t = as_float(teacher_vecs.detach()) @ bank.T * scale
         return temperature ** 2 * _kl_rows(log_t, log_s)
+
+
+def channel_vectors(feat: torch.Tensor, pool: int = 1) -> torch.Tensor:
+    """(B, C, H, W) -> (B, C, h*w): each channel's map, averaged over pool x pool patches (the last
+    patch of a row or column may be partial), flattened and of unit length (CIRKDv2's channel terms)."""
+    x = as_float(feat)
+    if pool > 1:
+        x = F.avg_pool2d(x, pool, pool, ceil_mode=True)
+    return F.normalize(x.flatten(2), dim=2)
+
+
+def cirkd_channel_batch_loss(student_vecs: torch.Tensor, teacher_vecs: torch.Tensor, tau: float = 0.1) -> torch.Tensor:
+    """The mini-batch term over channels (CIRKDv2): the mean over every ordered pair (i, j) of the
+    group's images of the mean over the channels c of image i of
+    KL(softmax(<t_c, t_d>/tau) || softmax(<s_c, s_d>/tau)) over the channels d of image j. Inputs are
+    unit-length channel vectors (B, C, N) of one width; no temperature-squared factor, as released."""
+    if student_vecs.shape != teacher_vecs.shape:
+        raise ValueError(f"cirkd_channel_batch_loss: student {tuple(student_vecs.shape)} and teacher "
+                         f"{tuple(teacher_vecs.shape)} channel vectors differ")
+    # the pixel term's computation with channels as the rows and positions as their components
+    return cirkd_minibatch_loss(student_vecs.transpose(1, 2).unsqueeze(-1), teacher_vecs.transpose(1, 2).unsqueeze(-1), tau)

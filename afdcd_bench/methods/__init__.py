@@ -12,9 +12,9 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from ..losses import task_loss
+from ..losses import resize_to, task_loss
 from ..models import SegmentorOutput
-from .base import METHODS, BuildContext, Component, OwnPart, check_reads, register
+from .base import METHODS, BuildContext, Component, OwnPart, RunStates, check_reads, register
 
 _SKIP = {"base"}
 
@@ -53,9 +53,13 @@ class Method(nn.Module):
         self.ignore_index = ctx.ignore_index
         parts = {}
         seen: dict[str, str] = {}
+        self.resized: frozenset[str] = frozenset()
+        if getattr(cfg, "resize_teacher", False) and ctx.teacher_strides:
+            self.resized = frozenset(out for out, t in ctx.teacher_strides.items()
+                                     if t and ctx.student_strides.get(out) and ctx.student_strides[out] != t)
         for name in cfg.components:
             cls = METHODS[name]
-            check_reads(cls, ctx)
+            check_reads(cls, ctx, self.resized)
             for term in cls.terms:
                 if term in seen or term == "task":
                     raise ValueError(f"method.name {cfg.name!r}: {name} and {seen.get(term, 'the task loss')} both "
@@ -95,6 +99,10 @@ class Method(nn.Module):
 
     def forward(self, student: SegmentorOutput, teacher: SegmentorOutput | None, labels: torch.Tensor) -> dict[str, torch.Tensor]:
         terms = {"task": task_loss(student.logits, labels, student.aux_logits, self.aux_weight, self.ignore_index)}
+        if self.resized and teacher is not None:
+            teacher = teacher._replace(**{out: resize_to(getattr(teacher, out), tuple(getattr(student, out).shape[-2:]))
+                                          for out in self.resized if getattr(teacher, out) is not None
+                                          and getattr(student, out) is not None})
         for c in self.components:
             terms.update(c(student, teacher, labels))
         return terms
@@ -117,22 +125,6 @@ class OwnPartsState:
             p.module.load_state_dict(state[k]["module"])
             if p.optimizer is not None and state[k]["optimizer"] is not None:
                 p.optimizer.load_state_dict(state[k]["optimizer"])
-
-
-class RunStates:
-    """The methods' state outside their modules (queues), for Accelerate's checkpoint."""
-
-    def __init__(self, states: dict[str, Any]):
-        self.states = states
-
-    def state_dict(self) -> dict[str, Any]:
-        return {k: s.state_dict() for k, s in self.states.items()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        if set(state) != set(self.states):
-            raise ValueError(f"checkpoint holds the state of {sorted(state)}, this method {sorted(self.states)}")
-        for k, s in self.states.items():
-            s.load_state_dict(state[k])
 
 
 def build_method(cfg: Any, ctx: BuildContext) -> Method:

@@ -147,7 +147,8 @@ class Component(nn.Module, abc.ABC):
         """The method's weighted terms of one step (named as in `terms`)."""
 
 
-def check_reads(cls: type[Component], ctx: BuildContext) -> None:
+def check_reads(cls: type[Component], ctx: BuildContext, resized: frozenset[str] = frozenset()) -> None:
+    """resized: the outputs the teacher's side brings to the student's size (method.resize_teacher)."""
     for side, channels in (("student", ctx.student), ("teacher", ctx.teacher)):
         if side == "teacher" and not cls.needs_teacher:
             continue
@@ -160,6 +161,23 @@ def check_reads(cls: type[Component], ctx: BuildContext) -> None:
         return
     for out in cls.reads:
         s, t = ctx.student_strides.get(out), ctx.teacher_strides.get(out)
-        if s and t and s != t and out not in cls.any_size:
+        if s and t and s != t and out not in cls.any_size and out not in resized:
             raise ValueError(f"method {cls.name!r} compares the student's {out} (1/{s} of the input) with the teacher's (1/{t}): "
-                             f"it needs them at one size, and this pair's differ (a heterogeneous pair, docs/networks.md)")
+                             f"it needs them at one size, and this pair's differ (a heterogeneous pair: set "
+                             f"method.resize_teacher=true to bring the teacher's maps to the student's size, docs/networks.md)")
+
+
+class RunStates:
+    """The methods' state outside their modules (queues), for Accelerate's checkpoint."""
+
+    def __init__(self, states: dict[str, Any]):
+        self.states = states
+
+    def state_dict(self) -> dict[str, Any]:
+        return {k: s.state_dict() for k, s in self.states.items()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if set(state) != set(self.states):
+            raise ValueError(f"checkpoint holds the state of {sorted(state)}, this method {sorted(self.states)}")
+        for k, s in self.states.items():
+            s.load_state_dict(state[k])

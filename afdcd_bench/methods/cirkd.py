@@ -107,15 +107,23 @@ class CrossImageRelational(Component):
         return self.queues.nbytes if self.queues is not None else 0
 
     def forward(self, student, teacher, labels):
+        return self._relational_terms(student.head, teacher.head, labels)
+
+    def _minibatch_maps(self, s: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The maps the mini-batch term compares (CIRKDv2 pools large ones)."""
+        return s, t
+
+    def _relational_terms(self, s_head: torch.Tensor, t_head: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
         o = self.options
         terms = {}
         if o.minibatch_weight:
-            g, b = o.minibatch_images, student.head.shape[0]
-            groups = [cirkd_minibatch_loss(student.head[i:i + g], teacher.head[i:i + g], o.tau) for i in range(0, b, g)]
+            g, b = o.minibatch_images, s_head.shape[0]
+            s_map, t_map = self._minibatch_maps(s_head, t_head)
+            groups = [cirkd_minibatch_loss(s_map[i:i + g], t_map[i:i + g], o.tau) for i in range(0, b, g)]
             terms["cirkd_batch"] = o.minibatch_weight * torch.stack(groups).mean()
         if self.queues is None:
             return terms
-        t = F.normalize(as_float(teacher.head.detach()), dim=1)
+        t = F.normalize(as_float(t_head.detach()), dim=1)
         lab = labels_at(labels, tuple(t.shape[-2:]))
         entries = (self.ctx.gather(t), self.ctx.gather(lab))  # every process's images, in process order
         if o.enqueue == "before_loss":
@@ -127,7 +135,7 @@ class CrossImageRelational(Component):
             self._contrasts = self.queues.sample(o.pixel_contrasts, o.region_contrasts)
         pixel_bank, region_bank = self._contrasts
         valid = (lab >= 0) & (lab < self.ctx.num_classes)
-        s = F.normalize(as_float(self.projector(student.head)), dim=1).permute(0, 2, 3, 1)[valid]
+        s = F.normalize(as_float(self.projector(s_head)), dim=1).permute(0, 2, 3, 1)[valid]
         t_a = t.permute(0, 2, 3, 1)[valid]
         # the mean over every process's anchors: each process divides its sum by the global count over
         # the process count (the gradient average over processes then gives the global mean)
