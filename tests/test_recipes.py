@@ -24,16 +24,21 @@ NETS = {"deeplabv3-resnet18": "deeplabv3-resnet18_deepstem", "pspnet-resnet18": 
 OURS = ("teacher", "baseline", "kd", "afdcd")
 
 
-def published_rows():
+V2_SOURCE = "CIRKDv2 README (winycg/CIRKD at dab64db)"
+
+
+def published_rows(protocol: str = "2023"):
+    """The published rows of one protocol (2025: CIRKDv2's table)."""
     with open(recipes_root() / "published_results.csv") as f:
-        return list(csv.DictReader(f))
+        rows = list(csv.DictReader(f))
+    return [r for r in rows if (r["source"] == V2_SOURCE) == (protocol == "2025")]
 
 
-def recipe_table():
+def recipe_table(protocol: str = "2023"):
     out = {}
     for name in list_recipes():
         cfg = load_recipe(name)
-        if cfg.ablation_of:
+        if cfg.ablation_of or (cfg.protocol != protocol and not name.endswith("/teacher")):
             continue  # variants of a main recipe, run with --ablations
         method = "teacher" if name.endswith("/teacher") else cfg.method.name
         out[(cfg.benchmark, f"{cfg.student.arch}-{cfg.student.backbone}", method)] = cfg
@@ -48,9 +53,14 @@ def test_vendored_published_table_matches_the_shared_reference():
     if shared.is_file():  # beside the checkout in CI and in development
         assert ours.startswith(shared.read_text())
         added = list(csv.DictReader(io.StringIO(ours)))[len(list(csv.DictReader(io.StringIO(shared.read_text())))):]
-        assert [(r["student"], r["method"], r["miou"]) for r in added] == [
+        kt = [r for r in added if r["method"] == "kt"]
+        assert [(r["student"], r["method"], r["miou"]) for r in kt] == [
             ("deeplabv3-resnet18", "kt", "77.98"), ("deeplabv3-mobilenetv2", "kt", "76.17"), ("pspnet-resnet18", "kt", "76.49")]
-        assert all(r["source"].startswith("KT README") for r in added)
+        assert all(r["source"].startswith("KT README") for r in kt)
+        v2 = added[len(kt):]  # then CIRKDv2's table (test_every_cirkdv2_row_has_a_2025_recipe_with_its_number)
+        assert len(v2) == 43 and all(r["source"] == "CIRKDv2 README (winycg/CIRKD at dab64db)" for r in v2)
+        assert {r["split"] for r in v2 if r["benchmark"] == "cityscapes"} == {"test-server"}
+        assert {r["split"] for r in v2 if r["benchmark"] != "cityscapes"} == {"val"}
 
 
 def test_kt_recipes_carry_the_published_numbers_and_the_release_schedule():
@@ -263,9 +273,10 @@ def test_the_2025_recipes_carry_cirkdv2s_settings_and_test_server_numbers():
     test-server ones; the 2023 table (reproduce's default) does not run them, --only and --protocol do."""
     from afdcd_bench.harness.reproduce import plan
 
-    names = [n for n in list_recipes("cityscapes") if load_recipe(n).protocol == "2025"]
+    every = [n for n in list_recipes("cityscapes") if load_recipe(n).protocol == "2025"]
+    names = [n for n in every if "segformer" in n]
     assert sorted(names) == sorted(["cityscapes/segformer_mitb4/teacher", *(f"cityscapes/segformer_mitb0/{m}" for m in
-                                    ("baseline", "kd", "afdcd", "dist", "cwd", "fitnet"))])
+                                    ("baseline", "kd", "afdcd", "dist", "cwd", "fitnet", "cirkdv2"))])
     for name in names:
         cfg = load_recipe(name)
         t = cfg.train
@@ -276,9 +287,13 @@ def test_the_2025_recipes_carry_cirkdv2s_settings_and_test_server_numbers():
             assert (cfg.teacher.arch, cfg.teacher.backbone, cfg.teacher.recipe) == ("segformer", "mit_b4", "cityscapes/segformer_mitb4/teacher")
     published = {n: (load_recipe(n).published.miou, load_recipe(n).published.split) for n in names if load_recipe(n).published.miou}
     assert published == {"cityscapes/segformer_mitb4/teacher": (80.38, "test-server"),
-                         "cityscapes/segformer_mitb0/baseline": (74.12, "test-server")}
-    assert not set(plan("cityscapes")) & set(names)
-    assert set(plan("cityscapes", protocols=("2025",))) == set(names)
+                         "cityscapes/segformer_mitb0/baseline": (74.12, "test-server"),
+                         "cityscapes/segformer_mitb0/cirkdv2": (75.52, "test-server")}
+    v2 = load_recipe("cityscapes/segformer_mitb0/cirkdv2").method.cirkdv2  # the SegFormer trainer: no context block
+    assert (v2.context, v2.pixel_queue, v2.minibatch_images, v2.minibatch_pool_from) == (False, 2000, 1, 256)
+    assert not set(plan("cityscapes")) & set(every)
+    # the 2025 table: its recipes, and the 2023 DeepLabV3-ResNet101 teacher its CNN students learn from
+    assert set(plan("cityscapes", protocols=("2025",))) == {*every, "cityscapes/teacher"}
     from afdcd_bench.harness.released_scores import recipe_of
     from afdcd_bench.models.fetch import BY_KEY
 
@@ -293,3 +308,72 @@ def test_recipes_lists_the_2025_pairs_with_their_test_server_numbers(capsys):
     assert lines["cityscapes/segformer_mitb0/baseline"].endswith("74.12 (test server)")
     assert lines["cityscapes/segformer_mitb0/kd"].split()[5] == "segformer-mit_b4"
     assert lines["cityscapes/deeplabv3_resnet18/afdcd"].split()[2] == "2023" and lines["cityscapes/deeplabv3_resnet18/afdcd"].endswith("77.03")
+
+
+# CIRKDv2's scripts (scripts/train_cirkdv2/<benchmark>/<pair>.sh at dab64db): lambda fitnet per pair
+V2_FITNET = {("cityscapes", "deeplabv3-resnet18"): 1, ("cityscapes", "upernet-resnet18"): 1,
+             ("cityscapes", "deeplabv3-mobilenetv3-small"): 1, ("cityscapes", "pspnet-mobilenetv3-small"): 10,
+             ("cityscapes", "deeplabv3-mobilevit-xxs"): 10, ("cityscapes", "pspnet-mobilevit-xxs"): 1,
+             ("ade20k", "deeplabv3-resnet18"): 1, ("ade20k", "upernet-resnet18"): 10,
+             ("ade20k", "deeplabv3-mobilenetv3-large"): 10, ("ade20k", "pspnet-mobilenetv3-large"): 1,
+             ("voc", "deeplabv3-mobilenetv3-small"): 10, ("voc", "deeplabv3-mobilenetv3-large"): 10,
+             ("voc", "pspnet-mobilenetv3-small"): 10, ("voc", "pspnet-mobilenetv3-large"): 10,
+             ("coco_stuff_164k", "deeplabv3-resnet18"): 10, ("coco_stuff_164k", "pspnet-mobilenetv3-small"): 10,
+             ("coco_stuff_164k", "deeplabv3-mobilenetv3-small"): 1, ("coco_stuff_164k", "deeplabv3-mobilenetv3-large"): 10}
+V2_NETS = {"deeplabv3-resnet18": ("deeplabv3", "resnet18_deepstem"), "upernet-resnet18": ("upernet", "resnet18_deepstem"),
+           "deeplabv3-mobilenetv3-small": ("deeplabv3", "mobilenetv3_small_100"),
+           "deeplabv3-mobilenetv3-large": ("deeplabv3", "mobilenetv3_large_100"),
+           "pspnet-mobilenetv3-small": ("pspnet", "mobilenetv3_small_100"), "pspnet-mobilenetv3-large": ("pspnet", "mobilenetv3_large_100"),
+           "deeplabv3-mobilevit-xxs": ("deeplabv3", "mobilevit_xxs"), "pspnet-mobilevit-xxs": ("pspnet", "mobilevit_xxs"),
+           "segformer-mit-b0": ("segformer", "mit_b0")}
+
+
+def test_every_cirkdv2_row_has_a_2025_recipe_with_its_number_split_and_schedule():
+    """Each student row of CIRKDv2's table: a baseline and a cirkdv2+kd recipe on the 2025 protocol with
+    the published number and split, the script's schedule (SGD 0.01 / batch 8 on Cityscapes, 0.02 / 16
+    elsewhere, 80k iterations; MobileViT: AdamW 9e-4, weight decay 0.01), lambda fitnet and the
+    release's images per GPU for the mini-batch terms; every teacher row names the benchmark's teacher."""
+    rows = [r for r in published_rows("2025") if r["student"] != "-"]
+    assert len(rows) == 38
+    found = {}
+    for name in list_recipes():
+        cfg = load_recipe(name)
+        if cfg.protocol == "2025" and cfg.published.miou is not None and not name.endswith("/teacher"):
+            found[(cfg.benchmark, cfg.student.arch, cfg.student.backbone, cfg.method.components[0])] = cfg
+    for r in rows:
+        arch, backbone = V2_NETS[r["student"]]
+        cfg = found.pop((r["benchmark"], arch, backbone, r["method"]))
+        assert (cfg.published.miou, cfg.published.split) == (float(r["miou"]), r["split"]), r
+        if arch == "segformer":
+            continue  # test_the_2025_recipes_carry_cirkdv2s_settings_and_test_server_numbers
+        t, city = cfg.train, r["benchmark"] == "cityscapes"
+        assert cfg.teacher.recipe == f"{r['benchmark']}/teacher" and t.iterations == 80000
+        assert cfg.student.aux == backbone.startswith("resnet") and cfg.student.pretrained.endswith(f"weights/{backbone}.safetensors")
+        if "mobilevit" in backbone:
+            assert (t.optimizer, t.lr, t.weight_decay, t.effective_batch) == ("adamw", 9e-4, 0.01, 8)
+        else:
+            assert (t.optimizer, t.lr, t.weight_decay, t.effective_batch) == ("sgd", 0.01 if city else 0.02, 1e-4, 8 if city else 16)
+        if r["method"] == "cirkdv2":
+            v2 = cfg.method.cirkdv2
+            assert cfg.method.name == "cirkdv2+kd" and v2.context and v2.fitnet_weight == V2_FITNET[(r["benchmark"], r["student"])]
+            assert v2.minibatch_images == {"cityscapes": 1, "ade20k": 2, "voc": 4, "coco_stuff_164k": 2}[r["benchmark"]]
+            assert (v2.channel_kd_weight, v2.channel_batch_weight, v2.channel_memory_weight, v2.pixel_queue) == (100, 1, 0.1, 20000)
+            assert (v2.pixel_enqueue, v2.enqueue) == ("released", "before_loss")
+    assert not found, f"2025 recipes with a published number and no row: {sorted(found)}"
+    teachers = {r["benchmark"]: float(r["miou"]) for r in published_rows("2025") if r["method"] == "teacher"
+                and r["teacher"] == "deeplabv3-resnet101"}
+    assert teachers == {"cityscapes": 78.30, "ade20k": 43.83, "voc": 77.80, "coco_stuff_164k": 38.48}
+
+
+def test_the_named_2025_pairs_run_every_distiller_and_the_heterogeneous_pair_resizes_the_teacher():
+    for folder in ("deeplabv3_mobilenetv3_small", "deeplabv3_resnet18_2025", "segformer_mitb0"):
+        methods = {load_recipe(n).method.components[0] for n in list_recipes("cityscapes") if f"/{folder}/" in n}
+        assert {"baseline", "kd", "afdcd", "dist", "cwd", "fitnet", "cirkdv2"} <= methods, folder
+    hetero = [n for n in list_recipes("cityscapes") if "/deeplabv3_resnet18_from_mitb4/" in n]
+    assert {load_recipe(n).method.components[0] for n in hetero} == {"kd", "afdcd", "dist", "cwd", "fitnet", "cirkdv2"}
+    base = load_recipe("cityscapes/deeplabv3_resnet18_2025/baseline")
+    for name in hetero:
+        cfg = load_recipe(name)
+        assert name.rsplit("/", 1)[1].startswith("mitb4_") and cfg.method.resize_teacher  # its own table label
+        assert (cfg.teacher.arch, cfg.teacher.backbone, cfg.teacher.recipe) == ("segformer", "mit_b4", "cityscapes/segformer_mitb4/teacher")
+        assert (cfg.train, cfg.data, cfg.student) == (base.train, base.data, base.student)  # compared with that baseline

@@ -180,12 +180,17 @@ def test_models_command_lists_recipe_models(capsys):
     assert main(["models", "--format", "json"]) == 0
     rows = json.loads(capsys.readouterr().out)
     assert {r["role"] for r in rows} == {"teacher", "student"}
-    cnn = [r for r in rows if not r["model"].startswith("segformer")]
+    attention = [r for r in rows if r["model"].startswith("segformer") or "mobilevit" in r["model"]]
+    cnn = [r for r in rows if r not in attention]
     assert all(r["gmacs"] > 0 and r["gmacs_printed_style"] >= r["gmacs"] for r in cnn)  # dilation over-counted
-    # SegFormer (the 2025 recipes): the papers' conv-and-linear counter leaves attention's products out
+    # SegFormer and MobileViT (the 2025 recipes): the papers' conv-and-linear counter leaves attention's products out
     segformer = {r["model"]: r for r in rows if r["model"].startswith("segformer")}
     assert set(segformer) == {"segformer-mit_b0", "segformer-mit_b4"}
-    assert all(0 < r["gmacs_printed_style"] < r["gmacs"] for r in segformer.values())
+    assert all(0 < r["gmacs_printed_style"] < r["gmacs"] for r in attention)
+    # every network of the 2025 table is listed
+    assert {"deeplabv3-mobilenetv3_small_100", "deeplabv3-mobilenetv3_large_100", "pspnet-mobilenetv3_small_100",
+            "pspnet-mobilenetv3_large_100", "deeplabv3-mobilevit_xxs", "pspnet-mobilevit_xxs",
+            "upernet-resnet18_deepstem"} <= {r["model"] for r in rows}
     assert segformer["segformer-mit_b0"]["params_m"] == pytest.approx(3.7, abs=0.1)
 
 

@@ -68,6 +68,7 @@ def plan(benchmark: str, ablations: bool = False, methods: list[str] | None = No
     if not runnable:
         raise ReproduceError(f"no recipes for {benchmark!r} under {recipes_root() / benchmark}")
     configs = {n: load_recipe(n) for n in runnable}
+    every_teacher = [n for n in runnable if is_teacher_recipe(n)]
     runnable = [n for n in runnable if configs[n].protocol in protocols]
     if ablations and not any(c.ablation_of for c in configs.values()):
         raise ReproduceError(f"{benchmark} has no ablation recipes (recipes with ablation_of)")
@@ -76,21 +77,35 @@ def plan(benchmark: str, ablations: bool = False, methods: list[str] | None = No
     runnable = [n for n in runnable if ablations or configs[n].ablation_of is None or n.rsplit("/", 1)[-1] in named]
     if methods:
         def names(n: str) -> set[str]:  # its main method (the first of method.name) and its file name; a stage: its method's
-            main = stage_of(configs[n].method.name) or configs[n].method.components[0]
+            stage = stage_of(configs[n].method.name)
+            main = stage or configs[n].method.components[0]
+            if configs[n].on_request and not stage:  # a run on request answers to its own file name only
+                return {n.rsplit("/", 1)[-1]}
             return {main, n.rsplit("/", 1)[-1]}
 
         known = {m for n in runnable for m in names(n)}
         unknown = sorted(set(methods) - known)
         if unknown:
             raise ReproduceError(f"--methods {','.join(unknown)}: no {benchmark} recipe runs it; known: {', '.join(sorted(known - {'teacher'}))}")
-        runnable = [n for n in runnable if is_teacher_recipe(n) or configs[n].method.name == "baseline"
-                    or set(methods) & names(n)]
+        picked = [n for n in runnable if not is_teacher_recipe(n) and configs[n].method.name != "baseline" and set(methods) & names(n)]
+        nets = {(configs[n].student.arch, configs[n].student.backbone) for n in picked}
+
+        def baseline_kept(n: str) -> bool:  # every baseline, but one run on request only where its network is picked
+            net = (configs[n].student.arch, configs[n].student.backbone)
+            return not configs[n].on_request or net in nets or n.rsplit("/", 1)[-1] in methods
+
+        runnable = [n for n in runnable if is_teacher_recipe(n) or n in picked
+                    or (configs[n].method.name == "baseline" and baseline_kept(n))]
     else:
         runnable = [n for n in runnable if not configs[n].on_request or n.rsplit("/", 1)[-1] in also]
     teachers = [n for n in runnable if is_teacher_recipe(n)]
     stages = [n for n in runnable if stage_of(configs[n].method.name)]  # on the teacher alone, before the students
     students = sorted((n for n in runnable if n not in teachers and n not in stages),
                       key=lambda n: (configs[n].ablation_of is not None, configs[n].method.name != "baseline", n))
+    # a teacher of another protocol that a planned student learns from (the 2025 CNN students' is the 2023 teacher)
+    used = {configs[n].teacher.recipe for n in students + stages
+            if configs[n].teacher is not None and needs_teacher(configs[n].method.name)}
+    teachers += [n for n in every_teacher if n in used and n not in teachers]
     return needed_stages(teachers + stages + students, configs)
 
 
@@ -433,9 +448,11 @@ def reproduce(
         kept = [n for n in names if only in n and not is_teacher_recipe(n) and not stage_of(configs[n].method.name)]
         if not kept:
             raise ReproduceError(f"--only {only!r} matches no student recipe of {benchmark}: {plan(benchmark, protocols=protocols)}")
-        nets = {net[n] for n in kept}
-        baselines = [n for n in names if configs[n].method.name == "baseline" and net[n] in nets]  # every delta needs its baseline
-        teachers = {configs[n].teacher.recipe for n in [*kept, *baselines] if configs[n].teacher is not None}  # theirs only
+        nets = {(net[n], configs[n].protocol) for n in kept}
+        # every delta needs its baseline: the same network on the same protocol
+        baselines = [n for n in names if configs[n].method.name == "baseline" and (net[n], configs[n].protocol) in nets]
+        teachers = {configs[n].teacher.recipe for n in [*kept, *baselines]  # theirs only
+                    if configs[n].teacher is not None and needs_teacher(configs[n].method.name)}
         names = needed_stages([n for n in names if (is_teacher_recipe(n) and n in teachers) or stage_of(configs[n].method.name)
                                or n in kept or n in baselines], configs)
     quick_overrides: dict[str, list[str]] = {}
