@@ -143,11 +143,14 @@ def test_from_a_folder_and_a_cut_download_resumed(tmp_path, served):
 
 def test_the_table_of_released_files_and_what_selects_them():
     keys = [r.key for r in select(False, [], [])]
-    assert keys == ["r101", "r18", "mbv2", "mit_b0", "mit_b4"]  # the backbones by default (MiT's: CIRKDv2's SegFormers)
+    # the backbones by default (MobileNetV3, MobileViT and MiT: CIRKDv2's students)
+    assert keys == ["r101", "r18", "mbv2", "mbv3_small", "mbv3_large", "mobilevit_xxs", "mit_b0", "mit_b4"]
     assert [r.key for r in select(False, ["cityscapes"], ["voc"])] == ["cityscapes-teacher", "cityscapes-segformer-teacher",
                                                                         "voc-afdcd-r18", "voc-afdcd-psp18"]
     assert len(select(False, ["all"], ["all"])) == 6 + 8
     assert fetch_mod.BY_KEY["mit_b0"].url == "https://github.com/winycg/CIRKD/releases/download/backbonev0.1/mit_b0.pth"
+    assert fetch_mod.BY_KEY["mbv3_small"].url.endswith("backbonev0.1/mobilenet_v3_small-47085aa1.pth")
+    assert fetch_mod.BY_KEY["mobilevit_xxs"].dst == "mobilevit_xxs.safetensors"  # where the 2025 recipes look
     with pytest.raises(FetchError, match="no released files for 'kitti'"):
         select(False, ["kitti"], [])
     # the README links one file for two rows twice: said on those entries

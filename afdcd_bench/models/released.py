@@ -17,8 +17,10 @@ from typing import Any
 
 import torch
 
-from .backbones import CAFFE_NORMALIZATION, create_backbone
+from .backbones import CAFFE_NORMALIZATION, create_backbone, timm_normalization
 from .checkpoint import save_segmentor, save_state_dict
+from .released_mbv3 import infer_mobilenetv3, is_mmseg_mobilenetv3, to_timm_mobilenetv3
+from .released_mobilevit import MOBILEVIT_NORMALIZATION, is_mmpretrain_mobilevit, to_timm_mobilevit
 from .released_mit import IMAGENET_HEAD, decoder_names, encoder_names, infer_mit, is_nvlabs_mit
 from .segformer import MIT_NORMALIZATION, SegFormer
 from .segmentor import build_segmentor
@@ -107,6 +109,10 @@ def import_released(src: str | os.PathLike, dst: str | os.PathLike, backbone: st
     meta = {"source": os.fspath(src), "source_sha256": digest, "imported_from": "released"}
     if is_nvlabs_mit(released):
         return _import_mit(released, src, dst, digest, meta, backbone)
+    if is_mmseg_mobilenetv3(released):
+        return _import_mobilenetv3(released, src, dst, digest, meta, backbone)
+    if is_mmpretrain_mobilevit(released):
+        return _import_mobilevit(released, src, dst, digest, meta, backbone)
     is_segmentor = any(k.startswith(("pretrained.", "head.")) for k in released)
     if not is_segmentor:
         backbone = backbone or infer_backbone(released)
@@ -165,3 +171,34 @@ def _import_mit(released: dict[str, torch.Tensor], src: str | os.PathLike, dst: 
     fit_state_dict(model, state, f"{src} does not fit segformer-{found}", drop_classifier=False)
     save_segmentor(model, dst, {"kind": "segmentor", **meta, "ignored": []})
     return ImportReport("segmentor", found, os.fspath(src), digest, len(released), [], model.build_args)
+
+
+def _import_mobilenetv3(released: dict[str, torch.Tensor], src: str | os.PathLike, dst: str | os.PathLike, digest: str,
+                        meta: dict[str, Any], backbone: str | None) -> ImportReport:
+    """CIRKDv2's MobileNetV3 ImageNet files (models/released_mbv3.py) become files for
+    `student.pretrained=PATH`, in the convention they were trained in (torchvision's: RGB, ImageNet
+    mean and std; the release feeds them its BGR Caffe-mean inputs, docs/networks.md)."""
+    found = infer_mobilenetv3(released)
+    if backbone and backbone != found:
+        raise WeightsMismatch(f"{src} holds a {found} backbone, not {backbone}")
+    net = create_backbone(found)
+    state = to_timm_mobilenetv3(released, list(net.state_dict()))
+    fit_state_dict(net, state, f"{src} does not fit backbone {found}", drop_classifier=False)
+    build_args = {"backbone": found, "normalization": timm_normalization(found)}
+    save_state_dict(net.state_dict(), dst, build_args, {"kind": "backbone", **meta, "ignored": []})
+    return ImportReport("backbone", found, os.fspath(src), digest, len(released), [], build_args)
+
+
+def _import_mobilevit(released: dict[str, torch.Tensor], src: str | os.PathLike, dst: str | os.PathLike, digest: str,
+                      meta: dict[str, Any], backbone: str | None) -> ImportReport:
+    """CIRKDv2's MobileViT-XXS ImageNet file (models/released_mobilevit.py) becomes a file for
+    `student.pretrained=PATH`, in mmpretrain's input convention (BGR in [0, 1], no mean or std)."""
+    found = "mobilevit_xxs"
+    if backbone and backbone != found:
+        raise WeightsMismatch(f"{src} holds a MobileViT ({found}), not {backbone}")
+    net = create_backbone(found)
+    state, ignored = to_timm_mobilevit(released, list(net.state_dict()))
+    fit_state_dict(net, state, f"{src} does not fit backbone {found}", drop_classifier=False)
+    build_args = {"backbone": found, "normalization": dict(MOBILEVIT_NORMALIZATION)}
+    save_state_dict(net.state_dict(), dst, build_args, {"kind": "backbone", **meta, "ignored": ignored})
+    return ImportReport("backbone", found, os.fspath(src), digest, len(released), ignored, build_args)
