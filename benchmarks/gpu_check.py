@@ -1,7 +1,9 @@
 """The one-command GPU check (scripts/gpu_check.sh): the tests marked `gpu`, the step timing of the
 Cityscapes DeepLabV3-R101 -> R18 baseline, KD and Af-DCD at the paper's shape with the projected
 hours of the 40k-iteration recipe (and Af-DCD with each speed switch: the compiled contrastive
-backend's eager twin, NCHW instead of the recipes' NHWC, fused SGD, the compiled projector), and 50 steps of bf16 against fp32. Writes one JSON under
+backend's eager twin, NCHW instead of the recipes' NHWC, fused SGD, the compiled projector), the
+SegFormer-B4 teacher's step and a B4 -> B0 KD step at one 1024x1024 crop (the 2025 protocol), and
+50 steps of bf16 against fp32. Writes one JSON under
 results/gpu/ and prints a summary. Nothing downloads; the networks start from random weights.
 
     scripts/gpu_check.sh            # on the GPU machine (about 4-8 minutes on one H100)
@@ -29,6 +31,10 @@ RECIPES = [f"cityscapes/deeplabv3_resnet18/{m}" for m in ("baseline", "kd", "afd
 VARIANTS = [["method.afdcd.backend=eager"], ["train.channels_last=false"], ["train.optimizer_kernel=fused"],
             ["train.compile=[projector]"]]
 ITERATIONS, EFFECTIVE = 40000, 16  # the Cityscapes recipe: 40k steps of 16 images
+# the 2025 protocol's transformer pair: the SegFormer-B4 teacher's own training step and a B4 -> B0 KD
+# step, one 1024x1024 crop per step (the release: 8 GPUs x 1 image), 160k steps of 8 images
+TRANSFORMER = ["cityscapes/segformer_mitb4/teacher", "cityscapes/segformer_mitb0/kd"]
+TRANSFORMER_ITERATIONS, TRANSFORMER_EFFECTIVE = 160000, 8
 # bf16 against fp32 over the same steps: the mean relative loss difference allowed
 PRECISION_TOLERANCE = 0.02
 
@@ -86,6 +92,20 @@ def step_timings(device: str, batch: int, crop: tuple[int, int], warmup: int, st
     return out
 
 
+def transformer_timings(device: str, batch: int, crop: tuple[int, int], warmup: int, steps: int, tmp: Path) -> dict:
+    """The SegFormer recipes' step: time, memory, and the hours of their 160k-step schedule on one device."""
+    out = {}
+    for recipe in TRANSFORMER:
+        result, error = bench([recipe, "--device", device, "--batch", str(batch), "--crop", f"{crop[0]}x{crop[1]}",
+                               "--warmup", str(warmup), "--steps", str(steps)], tmp)
+        if result is None:
+            out[recipe] = {"error": error, "batch": batch}
+            continue
+        result["projected_hours_160k"] = result["total_ms"] * (TRANSFORMER_EFFECTIVE / batch) * TRANSFORMER_ITERATIONS / 3.6e6
+        out[recipe] = result
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--cpu", action="store_true", help="run the chain on the CPU at tiny shapes")
@@ -108,8 +128,11 @@ def main(argv: list[str] | None = None) -> int:
         result["seconds"] = (datetime.datetime.now() - started).total_seconds()
         path.write_text(json.dumps(result, indent=2))
 
+    transformer_shape = dict(batch=2, crop=(128, 128), warmup=0, steps=1) if a.cpu else dict(batch=1, crop=(1024, 1024), warmup=2, steps=5)
     with tempfile.TemporaryDirectory() as tmp:
         result["steps"] = step_timings(device, **shape, variants=not a.cpu, tmp=Path(tmp))
+        save()
+        result["segformer_steps"] = transformer_timings(device, **transformer_shape, tmp=Path(tmp))
         save()
         ps = precision_shape
         cpu_eager = ["method.afdcd.backend=eager"] if device == "cpu" else []
@@ -133,11 +156,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{recipe}: {r['total_ms']:.0f} ms per step of {r['batch']} ({r['steps_per_16_images']} per 16 images), "
               f"{r['images_per_second']:.1f} img/s, peak {r['peak_memory_mb']:.0f} MB, projected 40k: "
               f"{r['projected_hours_40k']:.2f} h [{parts} ms]")
+    for recipe, r in result["segformer_steps"].items():
+        if "error" in r:
+            print(f"{recipe}: FAILED at batch {r['batch']}: {r['error'].strip().splitlines()[-1] if r['error'].strip() else ''}")
+            continue
+        print(f"{recipe}: {r['total_ms']:.0f} ms per step of {r['batch']}, peak {r['peak_memory_mb']:.0f} MB, projected 160k "
+              f"steps of 8: {r['projected_hours_160k']:.2f} h [{', '.join(f'{k} {v:.0f}' for k, v in r['parts_ms'].items())} ms]")
     print(f"bf16 vs fp32 ({curves['steps']} steps of {curves['batch']}, Af-DCD): mean relative loss difference "
           f"{curves['mean_relative_difference']:.4f}, max {curves['max_relative_difference']:.4f} "
           f"({'within' if curves['agree'] else 'OUTSIDE'} {PRECISION_TOLERANCE})")
     print(f"wrote {path} ({result['seconds']:.0f} s)")
-    failed = [k for k, r in result["steps"].items() if "error" in r]
+    failed = [k for part in ("steps", "segformer_steps") for k, r in result[part].items() if "error" in r]
     return 0 if result["tests"]["passed"] and curves["agree"] and not failed else 1
 
 

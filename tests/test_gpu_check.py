@@ -19,6 +19,8 @@ def test_gpu_check_runs_end_to_end_on_the_cpu(tmp_path):
     assert set(result["steps"]) == {f"cityscapes/deeplabv3_resnet18/{m}" for m in ("baseline", "kd", "afdcd")}
     for r in result["steps"].values():
         assert r["projected_hours_40k"] > 0 and r["steps_per_16_images"] == "2 x 8"
+    assert set(result["segformer_steps"]) == {"cityscapes/segformer_mitb4/teacher", "cityscapes/segformer_mitb0/kd"}
+    assert all(r["projected_hours_160k"] > 0 and r["peak_memory_mb"] > 0 for r in result["segformer_steps"].values())
     curves = result["bf16_vs_fp32"]
     assert len(curves["fp32"]) == len(curves["bf16"]) == 2 and curves["agree"]
     assert "wrote" in res.stdout and "projected 40k" in res.stdout

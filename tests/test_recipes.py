@@ -349,6 +349,8 @@ def test_every_cirkdv2_row_has_a_2025_recipe_with_its_number_split_and_schedule(
         t, city = cfg.train, r["benchmark"] == "cityscapes"
         assert cfg.teacher.recipe == f"{r['benchmark']}/teacher" and t.iterations == 80000
         assert cfg.student.aux == backbone.startswith("resnet") and cfg.student.pretrained.endswith(f"weights/{backbone}.safetensors")
+        if arch == "deeplabv3" and backbone.startswith("resnet"):  # v2 widened this head from v1's 128
+            assert cfg.student.head_width == 512
         if "mobilevit" in backbone:
             assert (t.optimizer, t.lr, t.weight_decay, t.effective_batch) == ("adamw", 9e-4, 0.01, 8)
         else:

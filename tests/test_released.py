@@ -212,3 +212,28 @@ def test_public_mobilenetv2_imagenet_file_drops_exactly_its_classification_head(
     loaded = create_backbone("mobilenetv2_100", pretrained=str(tmp_path / "mbv2.safetensors"))
     for (k, a), b in zip(net.state_dict().items(), loaded.state_dict().values()):
         assert torch.equal(a, b), k
+
+
+def test_a_cirkdv2_resnet18_student_imports_as_its_2025_recipes_network(tmp_path):
+    """CIRKDv2 widened DeepLabV3's head on ResNet-18 to 512 (v1: 128); its student checkpoints keep v1's
+    layout, so they import as released segmentors, and `score-released` scores each with its 2025 recipe."""
+    from afdcd_bench.config import load_recipe
+    from afdcd_bench.harness.released_scores import recipe_of
+    from afdcd_bench.models import load_segmentor
+    from afdcd_bench.models.fetch import BY_KEY
+
+    entry = BY_KEY["cityscapes-cirkdv2-r18"]
+    cfg = load_recipe(recipe_of(entry))
+    assert (cfg.name, cfg.protocol, cfg.published.miou, cfg.published.split) == (
+        "cityscapes/deeplabv3_resnet18_2025/cirkdv2", "2025", entry.published, "test-server")
+    ref = randomise(build_segmentor("deeplabv3", "resnet18_deepstem", 19, aux=True, head_width=cfg.student.head_width)).eval()
+    src = tmp_path / entry.file
+    torch.save(_released_segmentor(ref), src)
+    rep = import_released(src, tmp_path / "student.safetensors")
+    assert rep.kind == "segmentor" and rep.build_args["head_width"] == 512
+    model = load_segmentor(tmp_path / "student.safetensors").eval()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(model(x).logits, ref(x).logits)
+    assert BY_KEY["cityscapes-cirkdv2-segformer_b0"].url.endswith("segv0.1/kd_segformer_MiT_B4_segformer_MiT_B0_citys_best_model.pth")
+    assert recipe_of(BY_KEY["cityscapes-cirkdv2-segformer_b0"]) == "cityscapes/segformer_mitb0/cirkdv2"

@@ -27,6 +27,8 @@ PAIRS = {("deeplabv3", "resnet18_deepstem"): "deeplabv3_resnet18", ("deeplabv3",
 
 def recipe_of(entry: Released) -> str:
     """The recipe whose protocol (and published number) the released network belongs to."""
+    if entry.recipe:
+        return entry.recipe
     if entry.kind == "teacher":
         return f"{entry.benchmark}/segformer_mitb4/teacher" if entry.arch == "segformer" else f"{entry.benchmark}/teacher"
     return f"{entry.benchmark}/{PAIRS[(entry.arch, entry.backbone)]}/afdcd"

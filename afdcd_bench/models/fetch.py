@@ -43,6 +43,7 @@ class Released:
     note: str = ""
     mirror: str = ""  # another address of the same file (the tests' loopback server); default: Google Drive
     address: str = ""  # a plain URL where the release is not on Google Drive (CIRKDv2's GitHub release assets)
+    recipe: str = ""  # the recipe it was trained by, where not the benchmark's Af-DCD one (harness/released_scores.py)
 
     @property
     def url(self) -> str:
@@ -65,9 +66,17 @@ ASSETS = "https://github.com/winycg/CIRKD/releases/download"
 
 
 def _cirkd(key: str, kind: str, file: str, dst: str, backbone: str, arch: str | None, bench: str | None, miou: float | None,
-           line: int, folder: str) -> Released:
+           line: int, folder: str, recipe: str = "") -> Released:
     """A CIRKDv2 release asset (a plain URL; its published Cityscapes numbers are test-server ones)."""
-    return Released(key, kind, file, "", dst, backbone, arch, bench, miou, f"{CIRKD}, line {line}", address=f"{ASSETS}/{folder}/{file}")
+    return Released(key, kind, file, "", dst, backbone, arch, bench, miou, f"{CIRKD}, line {line}", address=f"{ASSETS}/{folder}/{file}",
+                    recipe=recipe)
+
+
+def _cirkdv2_student(bench: str, net: str, file_net: str, arch: str, backbone: str, folder: str, miou: float, line: int) -> Released:
+    """A CIRKDv2 student checkpoint of a layout the import reads (DeepLabV3-R18: v1's, its head 512 wide; SegFormer: NVlabs')."""
+    return _cirkd(f"{bench}-cirkdv2-{net}", "student", f"kd_{file_net}_{'citys' if bench == 'cityscapes' else bench}_best_model.pth",
+                  f"released/{bench}_cirkdv2_{arch}_{backbone}.safetensors", backbone, arch, bench, miou, line, "segv0.1",
+                  recipe=f"{bench}/{folder}/cirkdv2")
 
 
 SAME_LINK = "the README links one file for two rows (the other: {other}); which network it holds shows on import"
@@ -105,6 +114,12 @@ RELEASED: tuple[Released, ...] = (
     _cirkd("mit_b4", "backbone", "mit_b4.pth", "mit_b4.safetensors", "mit_b4", None, None, None, 31, "backbonev0.1"),
     _cirkd("cityscapes-segformer-teacher", "teacher", "segformer_MiT_B4_citys_best_model.pth",
            "teachers/cityscapes_segformer_mit_b4.safetensors", "mit_b4", "segformer", "cityscapes", 80.38, 66, "segv0.1"),
+    _cirkdv2_student("cityscapes", "r18", "deeplabv3_resnet18", "deeplabv3", "resnet18_deepstem", "deeplabv3_resnet18_2025", 75.60, 52),
+    _cirkdv2_student("ade20k", "r18", "deeplabv3_resnet18", "deeplabv3", "resnet18_deepstem", "deeplabv3_resnet18_2025", 39.82, 78),
+    _cirkdv2_student("coco_stuff_164k", "r18", "deeplabv3_resnet18", "deeplabv3", "resnet18_deepstem", "deeplabv3_resnet18_2025",
+                     34.42, 106),
+    _cirkdv2_student("cityscapes", "segformer_b0", "segformer_MiT_B4_segformer_MiT_B0", "segformer", "mit_b0", "segformer_mitb0",
+                     75.52, 68),
 )
 BY_KEY = {r.key: r for r in RELEASED}
 
