@@ -275,11 +275,15 @@ def test_the_2025_recipes_carry_cirkdv2s_settings_and_test_server_numbers():
 
     every = [n for n in list_recipes("cityscapes") if load_recipe(n).protocol == "2025"]
     names = [n for n in every if "segformer" in n]
-    assert sorted(names) == sorted(["cityscapes/segformer_mitb4/teacher", *(f"cityscapes/segformer_mitb0/{m}" for m in
-                                    ("baseline", "kd", "afdcd", "dist", "cwd", "fitnet", "cirkdv2"))])
+    assert sorted(names) == sorted(["cityscapes/segformer_mitb4/teacher", "cityscapes/segformer_mitb4/maskd_tokens",
+                                    *(f"cityscapes/segformer_mitb0/{m}" for m in ("baseline", "kd", "afdcd", "dist", "cwd", "fitnet",
+                                                                                 "cirkdv2", "kt", "maskd", "skd", "ifvd"))])
     for name in names:
         cfg = load_recipe(name)
         t = cfg.train
+        if name.endswith("/maskd_tokens"):  # MasKD's stage on the B4 teacher: its own released schedule
+            assert (t.optimizer, t.lr, t.iterations, cfg.teacher.recipe) == ("sgd", 0.1, 10000, "cityscapes/segformer_mitb4/teacher")
+            continue
         assert (t.optimizer, t.lr, t.weight_decay, t.iterations, t.effective_batch, t.poly_power) == ("adamw", 2e-4, 1e-4, 160000, 8, 0.9)
         assert cfg.data.crop_size == [1024, 1024] and cfg.data.scale_step == 0.1 and cfg.student.arch == "segformer"
         assert cfg.student.pretrained.endswith(f"weights/{cfg.student.backbone}.safetensors") and not cfg.student.aux
@@ -292,8 +296,10 @@ def test_the_2025_recipes_carry_cirkdv2s_settings_and_test_server_numbers():
     v2 = load_recipe("cityscapes/segformer_mitb0/cirkdv2").method.cirkdv2  # the SegFormer trainer: no context block
     assert (v2.context, v2.pixel_queue, v2.minibatch_images, v2.minibatch_pool_from) == (False, 2000, 1, 256)
     assert not set(plan("cityscapes")) & set(every)
-    # the 2025 table: its recipes, and the 2023 DeepLabV3-ResNet101 teacher its CNN students learn from
-    assert set(plan("cityscapes", protocols=("2025",))) == {*every, "cityscapes/teacher"}
+    # the 2025 table: its recipes, and the 2023 DeepLabV3-ResNet101 teacher (and MasKD's tokens on it) its CNN students learn from
+    assert set(plan("cityscapes", protocols=("2025",))) == {*every, "cityscapes/teacher", "cityscapes/maskd_tokens"}
+    assert load_recipe("cityscapes/segformer_mitb0/maskd").method.maskd.stage_recipe == "cityscapes/segformer_mitb4/maskd_tokens"
+    assert load_recipe("cityscapes/deeplabv3_mobilenetv3_small/maskd").method.maskd.stage_recipe == "cityscapes/maskd_tokens"
     from afdcd_bench.harness.released_scores import recipe_of
     from afdcd_bench.models.fetch import BY_KEY
 
@@ -368,11 +374,14 @@ def test_every_cirkdv2_row_has_a_2025_recipe_with_its_number_split_and_schedule(
 
 
 def test_the_named_2025_pairs_run_every_distiller_and_the_heterogeneous_pair_resizes_the_teacher():
+    every = {"kd", "afdcd", "dist", "cwd", "fitnet", "cirkdv2", "kt", "maskd", "skd", "ifvd"}
     for folder in ("deeplabv3_mobilenetv3_small", "deeplabv3_resnet18_2025", "segformer_mitb0"):
         methods = {load_recipe(n).method.components[0] for n in list_recipes("cityscapes") if f"/{folder}/" in n}
-        assert {"baseline", "kd", "afdcd", "dist", "cwd", "fitnet", "cirkdv2"} <= methods, folder
+        # CIRKD v1 on the CNNs only: its unpooled mini-batch term on SegFormer's 256x256 head maps would need
+        # 65536^2 similarities per pair of images (CIRKDv2 pools them)
+        assert methods == {"baseline", *every, *(["cirkd"] if folder != "segformer_mitb0" else [])}, folder
     hetero = [n for n in list_recipes("cityscapes") if "/deeplabv3_resnet18_from_mitb4/" in n]
-    assert {load_recipe(n).method.components[0] for n in hetero} == {"kd", "afdcd", "dist", "cwd", "fitnet", "cirkdv2"}
+    assert {load_recipe(n).method.components[0] for n in hetero} == every | {"cirkd"}
     base = load_recipe("cityscapes/deeplabv3_resnet18_2025/baseline")
     for name in hetero:
         cfg = load_recipe(name)

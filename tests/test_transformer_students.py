@@ -123,8 +123,8 @@ def test_resize_teacher_brings_a_heterogeneous_teachers_maps_to_the_students_siz
 
 def test_reproduce_only_segformer_runs_its_teacher_baseline_and_every_distiller_on_a_fake_tree(tmp_path):
     """`reproduce cityscapes --only segformer`: the SegFormer-B4 teacher (not the 2023 protocol's
-    R101), then the B0 baseline and every distiller with a 2025 recipe, each after that teacher; the
-    table marks the test-server numbers."""
+    R101) and MasKD's tokens on it, then the B0 baseline and every distiller with a 2025 recipe, each
+    after that teacher; the table marks the test-server numbers."""
     from rich.console import Console
 
     from afdcd_bench.harness.reproduce import reproduce
@@ -139,11 +139,14 @@ def test_reproduce_only_segformer_runs_its_teacher_baseline_and_every_distiller_
     reproduce("cityscapes", seeds=1, data_root=str(root), only="segformer", executor="inprocess", extra=tiny,
               results_dir=str(tmp_path / "res"), output_dir=str(tmp_path / "runs"), console=console)
     records = sorted(p.name for p in (tmp_path / "res").glob("*__seed*.json"))
-    assert records == [f"cityscapes__segformer_mitb0__{m}__seed0.json" for m in ("afdcd", "baseline", "cirkdv2", "cwd", "dist", "fitnet", "kd")] \
-        + ["cityscapes__segformer_mitb4__teacher__seed0.json"]
+    assert records == [f"cityscapes__segformer_mitb0__{m}__seed0.json" for m in ("afdcd", "baseline", "cirkdv2", "cwd", "dist", "fitnet", "ifvd", "kd", "kt", "maskd", "skd")] \
+        + ["cityscapes__segformer_mitb4__maskd_tokens__seed0.json", "cityscapes__segformer_mitb4__teacher__seed0.json"]
     planned = {f"{r['recipe']}@seed{r['seed']}": r for r in json.loads((tmp_path / "res/plan.json").read_text())["runs"]}
     assert planned["cityscapes/segformer_mitb0/kd@seed0"]["needs"] == ["cityscapes/segformer_mitb4/teacher@seed0"]
     assert planned["cityscapes/segformer_mitb0/baseline@seed0"]["needs"] == []
+    # MasKD's tokens are learnt on the B4 teacher (its own stage), and its student reads them
+    assert planned["cityscapes/segformer_mitb4/maskd_tokens@seed0"]["needs"] == ["cityscapes/segformer_mitb4/teacher@seed0"]
+    assert "cityscapes/segformer_mitb4/maskd_tokens@seed0" in planned["cityscapes/segformer_mitb0/maskd@seed0"]["needs"]
     teacher = json.loads((tmp_path / "res/cityscapes__segformer_mitb4__teacher__seed0.json").read_text())
     kd = json.loads((tmp_path / "res/cityscapes__segformer_mitb0__kd__seed0.json").read_text())
     assert teacher["config"]["student"]["backbone"] == "mit_b4" and kd["config"]["teacher"]["backbone"] == "mit_b4"

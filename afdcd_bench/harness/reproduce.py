@@ -69,6 +69,7 @@ def plan(benchmark: str, ablations: bool = False, methods: list[str] | None = No
         raise ReproduceError(f"no recipes for {benchmark!r} under {recipes_root() / benchmark}")
     configs = {n: load_recipe(n) for n in runnable}
     every_teacher = [n for n in runnable if is_teacher_recipe(n)]
+    every_stage = [n for n in runnable if stage_of(configs[n].method.name)]
     runnable = [n for n in runnable if configs[n].protocol in protocols]
     if ablations and not any(c.ablation_of for c in configs.values()):
         raise ReproduceError(f"{benchmark} has no ablation recipes (recipes with ablation_of)")
@@ -102,7 +103,10 @@ def plan(benchmark: str, ablations: bool = False, methods: list[str] | None = No
     stages = [n for n in runnable if stage_of(configs[n].method.name)]  # on the teacher alone, before the students
     students = sorted((n for n in runnable if n not in teachers and n not in stages),
                       key=lambda n: (configs[n].ablation_of is not None, configs[n].method.name != "baseline", n))
-    # a teacher of another protocol that a planned student learns from (the 2025 CNN students' is the 2023 teacher)
+    # a stage or teacher of another protocol that a planned student learns from (the 2025 CNN students'
+    # teacher is the 2023 one, and so are the MasKD tokens learnt on it)
+    used_stages = {getattr(configs[n].method.options.get(c), "stage_recipe", None) for n in students for c in configs[n].method.components}
+    stages += [n for n in every_stage if n in used_stages and n not in stages]
     used = {configs[n].teacher.recipe for n in students + stages
             if configs[n].teacher is not None and needs_teacher(configs[n].method.name)}
     teachers += [n for n in every_teacher if n in used and n not in teachers]
