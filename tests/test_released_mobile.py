@@ -192,3 +192,59 @@ def test_release_mobilevit_import_refuses_a_missing_or_misshapen_tensor(tmp_path
         torch.save(state, tmp_path / f"{label}.pth")
         with pytest.raises(WeightsMismatch):
             import_released(tmp_path / f"{label}.pth", tmp_path / f"{label}.safetensors")
+
+
+def _student_checkpoint(trunk, model):
+    """A CIRKDv2 student checkpoint: the release's backbone under `pretrained.`, heads named as ours."""
+    heads = {k: v for k, v in model.state_dict().items() if not k.startswith("backbone.")}
+    return {**{f"pretrained.{k}": v for k, v in trunk.items()}, **heads}
+
+
+@pytest.mark.parametrize("arch, backbone", [("deeplabv3", "mobilenetv3_small_100"), ("pspnet", "mobilenetv3_large_100"),
+                                            ("deeplabv3", "mobilevit_xxs"), ("pspnet", "mobilevit_xxs")])
+def test_cirkdv2_mobile_students_import_with_their_heads(tmp_path, arch, backbone):
+    """The release's deeplabv3_mobilenet_ssseg / psp_mobile / deeplab_mobile students: its MobileNetV3 or
+    MobileViT under `pretrained.` (a student checkpoint keeps the release's module names, MobileViT's
+    attention as nn.MultiheadAttention's in_proj / out_proj), 128-wide heads named as ours, no aux."""
+    from afdcd_bench.models import load_segmentor
+
+    torch.manual_seed(0)
+    ours = build_segmentor(arch, backbone, 19, aux=False, head_width=128)
+    if "mobilevit" in backbone:
+        trunk = {k.replace("attn.qkv.", "attn.attn.in_proj_").replace("attn.proj.", "attn.attn.out_proj."): v
+                 for k, v in mobilevit_layout(prefix="").items() if not k.startswith("head.")}
+        first = ("stem.conv.weight", "backbone.stem.conv.weight")
+    else:
+        settings, last = (SMALL, 576) if "small" in backbone else (LARGE, 960)
+        trunk, first = release_layout(settings, last, prefix=""), ("layer0.conv.weight", "backbone.conv_stem.weight")
+    src = tmp_path / f"kd_{arch}_{backbone}_citys_best_model.pth"
+    torch.save(_student_checkpoint(trunk, ours), src)
+    rep = import_released(src, tmp_path / "student.safetensors")
+    assert (rep.kind, rep.backbone, rep.build_args["arch"], rep.build_args["head_width"]) == ("segmentor", backbone, arch, 128)
+    model = load_segmentor(tmp_path / "student.safetensors")
+    state = model.state_dict()
+    assert torch.equal(state[first[1]], trunk[first[0]])
+    for k, v in ours.state_dict().items():
+        if not k.startswith("backbone."):
+            assert torch.equal(state[k], v), k
+    if "mobilevit" in backbone:  # the renamed attention lands where timm's qkv is
+        assert torch.equal(state["backbone.stages_2.1.transformer.0.attn.qkv.weight"],
+                           trunk["layers.2.1.global_rep.0.attn.attn.in_proj_weight"])
+    with pytest.raises(WeightsMismatch, match="not mobilevit_xxs|not mobilenetv3"):
+        import_released(src, tmp_path / "x.safetensors", backbone="mobilevit_xxs" if "mobilenet" in backbone else "mobilenetv3_small_100")
+
+
+def test_a_cirkdv2_upernet_student_imports_with_its_aux_head(tmp_path):
+    from afdcd_bench.models import load_segmentor
+    from test_released import _released_segmentor
+
+    torch.manual_seed(0)
+    ours = build_segmentor("upernet", "resnet18_deepstem", 150, aux=True, head_width=128).eval()
+    src = tmp_path / "kd_upernet_lite_resnet18_ade20k_best_model.pth"
+    torch.save(_released_segmentor(ours), src)
+    rep = import_released(src, tmp_path / "student.safetensors")
+    assert (rep.build_args["arch"], rep.build_args["head_width"], rep.build_args["aux"]) == ("upernet", 128, True)
+    model = load_segmentor(tmp_path / "student.safetensors").eval()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(model(x).logits, ours(x).logits)

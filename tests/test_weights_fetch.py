@@ -146,9 +146,11 @@ def test_the_table_of_released_files_and_what_selects_them():
     # the backbones by default (MobileNetV3, MobileViT and MiT: CIRKDv2's students)
     assert keys == ["r101", "r18", "mbv2", "mbv3_small", "mbv3_large", "mobilevit_xxs", "mit_b0", "mit_b4"]
     assert [r.key for r in select(False, ["cityscapes"], ["voc"])] == ["cityscapes-teacher", "cityscapes-segformer-teacher",
-                                                                        "voc-afdcd-r18", "voc-afdcd-psp18"]
-    assert len(select(False, ["all"], ["all"])) == 6 + 8 + 4  # teachers, Af-DCD students, CIRKDv2 students
-    assert [r.key for r in select(False, [], ["ade20k"])] == ["ade20k-afdcd-r18", "ade20k-cirkdv2-r18"]
+                                                                        "voc-afdcd-r18", "voc-afdcd-psp18", "voc-cirkdv2-mbv3s",
+                                                                        "voc-cirkdv2-mbv3l", "voc-cirkdv2-psp_mbv3s", "voc-cirkdv2-psp_mbv3l"]
+    assert len(select(False, ["all"], ["all"])) == 6 + 8 + 19  # teachers, Af-DCD students, every CIRKDv2 student
+    assert [r.key for r in select(False, [], ["ade20k"])] == ["ade20k-afdcd-r18", "ade20k-cirkdv2-r18", "ade20k-cirkdv2-upernet18",
+                                                               "ade20k-cirkdv2-mbv3l", "ade20k-cirkdv2-psp_mbv3l"]
     assert fetch_mod.BY_KEY["mit_b0"].url == "https://github.com/winycg/CIRKD/releases/download/backbonev0.1/mit_b0.pth"
     assert fetch_mod.BY_KEY["mbv3_small"].url.endswith("backbonev0.1/mobilenet_v3_small-47085aa1.pth")
     assert fetch_mod.BY_KEY["mobilevit_xxs"].dst == "mobilevit_xxs.safetensors"  # where the 2025 recipes look

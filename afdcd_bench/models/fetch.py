@@ -73,7 +73,8 @@ def _cirkd(key: str, kind: str, file: str, dst: str, backbone: str, arch: str | 
 
 
 def _cirkdv2_student(bench: str, net: str, file_net: str, arch: str, backbone: str, folder: str, miou: float, line: int) -> Released:
-    """A CIRKDv2 student checkpoint of a layout the import reads (DeepLabV3-R18: v1's, its head 512 wide; SegFormer: NVlabs')."""
+    """A CIRKDv2 student checkpoint (the backbone under `pretrained.` in the release's layouts, the heads'
+    names as ours; DeepLabV3-R18's head 512 wide; SegFormer: NVlabs' layout)."""
     return _cirkd(f"{bench}-cirkdv2-{net}", "student", f"kd_{file_net}_{'citys' if bench == 'cityscapes' else bench}_best_model.pth",
                   f"released/{bench}_cirkdv2_{arch}_{backbone}.safetensors", backbone, arch, bench, miou, line, "segv0.1",
                   recipe=f"{bench}/{folder}/cirkdv2")
@@ -120,6 +121,30 @@ RELEASED: tuple[Released, ...] = (
                      34.42, 106),
     _cirkdv2_student("cityscapes", "segformer_b0", "segformer_MiT_B4_segformer_MiT_B0", "segformer", "mit_b0", "segformer_mitb0",
                      75.52, 68),
+    *(_cirkdv2_student(bench, net, file_net, arch, backbone, folder, miou, line) for bench, net, file_net, arch, backbone, folder, miou, line in (
+        ("cityscapes", "upernet18", "upernet_lite_resnet18", "upernet", "resnet18_deepstem", "upernet_resnet18", 72.11, 54),
+        ("ade20k", "upernet18", "upernet_lite_resnet18", "upernet", "resnet18_deepstem", "upernet_resnet18", 36.87, 80),
+        ("cityscapes", "mbv3s", "deeplabv3_mobilenet_ssseg_mobilenetv3_small", "deeplabv3", "mobilenetv3_small_100",
+         "deeplabv3_mobilenetv3_small", 67.62, 56),
+        ("voc", "mbv3s", "deeplabv3_mobilenet_ssseg_mobilenetv3_small", "deeplabv3", "mobilenetv3_small_100",
+         "deeplabv3_mobilenetv3_small", 64.67, 92),
+        ("coco_stuff_164k", "mbv3s", "deeplabv3_mobilenet_ssseg_mobilenetv3_small", "deeplabv3", "mobilenetv3_small_100",
+         "deeplabv3_mobilenetv3_small", 27.66, 110),
+        ("ade20k", "mbv3l", "deeplabv3_mobilenet_ssseg_mobilenetv3_large", "deeplabv3", "mobilenetv3_large_100",
+         "deeplabv3_mobilenetv3_large", 36.14, 82),
+        ("voc", "mbv3l", "deeplabv3_mobilenet_ssseg_mobilenetv3_large", "deeplabv3", "mobilenetv3_large_100",
+         "deeplabv3_mobilenetv3_large", 71.90, 94),
+        ("coco_stuff_164k", "mbv3l", "deeplabv3_mobilenet_ssseg_mobilenetv3_large", "deeplabv3", "mobilenetv3_large_100",
+         "deeplabv3_mobilenetv3_large", 32.14, 112),
+        ("cityscapes", "psp_mbv3s", "psp_mobile_mobilenetv3_small", "pspnet", "mobilenetv3_small_100", "pspnet_mobilenetv3_small", 65.42, 58),
+        ("voc", "psp_mbv3s", "psp_mobile_mobilenetv3_small", "pspnet", "mobilenetv3_small_100", "pspnet_mobilenetv3_small", 63.84, 96),
+        ("coco_stuff_164k", "psp_mbv3s", "psp_mobile_mobilenetv3_small", "pspnet", "mobilenetv3_small_100", "pspnet_mobilenetv3_small",
+         28.28, 108),
+        ("ade20k", "psp_mbv3l", "psp_mobile_mobilenetv3_large", "pspnet", "mobilenetv3_large_100", "pspnet_mobilenetv3_large", 36.01, 84),
+        ("voc", "psp_mbv3l", "psp_mobile_mobilenetv3_large", "pspnet", "mobilenetv3_large_100", "pspnet_mobilenetv3_large", 71.55, 98),
+        ("cityscapes", "mvit", "deeplab_mobile_mobilevit_xx_small", "deeplabv3", "mobilevit_xxs", "deeplabv3_mobilevit_xxs", 68.91, 60),
+        ("cityscapes", "psp_mvit", "psp_mobile_mobilevit_xx_small", "pspnet", "mobilevit_xxs", "pspnet_mobilevit_xxs", 68.45, 62),
+    )),
 )
 BY_KEY = {r.key: r for r in RELEASED}
 

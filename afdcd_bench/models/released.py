@@ -93,6 +93,8 @@ def _head_shape(heads: dict[str, torch.Tensor], arch: str) -> tuple[int, int]:
     try:
         if arch == "deeplabv3":
             return int(heads["head.block.4.weight"].shape[0]), int(heads["head.aspp.b0.0.weight"].shape[0])
+        if arch == "upernet":
+            return int(heads["head.conv_last.1.weight"].shape[0]), int(heads["head.conv_last.0.0.weight"].shape[0])
         return int(heads["head.classifier.weight"].shape[0]), int(heads["head.block.0.weight"].shape[0])
     except KeyError as exc:
         raise WeightsMismatch(f"the {arch} head has no {exc.args[0]}: not a released {arch} checkpoint") from exc
@@ -126,16 +128,26 @@ def import_released(src: str | os.PathLike, dst: str | os.PathLike, backbone: st
 
     trunk = {k.removeprefix("pretrained."): v for k, v in released.items() if k.startswith("pretrained.")}
     heads = {k: v for k, v in released.items() if not k.startswith("pretrained.")}
-    backbone = backbone or infer_backbone(trunk)
+    mobile = "mobilenetv3" if is_mmseg_mobilenetv3(trunk) else "mobilevit" if is_mmpretrain_mobilevit(trunk) else None
+    found = infer_mobilenetv3(trunk) if mobile == "mobilenetv3" else "mobilevit_xxs" if mobile else None
+    if backbone and found and backbone != found:
+        raise WeightsMismatch(f"{src} holds a {found} backbone, not {backbone}")
+    backbone = backbone or found or infer_backbone(trunk)
     if arch is None:
-        arch = "deeplabv3" if any(k.startswith("head.aspp.") for k in heads) else "pspnet" if any(k.startswith("head.psp.") for k in heads) else ""
+        kinds = {"head.aspp.": "deeplabv3", "head.psp.": "pspnet", "head.ppm_conv.": "upernet"}
+        arch = next((a for prefix, a in kinds.items() if any(k.startswith(prefix) for k in heads)), "")
         if not arch:
-            raise WeightsMismatch(f"{src}: no head.aspp.* (DeepLabV3) or head.psp.* (PSPNet) keys: pass --arch")
+            raise WeightsMismatch(f"{src}: no head.aspp.* (DeepLabV3), head.psp.* (PSPNet) or head.ppm_conv.* (UPerNet) keys: pass --arch")
     num_classes, width = _head_shape(heads, arch)
     model = build_segmentor(arch, backbone, num_classes, aux=any(k.startswith("auxlayer.") for k in heads),
                             head_width=width, normalization=dict(CAFFE_NORMALIZATION))
-    renamed = to_timm_names(trunk, backbone)
     trunk_keys = model.backbone.state_dict().keys()
+    if mobile == "mobilenetv3":  # CIRKDv2's students: the release's own MobileNetV3 / MobileViT under pretrained.
+        renamed = to_timm_mobilenetv3(trunk, list(trunk_keys))
+    elif mobile:
+        renamed, _ = to_timm_mobilevit(trunk, list(trunk_keys))
+    else:
+        renamed = to_timm_names(trunk, backbone)
     ignored = sorted(k for k in renamed if k.startswith(CLASSIFIER_PREFIXES) and k not in trunk_keys)
     state = {f"backbone.{k}": v for k, v in renamed.items() if k not in ignored} | heads
     fit_state_dict(model, state, f"{src} does not fit {arch}-{backbone} with {width}-wide heads", drop_classifier=False)
