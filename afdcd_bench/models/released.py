@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -111,10 +111,8 @@ def import_released(src: str | os.PathLike, dst: str | os.PathLike, backbone: st
     meta = {"source": os.fspath(src), "source_sha256": digest, "imported_from": "released"}
     if is_nvlabs_mit(released):
         return _import_mit(released, src, dst, digest, meta, backbone)
-    if is_mmseg_mobilenetv3(released):
-        return _import_mobilenetv3(released, src, dst, digest, meta, backbone)
-    if is_mmpretrain_mobilevit(released):
-        return _import_mobilevit(released, src, dst, digest, meta, backbone)
+    if (mobile := _release_mobile(released)) is not None:
+        return _import_mobile(mobile, released, src, dst, digest, meta, backbone)
     is_segmentor = any(k.startswith(("pretrained.", "head.")) for k in released)
     if not is_segmentor:
         backbone = backbone or infer_backbone(released)
@@ -128,11 +126,10 @@ def import_released(src: str | os.PathLike, dst: str | os.PathLike, backbone: st
 
     trunk = {k.removeprefix("pretrained."): v for k, v in released.items() if k.startswith("pretrained.")}
     heads = {k: v for k, v in released.items() if not k.startswith("pretrained.")}
-    mobile = "mobilenetv3" if is_mmseg_mobilenetv3(trunk) else "mobilevit" if is_mmpretrain_mobilevit(trunk) else None
-    found = infer_mobilenetv3(trunk) if mobile == "mobilenetv3" else "mobilevit_xxs" if mobile else None
-    if backbone and found and backbone != found:
-        raise WeightsMismatch(f"{src} holds a {found} backbone, not {backbone}")
-    backbone = backbone or found or infer_backbone(trunk)
+    mobile = _release_mobile(trunk)  # CIRKDv2's students: the release's own MobileNetV3 / MobileViT under pretrained.
+    if mobile and backbone and backbone != mobile[0]:
+        raise WeightsMismatch(f"{src} holds a {mobile[0]} backbone, not {backbone}")
+    backbone = backbone or (mobile[0] if mobile else infer_backbone(trunk))
     if arch is None:
         kinds = {"head.aspp.": "deeplabv3", "head.psp.": "pspnet", "head.ppm_conv.": "upernet"}
         arch = next((a for prefix, a in kinds.items() if any(k.startswith(prefix) for k in heads)), "")
@@ -142,12 +139,7 @@ def import_released(src: str | os.PathLike, dst: str | os.PathLike, backbone: st
     model = build_segmentor(arch, backbone, num_classes, aux=any(k.startswith("auxlayer.") for k in heads),
                             head_width=width, normalization=dict(CAFFE_NORMALIZATION))
     trunk_keys = model.backbone.state_dict().keys()
-    if mobile == "mobilenetv3":  # CIRKDv2's students: the release's own MobileNetV3 / MobileViT under pretrained.
-        renamed = to_timm_mobilenetv3(trunk, list(trunk_keys))
-    elif mobile:
-        renamed, _ = to_timm_mobilevit(trunk, list(trunk_keys))
-    else:
-        renamed = to_timm_names(trunk, backbone)
+    renamed = mobile[1](list(trunk_keys))[0] if mobile else to_timm_names(trunk, backbone)
     ignored = sorted(k for k in renamed if k.startswith(CLASSIFIER_PREFIXES) and k not in trunk_keys)
     state = {f"backbone.{k}": v for k, v in renamed.items() if k not in ignored} | heads
     fit_state_dict(model, state, f"{src} does not fit {arch}-{backbone} with {width}-wide heads", drop_classifier=False)
@@ -185,32 +177,30 @@ def _import_mit(released: dict[str, torch.Tensor], src: str | os.PathLike, dst: 
     return ImportReport("segmentor", found, os.fspath(src), digest, len(released), [], model.build_args)
 
 
-def _import_mobilenetv3(released: dict[str, torch.Tensor], src: str | os.PathLike, dst: str | os.PathLike, digest: str,
-                        meta: dict[str, Any], backbone: str | None) -> ImportReport:
-    """CIRKDv2's MobileNetV3 ImageNet files (models/released_mbv3.py) become files for
-    `student.pretrained=PATH`, in the convention they were trained in (torchvision's: RGB, ImageNet
-    mean and std; the release feeds them its BGR Caffe-mean inputs, docs/networks.md)."""
-    found = infer_mobilenetv3(released)
+def _release_mobile(state: dict[str, torch.Tensor]) -> tuple[str, Callable[[list[str]], tuple[dict[str, torch.Tensor], list[str]]],
+                                                               dict[str, Any]] | None:
+    """CIRKDv2's MobileNetV3 (OpenMMLab's layout) or MobileViT-XXS (mmpretrain's) tensors: our backbone
+    name, their mapping onto timm's keys (with the classifier keys dropped), and the convention the
+    ImageNet weights were trained in (MobileNetV3: torchvision's RGB mean/std; MobileViT: BGR in
+    [0, 1]). None for another layout."""
+    if is_mmseg_mobilenetv3(state):
+        found = infer_mobilenetv3(state)
+        return found, lambda keys: (to_timm_mobilenetv3(state, keys), []), timm_normalization(found)
+    if is_mmpretrain_mobilevit(state):
+        return "mobilevit_xxs", lambda keys: to_timm_mobilevit(state, keys), dict(MOBILEVIT_NORMALIZATION)
+    return None
+
+
+def _import_mobile(mobile: tuple[str, Callable[[list[str]], tuple[dict[str, torch.Tensor], list[str]]], dict[str, Any]],
+                   released: dict[str, torch.Tensor], src: str | os.PathLike, dst: str | os.PathLike, digest: str,
+                   meta: dict[str, Any], backbone: str | None) -> ImportReport:
+    """A MobileNetV3 or MobileViT ImageNet file of the release becomes a file for `student.pretrained=PATH`."""
+    found, mapping, normalization = mobile
     if backbone and backbone != found:
         raise WeightsMismatch(f"{src} holds a {found} backbone, not {backbone}")
     net = create_backbone(found)
-    state = to_timm_mobilenetv3(released, list(net.state_dict()))
+    state, ignored = mapping(list(net.state_dict()))
     fit_state_dict(net, state, f"{src} does not fit backbone {found}", drop_classifier=False)
-    build_args = {"backbone": found, "normalization": timm_normalization(found)}
-    save_state_dict(net.state_dict(), dst, build_args, {"kind": "backbone", **meta, "ignored": []})
-    return ImportReport("backbone", found, os.fspath(src), digest, len(released), [], build_args)
-
-
-def _import_mobilevit(released: dict[str, torch.Tensor], src: str | os.PathLike, dst: str | os.PathLike, digest: str,
-                      meta: dict[str, Any], backbone: str | None) -> ImportReport:
-    """CIRKDv2's MobileViT-XXS ImageNet file (models/released_mobilevit.py) becomes a file for
-    `student.pretrained=PATH`, in mmpretrain's input convention (BGR in [0, 1], no mean or std)."""
-    found = "mobilevit_xxs"
-    if backbone and backbone != found:
-        raise WeightsMismatch(f"{src} holds a MobileViT ({found}), not {backbone}")
-    net = create_backbone(found)
-    state, ignored = to_timm_mobilevit(released, list(net.state_dict()))
-    fit_state_dict(net, state, f"{src} does not fit backbone {found}", drop_classifier=False)
-    build_args = {"backbone": found, "normalization": dict(MOBILEVIT_NORMALIZATION)}
+    build_args = {"backbone": found, "normalization": normalization}
     save_state_dict(net.state_dict(), dst, build_args, {"kind": "backbone", **meta, "ignored": ignored})
     return ImportReport("backbone", found, os.fspath(src), digest, len(released), ignored, build_args)
