@@ -54,13 +54,16 @@ def cirkd_memory_kl(student_vecs: torch.Tensor, teacher_vecs: torch.Tensor, cont
         return temperature ** 2 * _kl_rows(log_t, log_s)
 
 
+def patch_means(feat: torch.Tensor, pool: int) -> torch.Tensor:
+    """The map averaged over pool x pool patches, in float32; the last patch of a row or column may be
+    partial (CIRKDv2 pools this way before its channel terms and on large maps before the mini-batch term)."""
+    return F.avg_pool2d(as_float(feat), pool, pool, ceil_mode=True) if pool > 1 else feat
+
+
 def channel_vectors(feat: torch.Tensor, pool: int = 1) -> torch.Tensor:
-    """(B, C, H, W) -> (B, C, h*w): each channel's map, averaged over pool x pool patches (the last
-    patch of a row or column may be partial), flattened and of unit length (CIRKDv2's channel terms)."""
-    x = as_float(feat)
-    if pool > 1:
-        x = F.avg_pool2d(x, pool, pool, ceil_mode=True)
-    return F.normalize(x.flatten(2), dim=2)
+    """(B, C, H, W) -> (B, C, h*w): each channel's map, averaged over pool x pool patches
+    (patch_means), flattened and of unit length (CIRKDv2's channel terms)."""
+    return F.normalize(as_float(patch_means(feat, pool)).flatten(2), dim=2)
 
 
 def cirkd_channel_batch_loss(student_vecs: torch.Tensor, teacher_vecs: torch.Tensor, tau: float = 0.1) -> torch.Tensor:

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from ..config.schema import ConfigError
 from ..losses import channel_vectors, cirkd_channel_batch_loss, cirkd_memory_kl, fitnet_loss
-from ..losses.task import as_float
+from ..losses.cirkd import patch_means
 from ._channel_queue import ChannelQueue
 from .base import RunStates, register
 from .cirkd import CIRKDOptions, CrossImageRelational
@@ -111,9 +111,8 @@ class CrossImageRelationalV2(CrossImageRelational):
                 "cirkd_channel_memory": o.channel_memory_weight, "cirkd_channel_kd": o.channel_kd_weight}
 
     def run_state(self):
-        if self.queues is None and self.channel_queue is None:
-            return None
-        return RunStates({k: v for k, v in (("classes", self.queues), ("channels", self.channel_queue)) if v is not None})
+        states = {k: v for k, v in (("classes", self.queues), ("channels", self.channel_queue)) if v is not None}
+        return RunStates(states) if states else None
 
     def state_bytes(self) -> int:
         return super().state_bytes() + (self.channel_queue.nbytes if self.channel_queue is not None else 0)
@@ -121,7 +120,7 @@ class CrossImageRelationalV2(CrossImageRelational):
     def _minibatch_maps(self, s, t):
         n = self.options.minibatch_pool_from
         if n and s.shape[-2] >= n and s.shape[-1] >= n:
-            return F.avg_pool2d(as_float(s), 4, 4, ceil_mode=True), F.avg_pool2d(as_float(t), 4, 4, ceil_mode=True)
+            return patch_means(s, 4), patch_means(t, 4)
         return s, t
 
     def forward(self, student, teacher, labels):
@@ -134,8 +133,7 @@ class CrossImageRelationalV2(CrossImageRelational):
             terms["cirkd_fitnet"] = o.fitnet_weight * fitnet_loss(self.fitnet_adapter(s), t)
         if self.channel_projector is None:
             return terms
-        pooled = F.avg_pool2d(as_float(s), o.channel_pool, o.channel_pool, ceil_mode=True) if o.channel_pool > 1 else s
-        s_vec = channel_vectors(self.channel_projector(pooled))  # (B, C_t, positions)
+        s_vec = channel_vectors(self.channel_projector(patch_means(s, o.channel_pool)))  # (B, C_t, positions)
         t_vec = channel_vectors(t, o.channel_pool)
         if o.channel_batch_weight:
             g, b = o.minibatch_images, s_vec.shape[0]
