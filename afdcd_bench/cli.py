@@ -443,8 +443,8 @@ def build_parser() -> argparse.ArgumentParser:
     from .harness.slurm_options import add_slurm_arguments
 
     add_slurm_arguments(rp)
-    rp.add_argument("--only", default=None, help="the student recipes whose name contains this, with their baselines and "
-                    "teacher (of any protocol unless --protocol)")
+    rp.add_argument("--only", default=None, help="the student recipes of the folder of this name (else: whose name contains "
+                    "this), with their baselines and teacher (of any protocol unless --protocol)")
     rp.add_argument("--protocol", default=None, choices=["2023", "2025", "all"],
                     help="the table to run: 2023 (Af-DCD's CNN students, the default), 2025 (CIRKDv2's students, SegFormer) or all")
     rp.add_argument("--methods", default=None, metavar="M1,M2",

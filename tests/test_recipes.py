@@ -388,3 +388,22 @@ def test_the_named_2025_pairs_run_every_distiller_and_the_heterogeneous_pair_res
         assert name.rsplit("/", 1)[1].startswith("mitb4_") and cfg.method.resize_teacher  # its own table label
         assert (cfg.teacher.arch, cfg.teacher.backbone, cfg.teacher.recipe) == ("segformer", "mit_b4", "cityscapes/segformer_mitb4/teacher")
         assert (cfg.train, cfg.data, cfg.student) == (base.train, base.data, base.student)  # compared with that baseline
+
+
+def test_only_keeps_the_folder_of_that_name_else_every_name_containing_it():
+    """`--only deeplabv3_resnet18` is the 2023 pair's folder, not the 2025 folders whose names contain it;
+    `--only segformer` names no folder, so every SegFormer recipe; each with its baseline and teacher."""
+    from afdcd_bench.harness.reproduce import only_these, plan, protocols_of
+
+    protocols = protocols_of(None, "x")
+    names = plan("cityscapes", protocols=protocols)
+    r18 = only_these("cityscapes", names, "deeplabv3_resnet18", protocols)
+    assert "cityscapes/deeplabv3_resnet18/afdcd" in r18 and "cityscapes/teacher" in r18
+    assert not [n for n in r18 if "_2025" in n or "from_mitb4" in n or "segformer" in n]
+    hetero = only_these("cityscapes", names, "deeplabv3_resnet18_from_mitb4", protocols)
+    # its runs, the 2025 R18 baseline they are compared with, and the SegFormer-B4 teacher with MasKD's tokens on it
+    assert {n.rsplit("/", 1)[0] for n in hetero} == {"cityscapes/deeplabv3_resnet18_from_mitb4", "cityscapes/segformer_mitb4",
+                                                    "cityscapes/deeplabv3_resnet18_2025"}
+    assert [n for n in hetero if "_2025" in n] == ["cityscapes/deeplabv3_resnet18_2025/baseline"]
+    segformer = only_these("cityscapes", names, "segformer", protocols)
+    assert "cityscapes/segformer_mitb0/kd" in segformer and "cityscapes/deeplabv3_resnet18_from_mitb4/mitb4_kd" not in segformer

@@ -46,7 +46,7 @@ def test_the_demos_transformer_student_learns_from_the_cnn_teacher_on_request(tm
     assert not {"demo/segformer_baseline", "demo/segformer_kd"} & set(plan("demo"))
     assert "demo/segformer_kd" not in plan("demo", methods=["kd"])  # a run on request answers to its file name
     assert {"demo/segformer_baseline", "demo/segformer_kd"} <= set(plan("demo", methods=["segformer_kd"]))
-    cfg = load_recipe("demo/segformer_kd", [*TINY, f"teacher.checkpoint={teacher}", f"output_dir={tmp_path}"])
+    cfg = load_recipe("demo/segformer_kd", [*TINY, "student.backbone=mit_b0", f"teacher.checkpoint={teacher}", f"output_dir={tmp_path}"])
     assert (cfg.student.arch, cfg.method.resize_teacher) == ("segformer", True)
     rec = train(cfg, show_progress=False)
     assert set(rec["method_terms"]) >= {"task", "kd"} and rec["final_miou"] is not None

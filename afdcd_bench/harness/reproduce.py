@@ -113,6 +113,24 @@ def plan(benchmark: str, ablations: bool = False, methods: list[str] | None = No
     return needed_stages(teachers + stages + students, configs)
 
 
+def only_these(benchmark: str, names: list[str], only: str, protocols: tuple[str, ...]) -> list[str]:
+    """The planned names `--only` keeps: the students of the folder named `only` (deeplabv3_resnet18, not
+    deeplabv3_resnet18_2025 beside it), else those whose name contains it; the baselines of their networks
+    on their protocols (every delta needs one), the teachers and stages they read."""
+    configs = {n: load_recipe(n) for n in names}
+    net = {n: (c.student.arch, c.student.backbone) for n, c in configs.items()}
+    students = [n for n in names if not is_teacher_recipe(n) and not stage_of(configs[n].method.name)]
+    kept = [n for n in students if only in n.split("/")[:-1]] or [n for n in students if only in n]
+    if not kept:
+        raise ReproduceError(f"--only {only!r} matches no student recipe of {benchmark}: {plan(benchmark, protocols=protocols)}")
+    nets = {(net[n], configs[n].protocol) for n in kept}
+    baselines = [n for n in names if configs[n].method.name == "baseline" and (net[n], configs[n].protocol) in nets]
+    teachers = {configs[n].teacher.recipe for n in [*kept, *baselines]  # theirs only
+                if configs[n].teacher is not None and needs_teacher(configs[n].method.name)}
+    return needed_stages([n for n in names if (is_teacher_recipe(n) and n in teachers) or stage_of(configs[n].method.name)
+                          or n in kept or n in baselines], configs)
+
+
 def needed_stages(names: list[str], configs: dict[str, Any] | None = None) -> list[str]:
     """names without the stage recipes that none of its student recipes builds on (configs: the
     recipes already loaded, by name; others are loaded here)."""
@@ -447,18 +465,7 @@ def reproduce(
     protocols = protocols_of(protocol, only)
     names = plan(benchmark, ablations, methods, EQUAL_COMPUTE_EXTRAS if budget.kind == "compute" and not methods else (), protocols)
     if only:
-        configs = {n: load_recipe(n) for n in names}
-        net = {n: (c.student.arch, c.student.backbone) for n, c in configs.items()}
-        kept = [n for n in names if only in n and not is_teacher_recipe(n) and not stage_of(configs[n].method.name)]
-        if not kept:
-            raise ReproduceError(f"--only {only!r} matches no student recipe of {benchmark}: {plan(benchmark, protocols=protocols)}")
-        nets = {(net[n], configs[n].protocol) for n in kept}
-        # every delta needs its baseline: the same network on the same protocol
-        baselines = [n for n in names if configs[n].method.name == "baseline" and (net[n], configs[n].protocol) in nets]
-        teachers = {configs[n].teacher.recipe for n in [*kept, *baselines]  # theirs only
-                    if configs[n].teacher is not None and needs_teacher(configs[n].method.name)}
-        names = needed_stages([n for n in names if (is_teacher_recipe(n) and n in teachers) or stage_of(configs[n].method.name)
-                               or n in kept or n in baselines], configs)
+        names = only_these(benchmark, names, only, protocols)
     quick_overrides: dict[str, list[str]] = {}
     if quick:
         quick_overrides = quick_schedule(benchmark, [n for n in names if not (teacher and is_teacher_recipe(n))])
