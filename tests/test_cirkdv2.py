@@ -24,13 +24,16 @@ def test_channel_batch_term_is_the_release_double_loop():
     s, t = torch.randn(3, 6, 9, 7, generator=g), torch.randn(3, 6, 9, 7, generator=g)
     fs, ft = _pooled_unit(s, 4), _pooled_unit(t, 4)
     assert torch.allclose(channel_vectors(s, 4), fs, atol=1e-7)
-    tau, total = 0.1, 0.0
+    tau, total = 0.3, 0.0
     for i in range(3):
         for j in range(3):
             p_s = F.log_softmax(fs[i] @ fs[j].T / tau, dim=1)
             p_t = F.softmax(ft[i] @ ft[j].T / tau, dim=1)
             total = total + F.kl_div(p_s, p_t, reduction="batchmean")
     assert torch.allclose(cirkd_channel_batch_loss(fs, ft, tau), total / 9, rtol=1e-5, atol=1e-6)
+    assert torch.equal(cirkd_channel_batch_loss(fs, ft), cirkd_channel_batch_loss(fs, ft, 0.1))  # the release's tau
+    with pytest.raises(ValueError, match=r"student \(3, 6, 6\) and teacher \(3, 5, 6\) channel vectors differ"):
+        cirkd_channel_batch_loss(fs, ft[:, :5], tau)
 
 
 def test_channel_memory_term_is_the_release_kl():
@@ -62,6 +65,12 @@ def test_context_block_is_attention_over_positions_fused_with_its_input():
 
 def test_channel_queue_writes_wraps_as_released_and_resumes_exactly():
     q = ChannelQueue(10, 4, per_step=4, seed=3)
+    assert torch.allclose(q.entries.norm(dim=1), torch.ones(10))  # random unit vectors to start
+    ChannelQueue(4, 4, per_step=4)  # a step may fill the whole queue, not more
+    assert ChannelQueue(300, 4).per_step == 256  # the release's channel_update_freq
+    assert torch.equal(ChannelQueue(10, 4, per_step=4).entries, ChannelQueue(10, 4, per_step=4, seed=0).entries)
+    with pytest.raises(ValueError, match="per_step 5 exceeds the channel queue's 4 slots"):
+        ChannelQueue(4, 4, per_step=5)
     first = q.entries.clone()
     keys = F.normalize(torch.randn(6, 4), dim=1)
     q.enqueue(keys)
@@ -71,6 +80,8 @@ def test_channel_queue_writes_wraps_as_released_and_resumes_exactly():
     before = q.entries.clone()
     q.enqueue(keys)  # 8 + 4 reaches the end: the last 4 slots, the pointer back to 0 (slots 8, 9 were never 4..7's)
     assert q.ptr == 0 and torch.equal(q.entries[:6], before[:6]) and not torch.equal(q.entries[6:], before[6:])
+    drawn = q.sample(10)  # every slot once, in a random order
+    assert sorted(map(tuple, drawn.tolist())) == sorted(map(tuple, q.entries.tolist())) and not torch.equal(drawn, q.entries)
     state = q.state_dict()
     other = ChannelQueue(10, 4, per_step=4, seed=99)
     other.load_state_dict(state)
@@ -143,10 +154,33 @@ def test_minibatch_pooling_starts_at_the_set_size():
     assert pooled.shape[-2:] == (math.ceil(6 / 4), math.ceil(9 / 4))
     same, _ = part._minibatch_maps(s[..., :5, :], s[..., :5, :])
     assert same.shape[-2:] == (5, 9)
+    narrow = torch.randn(2, 4, 9, 5)  # both sides must reach the size
+    assert part._minibatch_maps(narrow, narrow)[0].shape[-2:] == (9, 5)
 
 
 @pytest.mark.parametrize("override, key", [("method.cirkdv2.channel_per_step=5000", "channel_per_step"),
-                                           ("method.cirkdv2.channel_pool=0", "channel_pool")])
+                                           ("method.cirkdv2.channel_pool=0", "channel_pool"),
+                                           ("method.cirkdv2.minibatch_pool_from=-1", "minibatch_pool_from")])
 def test_bad_channel_options_are_refused_naming_the_key(override, key):
-    with pytest.raises(ConfigError, match=f"method.cirkdv2.{key}"):
+    with pytest.raises(ConfigError, match=rf"method\.cirkdv2\.{key}.* (must be|exceeds)"):
         load_recipe("demo/cirkdv2", [override])
+
+
+def test_the_smallest_channel_options_are_accepted():
+    cfg = load_recipe("demo/cirkdv2", ["method.cirkdv2.channel_pool=1", "method.cirkdv2.channel_queue=1",
+                                       "method.cirkdv2.channel_contrasts=1", "method.cirkdv2.channel_per_step=1",
+                                       "method.cirkdv2.minibatch_pool_from=0"])
+    o = cfg.method.cirkdv2
+    assert (o.channel_pool, o.channel_queue, o.channel_per_step, o.minibatch_pool_from) == (1, 1, 1, 0)
+
+
+def test_the_channel_queue_is_as_wide_as_the_pooled_head_map_at_the_crop():
+    """Without the networks' strides (a bare context) the head is taken at 1/8, the networks' stride."""
+    from afdcd_bench.models import build_segmentor as build
+
+    cfg = load_recipe("demo/cirkdv2", ["student.backbone=resnet10t", "teacher.backbone=resnet10t", "student.pretrained=false"])
+    s = build("deeplabv3", "resnet10t", 11, head_width=16)
+    t = build("deeplabv3", "resnet10t", 11, head_width=24)
+    bare = BuildContext(student=s.output_channels, teacher=t.output_channels, num_classes=11, crop_size=(72, 40), per_device_batch=2)
+    # 72x40 at 1/8: 9x5, pooled by 2 with partial patches: 5x3
+    assert build_method(cfg.method, bare).parts["cirkdv2"].channel_queue.entries.shape == (2000, 15)

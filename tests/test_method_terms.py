@@ -119,7 +119,9 @@ VARIANTS = {  # further option sets a method's reference must also match
     "cirkd": [dict(enqueue="before_loss", pixel_enqueue="released", minibatch_images=2), dict(region_weight=0.0),
               dict(pixel_weight=0.0, region_weight=0.0)],
     "cirkdv2": [dict(context=False, enqueue="before_loss", pixel_enqueue="released", minibatch_pool_from=0, minibatch_images=1),
-                dict(pixel_weight=0.0, region_weight=0.0, channel_memory_weight=0.0, fitnet_weight=0.0, channel_pool=1)],
+                dict(pixel_weight=0.0, region_weight=0.0, channel_memory_weight=0.0, fitnet_weight=0.0, channel_pool=1),
+                dict(channel_batch_weight=0.0, channel_kd_weight=0.0),  # the memory term alone still needs the projector
+                dict(channel_batch_weight=0.0, channel_kd_weight=0.0, channel_memory_weight=0.0)],  # no channel part at all
     "dist": [dict(intra_batch="device")],
     "afdcd": [dict(mask="center", lambda_kd=0.0, mode="spatial")],
     "fd": [dict(mask="center", projector="basic")],
@@ -296,13 +298,18 @@ def ref_cirkdv2(m, o, ctx, s, t, y, steps):
     if o.fitnet_weight:
         fixed["cirkd_fitnet"] = o.fitnet_weight * fitnet_loss(F.conv2d(f, m.fitnet_adapter.weight), t.head)
     p = m.channel_projector  # channels: pooled by 3 (16 -> 6, the last patch of 1), projected, unit over positions
-    pooled = F.avg_pool2d(f, o.channel_pool, o.channel_pool, ceil_mode=True)
-    proj = F.conv2d(_bn_relu(F.conv2d(pooled, p[0].weight), p[1]), p[3].weight)
-    sc = F.normalize(proj.flatten(2), dim=2)
-    tc = F.normalize(F.avg_pool2d(t.head, o.channel_pool, o.channel_pool, ceil_mode=True).flatten(2), dim=2)
-    groups = [cirkd_channel_batch_loss(sc[i:i + g], tc[i:i + g], o.tau) for i in range(0, B, g)]
-    fixed["cirkd_channel_batch"] = o.channel_batch_weight * torch.stack(groups).mean()
-    fixed["cirkd_channel_kd"] = o.channel_kd_weight * ((sc - tc) ** 2).mean()
+    if not (o.channel_batch_weight or o.channel_memory_weight or o.channel_kd_weight):
+        assert p is None
+    else:
+        pooled = F.avg_pool2d(f, o.channel_pool, o.channel_pool, ceil_mode=True)
+        proj = F.conv2d(_bn_relu(F.conv2d(pooled, p[0].weight), p[1]), p[3].weight)
+        sc = F.normalize(proj.flatten(2), dim=2)
+        tc = F.normalize(F.avg_pool2d(t.head, o.channel_pool, o.channel_pool, ceil_mode=True).flatten(2), dim=2)
+    if o.channel_batch_weight:
+        groups = [cirkd_channel_batch_loss(sc[i:i + g], tc[i:i + g], o.tau) for i in range(0, B, g)]
+        fixed["cirkd_channel_batch"] = o.channel_batch_weight * torch.stack(groups).mean()
+    if o.channel_kd_weight:
+        fixed["cirkd_channel_kd"] = o.channel_kd_weight * ((sc - tc) ** 2).mean()
     queues = channels = None
     if o.pixel_weight or o.region_weight:
         queues = ClassQueues(K, o.pixel_queue, o.region_queue, CH_T["head"], o.pixels_per_image, seed=SEED,
@@ -316,7 +323,7 @@ def ref_cirkdv2(m, o, ctx, s, t, y, steps):
     tv = tn.permute(0, 2, 3, 1)[valid]
     count = valid.sum().float()
     scale = 1.0 / (ctx.reduce_mean(count) if ctx.num_processes > 1 else count).clamp_min(1.0)
-    rows_s, rows_t = sc.flatten(0, 1), tc.flatten(0, 1)
+    rows_s, rows_t = (sc.flatten(0, 1), tc.flatten(0, 1)) if p is not None else (None, None)
     out = []
     for _ in range(steps):
         terms = dict(fixed)
@@ -393,7 +400,8 @@ PARAMETERS.update({
     "maskd_tokens": lambda o: o.num_tokens * K,
     "cirkd": lambda o: (CH["head"] * CH_T["head"] + 2 * CH_T["head"] + CH_T["head"] ** 2) if o.pixel_weight or o.region_weight else 0,
     # projectors (memory and channel: conv, BN, conv), the context block (q, k, v, expand + BN, fuse + BN), FitNet's conv
-    "cirkdv2": lambda o: ((CH["head"] * CH_T["head"] + 2 * CH_T["head"] + CH_T["head"] ** 2) * (1 + bool(o.pixel_weight or o.region_weight))
+    "cirkdv2": lambda o: ((CH["head"] * CH_T["head"] + 2 * CH_T["head"] + CH_T["head"] ** 2)
+                          * (bool(o.channel_batch_weight or o.channel_memory_weight or o.channel_kd_weight) + bool(o.pixel_weight or o.region_weight))
                           + (4 * CH["head"] * (CH["head"] // 2) + 2 * CH["head"] + 2 * CH["head"] ** 2 + 2 * CH["head"]) * o.context
                           + CH["head"] * CH_T["head"] * bool(o.fitnet_weight)),
 })
