@@ -96,6 +96,7 @@ def test_release_mobilenetv3_import_refuses_extra_missing_and_misshapen_tensors(
         "missing": {k: v for k, v in base.items() if k != "layer5.depthwise_conv.bn.bias"},
         "shape": {**base, "layer2.linear_conv.conv.weight": torch.zeros(25, 72, 1, 1)},
         "foreign": {**base, "layer2.linear_conv.scale": torch.zeros(3)},
+        "foreign_bn": {**base, "layer2.linear_conv.bn.scale": torch.zeros(24)},  # not a BatchNorm tensor
     }
     for label, state in cases.items():
         torch.save(state, tmp_path / f"{label}.pth")

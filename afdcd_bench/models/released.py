@@ -24,7 +24,8 @@ from .released_mobilevit import MOBILEVIT_NORMALIZATION, is_mmpretrain_mobilevit
 from .released_mit import IMAGENET_HEAD, decoder_names, encoder_names, infer_mit, is_nvlabs_mit
 from .segformer import MIT_NORMALIZATION, SegFormer
 from .segmentor import build_segmentor
-from .weights import CLASSIFIER_PREFIXES, WeightsMismatch, fit_state_dict, is_bn_counter, read_state_dict, sha256_file
+from .weights import (CLASSIFIER_PREFIXES, WeightsMismatch, fit_state_dict, is_bn_counter, map_by_order, read_state_dict,
+                      sha256_file)
 
 STEM_RENAMES = {"conv1": "conv1.0", "bn1": "conv1.1", "conv2": "conv1.3", "bn2": "conv1.4", "conv3": "conv1.6", "bn3": "bn1"}
 # Public MobileNetV2 ImageNet files in the released layout also hold the classification head the
@@ -83,10 +84,7 @@ def to_timm_names(state: dict[str, torch.Tensor], backbone: str) -> dict[str, to
         return dict(state)
     kept = {k: v for k, v in state.items() if not k.startswith(CLASSIFIER_PREFIXES + MOBILENET_HEAD_PREFIXES)}
     src = [k for k, v in kept.items() if not _counter(k, v)]
-    dst = [k for k in create_backbone(backbone).state_dict() if not is_bn_counter(k)]
-    if len(src) != len(dst):
-        raise WeightsMismatch(f"{backbone} has {len(dst)} tensors, the released backbone {len(src)}")
-    return {d: kept[s] for s, d in zip(src, dst)}  # shapes are checked when the tensors are fitted
+    return map_by_order(kept, src, list(create_backbone(backbone).state_dict()), f"the released {backbone}")
 
 
 def _head_shape(heads: dict[str, torch.Tensor], arch: str) -> tuple[int, int]:

@@ -15,27 +15,23 @@ import re
 
 import torch
 
-from .weights import WeightsMismatch, is_bn_counter
+from .weights import WeightsMismatch, is_bn_counter, map_by_order, without_prefix
 
 # inverted-residual layers after the stem (models/base_models/mobilenetv3.py at dab64db)
 LAYERS = {"mobilenetv3_small_100": 11, "mobilenetv3_large_100": 15}
 _PARTS = ("expand_conv", "depthwise_conv", "se.conv1", "se.conv2", "linear_conv")
 _TENSORS = ("conv.weight", "conv.bias", "bn.weight", "bn.bias", "bn.running_mean", "bn.running_var")
-_KEY = re.compile(r"layer(\d+)\.(?:(" + "|".join(re.escape(p) for p in _PARTS) + r")\.)?(conv\.weight|conv\.bias|bn\.\w+)$")
-
-
-def strip_prefix(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    return {k.removeprefix("backbone."): v for k, v in state.items()}
+_KEY = re.compile(r"layer(\d+)\.(?:(" + "|".join(re.escape(p) for p in _PARTS) + r")\.)?(" + "|".join(re.escape(t) for t in _TENSORS) + r")$")
 
 
 def is_mmseg_mobilenetv3(state: dict[str, torch.Tensor]) -> bool:
-    keys = strip_prefix(state)
+    keys = without_prefix(state)
     return "layer0.conv.weight" in keys and any(".depthwise_conv.conv.weight" in k for k in keys)
 
 
 def infer_mobilenetv3(state: dict[str, torch.Tensor]) -> str:
     """Small or large, from the index of the last layer (the 1x1 conv after the inverted residuals)."""
-    last = max(int(m.group(1)) for k in strip_prefix(state) if (m := re.match(r"layer(\d+)\.", k)))
+    last = max(int(m.group(1)) for k in without_prefix(state) if (m := re.match(r"layer(\d+)\.", k)))
     for name, layers in LAYERS.items():
         if last == layers + 1:
             return name
@@ -53,9 +49,6 @@ def _order(key: str) -> tuple[int, int, int]:
 def to_timm_mobilenetv3(state: dict[str, torch.Tensor], timm_keys: list[str]) -> dict[str, torch.Tensor]:
     """The release's tensors under timm's names (timm_keys: the backbone's state-dict keys in order);
     BN step counters are left out on both sides. Shapes are checked when the tensors are fitted."""
-    src = sorted((k for k, v in strip_prefix(state).items() if not is_bn_counter(k)), key=_order)
-    dst = [k for k in timm_keys if not is_bn_counter(k)]
-    if len(src) != len(dst):
-        raise WeightsMismatch(f"the release's MobileNetV3 has {len(src)} tensors, timm's backbone {len(dst)}")
-    plain = strip_prefix(state)
-    return {d: plain[s] for s, d in zip(src, dst)}
+    plain = without_prefix(state)
+    src = sorted((k for k in plain if not is_bn_counter(k)), key=_order)
+    return map_by_order(plain, src, timm_keys, "the release's MobileNetV3")

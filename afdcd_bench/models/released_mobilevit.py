@@ -16,28 +16,21 @@ from __future__ import annotations
 
 import torch
 
-from .weights import WeightsMismatch, is_bn_counter
+from .weights import is_bn_counter, map_by_order, without_prefix
 
 MOBILEVIT_NORMALIZATION = {"mean": [0.0, 0.0, 0.0], "std": [1.0, 1.0, 1.0], "bgr": True, "scale": 1.0}
 HEAD_PREFIX = "head."
 
 
-def _plain(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    return {k.removeprefix("backbone."): v for k, v in state.items()}
-
-
 def is_mmpretrain_mobilevit(state: dict[str, torch.Tensor]) -> bool:
-    keys = _plain(state)
+    keys = without_prefix(state)
     return any(".local_rep." in k for k in keys) and any(".global_rep." in k for k in keys) and "stem.conv.weight" in keys
 
 
 def to_timm_mobilevit(state: dict[str, torch.Tensor], timm_keys: list[str]) -> tuple[dict[str, torch.Tensor], list[str]]:
     """(the backbone's tensors under timm's names, the classifier keys dropped). BN step counters
     are left out on both sides; shapes are checked when the tensors are fitted."""
-    plain = _plain(state)
+    plain = without_prefix(state)
     head = [k for k in plain if k.startswith(HEAD_PREFIX)]
     src = [k for k in plain if k not in head and not is_bn_counter(k)]
-    dst = [k for k in timm_keys if not is_bn_counter(k)]
-    if len(src) != len(dst):
-        raise WeightsMismatch(f"the release's MobileViT has {len(src)} backbone tensors, timm's mobilevit_xxs {len(dst)}")
-    return {d: plain[s] for s, d in zip(src, dst)}, sorted(head)
+    return map_by_order(plain, src, timm_keys, "the release's MobileViT"), sorted(head)

@@ -79,6 +79,20 @@ def is_bn_counter(key: str) -> bool:
     return key.endswith("num_batches_tracked")
 
 
+def map_by_order(state: dict[str, torch.Tensor], src_keys: list[str], dst_keys: list[str], what: str) -> dict[str, torch.Tensor]:
+    """state's tensors at src_keys renamed, in order, to dst_keys without their BN step counters: for
+    release files whose tensors come in the target network's order under other names. A different
+    count is refused here, naming `what`; shapes are checked when the tensors are fitted."""
+    dst = [k for k in dst_keys if not is_bn_counter(k)]
+    if len(src_keys) != len(dst):
+        raise WeightsMismatch(f"{what} has {len(src_keys)} tensors, the network {len(dst)}")
+    return {d: state[s] for s, d in zip(src_keys, dst)}
+
+
+def without_prefix(state: dict[str, torch.Tensor], prefix: str = "backbone.") -> dict[str, torch.Tensor]:
+    return {k.removeprefix(prefix): v for k, v in state.items()}
+
+
 def _listing(name: str, items: list[str]) -> str:
     more = f" ... ({len(items)} in all)" if len(items) > 6 else ""
     return f"{name}: {', '.join(items[:6])}{more}"
